@@ -1,0 +1,37 @@
+# Set-up, demo and tests. `make demo` and `make test` each do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU build of PyTorch by default (a GPU machine whose Python already has torch keeps its own, see below).
+TORCH ?= torch==2.13.0
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(VENV)/.installed
+
+# A Python that already has a CUDA-enabled torch lends it to the venv instead of installing another one.
+$(VENV)/.installed: pyproject.toml
+	@if $(PYTHON) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV); \
+	fi
+	$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(BIN)/prunekit prune smollm2-135m --method wanda --sparsity 0.5 --calib-samples 64 \
+		--out out/smollm2-wanda50 --overwrite
+
+test: setup
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/fidelity.py
+	$(BIN)/python bench/prune_speed.py
+
+clean:
+	rm -rf $(VENV) out bench/results

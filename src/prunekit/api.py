@@ -1,0 +1,223 @@
+"""The public Python API: load, prune, evaluate, save; and `run`, which does all four from a recipe."""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+import prunekit
+from prunekit.engine.layerwise import MatrixSparsity, prune_layerwise
+from prunekit.errors import PrunekitError
+from prunekit.eval.perplexity import PerplexityResult, perplexity
+from prunekit.models.adapters import adapter_for
+from prunekit.models.loading import LoadedModel, load_model, resolve_device
+from prunekit.models.saving import atomic_directory, check_output_free
+from prunekit.progress import console, progress_bar
+from prunekit.recipe import CalibrationConfig, EvaluationConfig, Recipe, StageConfig
+from prunekit.text.sources import load_texts
+from prunekit.text.tokens import calibration_windows, evaluation_windows, token_stream
+
+
+@dataclass
+class PruneResult:
+    matrices: list[MatrixSparsity]
+    seconds: float
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of zeros over all linears of the decoder layers."""
+        return sum(m.zeros for m in self.matrices) / max(1, sum(m.numel for m in self.matrices))
+
+
+def _check_seq_len(model: nn.Module, seq_len: int, what: str) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and seq_len > limit:
+        raise PrunekitError(f"{what} sequence length {seq_len} exceeds the model's context of {limit} tokens")
+
+
+def calibration_data(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    config: CalibrationConfig | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Seeded calibration windows [samples, seq_len] from the configured source's calibration split."""
+    config = config or CalibrationConfig()
+    _check_seq_len(model, config.seq_len, "calibration")
+    texts = load_texts(config.source, "calibration", config.text_column)
+    return calibration_windows(token_stream(tokenizer, texts), config.samples, config.seq_len, seed)
+
+
+def prune(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    *,
+    method: str = "wanda",
+    sparsity: float | None = 0.5,
+    pattern: str = "unstructured",
+    targets: Sequence[str] = ("*",),
+    stages: Sequence[StageConfig | dict] | None = None,
+    calibration: torch.Tensor | CalibrationConfig | None = None,
+    seed: int = 0,
+    device: str | None = "auto",
+    progress: bool = True,
+) -> PruneResult:
+    """Prune a loaded causal LM in place, layer by layer.
+
+    Either give one `method`/`sparsity`/`pattern`/`targets`, or a list of `stages` (StageConfig or dicts with the
+    same keys). `calibration` is a LongTensor of token ids [samples, seq_len], or a CalibrationConfig from which
+    windows are drawn with `tokenizer` and `seed` (default: 128 x 512 tokens of the Wikipedia calibration split).
+    """
+    if stages is None:
+        stages = [dict(method=method, sparsity=sparsity, pattern=pattern, targets=list(targets))]
+    parsed = [s if isinstance(s, StageConfig) else Recipe.parse({"stages": [s]}).stages[0] for s in stages]
+    torch.manual_seed(seed)
+    adapter = adapter_for(model)
+    batch_size = calibration.batch_size if isinstance(calibration, CalibrationConfig) else 8
+    needs_data = any(s.to_stage().impl.statistic for s in parsed)
+    windows = torch.empty(0, 1, dtype=torch.long)
+    if needs_data:
+        if isinstance(calibration, torch.Tensor):
+            windows = calibration
+        elif tokenizer is None:
+            raise PrunekitError("this method needs calibration data: pass a tokenizer or token ids as calibration")
+        else:
+            windows = calibration_data(model, tokenizer, calibration, seed)
+    start = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task("pruning layers", total=len(adapter.layers), visible=progress)
+        matrices = prune_layerwise(
+            adapter,
+            windows,
+            [s.to_stage() for s in parsed],
+            resolve_device(device),
+            batch_size=batch_size,
+            on_layer=lambda done, total: bar.update(task, completed=done),
+        )
+    return PruneResult(matrices, time.perf_counter() - start)
+
+
+def evaluate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    config: EvaluationConfig | None = None,
+    description: str = "perplexity",
+    progress: bool = True,
+) -> PerplexityResult:
+    """Perplexity on the evaluation split of the configured text (see prunekit.eval.perplexity for the protocol)."""
+    config = config or EvaluationConfig()
+    _check_seq_len(model, config.seq_len, "evaluation")
+    texts = load_texts(config.source, "evaluation", config.text_column)
+    windows = evaluation_windows(token_stream(tokenizer, texts), config.samples, config.seq_len)
+    with progress_bar() as bar:
+        task = bar.add_task(description, total=len(windows), visible=progress)
+        return perplexity(model, windows, config.source, on_batch=lambda d, t: bar.update(task, completed=d))
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def versions() -> dict[str, str]:
+    import transformers
+
+    return {
+        "prunekit": prunekit.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save(loaded: LoadedModel, out: Path, report: dict, recipe: Recipe | None = None, overwrite: bool = False) -> None:
+    """Write model (safetensors, in the checkpoint's own dtype), tokenizer, prunekit.json and recipe.yaml."""
+    model = loaded.model
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        original = next(model.parameters()).dtype
+        model.to(loaded.saved_dtype)
+        try:
+            model.save_pretrained(tmp)
+        finally:
+            model.to(original)
+        loaded.tokenizer.save_pretrained(tmp)
+        (tmp / "prunekit.json").write_text(json.dumps(report, indent=2) + "\n")
+        if recipe is not None:
+            (tmp / "recipe.yaml").write_text(recipe.to_yaml())
+
+
+def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
+    """Load, evaluate dense, prune, evaluate pruned, save. Returns the report written to prunekit.json."""
+    started = time.perf_counter()
+    local_input = Path(recipe.model).expanduser()
+    check_output_free(out, overwrite, (local_input,) if local_input.exists() else ())
+    timings: dict[str, float] = {}
+
+    def timed(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 2)
+
+    t0 = time.perf_counter()
+    with console.status(f"loading {recipe.model}"):
+        loaded = load_model(recipe.model, recipe.dtype, recipe.device, recipe.trust_remote_code, recipe.allow_pickle)
+    timed("load", t0)
+    device = resolve_device(recipe.device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    evaluation = recipe.evaluation
+    if evaluation.ppl:
+        _check_seq_len(model, evaluation.seq_len, "evaluation")
+    t0 = time.perf_counter()
+    windows = None
+    if any(s.to_stage().impl.statistic for s in recipe.stages):
+        windows = calibration_data(model, tokenizer, recipe.calibration, recipe.seed)
+    timed("calibration_data", t0)
+    dense = None
+    if evaluation.ppl and evaluation.dense:
+        t0 = time.perf_counter()
+        model.to(device)
+        dense = evaluate(model, tokenizer, evaluation, "dense perplexity")
+        model.to("cpu")
+        timed("eval_dense", t0)
+    result = prune(model, tokenizer, stages=recipe.stages, calibration=windows, seed=recipe.seed,
+                   device=recipe.device)
+    timings["prune"] = round(result.seconds, 2)
+    pruned = None
+    if evaluation.ppl:
+        t0 = time.perf_counter()
+        model.to(device)
+        pruned = evaluate(model, tokenizer, evaluation, "pruned perplexity")
+        model.to("cpu")
+        timed("eval_pruned", t0)
+    parameters = sum(p.numel() for p in model.parameters())
+    zeros = sum(int((p == 0).sum()) for p in model.parameters())
+    report = {
+        "prunekit_report_version": 1,
+        "source_model": recipe.model,
+        "recipe": recipe.model_dump(mode="json"),
+        "seed": recipe.seed,
+        "versions": versions(),
+        "parameters": parameters,
+        "zero_parameters": zeros,
+        "decoder_linear_sparsity": result.sparsity,
+        "matrices": [{"name": m.name, "numel": m.numel, "zeros": m.zeros, "sparsity": m.sparsity}
+                     for m in result.matrices],
+        "perplexity": {
+            "dense": dense.to_dict() if dense else None,
+            "pruned": pruned.to_dict() if pruned else None,
+        },
+        "seconds": timings,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+    }
+    t0 = time.perf_counter()
+    with console.status(f"saving to {out}"):
+        report["seconds"]["total"] = round(time.perf_counter() - started, 2)
+        save(loaded, out, report, recipe, overwrite)
+    return report

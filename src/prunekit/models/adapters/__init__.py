@@ -1,0 +1,30 @@
+"""One adapter per architecture family; `adapter_for` picks it from the model's config."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from prunekit.errors import PrunekitError
+from prunekit.models.adapters.base import ModelAdapter
+from prunekit.models.adapters.gemma3 import Gemma3Adapter
+from prunekit.models.adapters.llama import LlamaAdapter
+from prunekit.models.adapters.opt import OPTAdapter
+
+ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, Gemma3Adapter, OPTAdapter)
+SUPPORTED_MODEL_TYPES = tuple(t for a in ADAPTERS for t in a.model_types)
+
+
+def adapter_class_for(model_type: str) -> type[ModelAdapter]:
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter
+    raise PrunekitError(
+        f"unsupported architecture {model_type!r}: prunekit supports model types {', '.join(SUPPORTED_MODEL_TYPES)}"
+    )
+
+
+def adapter_for(model: nn.Module) -> ModelAdapter:
+    return adapter_class_for(getattr(model.config, "model_type", type(model).__name__))(model)
+
+
+__all__ = ["ADAPTERS", "SUPPORTED_MODEL_TYPES", "ModelAdapter", "adapter_class_for", "adapter_for"]

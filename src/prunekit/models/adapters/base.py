@@ -1,0 +1,64 @@
+"""Where things are in a model family. Nothing outside the adapters names a module path such as `model.layers`.
+
+An adapter is a thin view over a loaded model: the decoder layers, the module that runs embeddings and layers
+(the "base model"), the head, and which linears of a layer belong to attention and to the MLP.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import nn
+
+from prunekit.errors import PrunekitError
+
+
+class ModelAdapter:
+    model_types: ClassVar[tuple[str, ...]] = ()
+    family: ClassVar[str] = ""
+    base_path: ClassVar[str] = "model"
+    layers_path: ClassVar[str] = "model.layers"
+    lm_head_path: ClassVar[str] = "lm_head"
+    attention_linears: ClassVar[tuple[str, ...]] = ()  # relative to a decoder layer, in forward order
+    mlp_linears: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        layer = self.layers[0]
+        missing = [name for name in self.linear_names if not isinstance(_get(layer, name), nn.Linear)]
+        if missing:
+            raise PrunekitError(
+                f"{type(model).__name__} does not have the layout the {self.family} adapter expects "
+                f"(missing {', '.join(missing)}); this transformers version may have changed the architecture"
+            )
+
+    @property
+    def config(self) -> object:
+        return self.model.config
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return _get(self.model, self.layers_path)
+
+    @property
+    def base_model(self) -> nn.Module:
+        return _get(self.model, self.base_path)
+
+    @property
+    def lm_head(self) -> nn.Linear:
+        return _get(self.model, self.lm_head_path)
+
+    @property
+    def linear_names(self) -> tuple[str, ...]:
+        return self.attention_linears + self.mlp_linears
+
+    def linears(self, layer: nn.Module) -> dict[str, nn.Linear]:
+        """The prunable linears of one decoder layer, by name relative to the layer, in forward order."""
+        return {name: _get(layer, name) for name in self.linear_names}
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    module = root
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module

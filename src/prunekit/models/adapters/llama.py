@@ -1,0 +1,10 @@
+"""The Llama family: Llama, Mistral, Qwen2, Qwen3 and SmolLM (all share LlamaDecoderLayer's layout)."""
+
+from prunekit.models.adapters.base import ModelAdapter
+
+
+class LlamaAdapter(ModelAdapter):
+    model_types = ("llama", "mistral", "qwen2", "qwen3")
+    family = "Llama (Llama, Mistral, Qwen2, Qwen3, SmolLM)"
+    attention_linears = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+    mlp_linears = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")

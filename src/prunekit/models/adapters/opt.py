@@ -1,0 +1,12 @@
+"""OPT (Meta, 2022): the older pre-LayerNorm decoder with learned positions and fc1/fc2 MLPs."""
+
+from prunekit.models.adapters.base import ModelAdapter
+
+
+class OPTAdapter(ModelAdapter):
+    model_types = ("opt",)
+    family = "OPT"
+    base_path = "model.decoder"
+    layers_path = "model.decoder.layers"
+    attention_linears = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj")
+    mlp_linears = ("fc1", "fc2")

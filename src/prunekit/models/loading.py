@@ -1,0 +1,110 @@
+"""Loading a causal LM from what the user names: an offline asset, a local directory, a .gguf file or a hub id."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from prunekit.assets.registry import MODELS
+from prunekit.errors import PrunekitError
+from prunekit.models.adapters import adapter_class_for
+from prunekit.models.gguf import cached_asset, cached_gguf
+
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: PreTrainedTokenizerBase
+    source: str  # what the user passed
+    local_path: Path | None  # the directory the weights came from, when local
+    saved_dtype: torch.dtype  # the checkpoint's own dtype, used when saving
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise PrunekitError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise PrunekitError(f"device {device!r} requested but no CUDA GPU is available: use --device cpu")
+    return resolved
+
+
+def resolve_source(spec: str) -> tuple[str, Path | None]:
+    """(where to load from, local path or None for a hub id). Converts offline assets and GGUF files first."""
+    if spec.lower() in MODELS:
+        return str(cached_asset(MODELS[spec.lower()])), None
+    path = Path(spec).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return str(cached_gguf(path)), path
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise PrunekitError(f"{path} is not a Hugging Face model directory (no config.json in it)")
+        return str(path), path
+    if path.exists():
+        raise PrunekitError(f"{path} is neither a model directory nor a .gguf file")
+    if _HUB_ID.match(spec) and not spec.startswith((".", "/", "~")):
+        return spec, None
+    raise PrunekitError(
+        f"model {spec!r} not found: pass a model directory, a .gguf file, a hub id such as Qwen/Qwen2.5-0.5B, "
+        f"or an offline model ({', '.join(MODELS)})"
+    )
+
+
+def load_model(
+    spec: str,
+    dtype: str = "auto",
+    device: str | None = "cpu",
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    where, local = resolve_source(spec)
+    if local is not None and local.is_dir():
+        has_safetensors = any(local.glob("*.safetensors"))
+        if not has_safetensors and not allow_pickle:
+            raise PrunekitError(
+                f"{local} has no .safetensors weights; loading pickled weights can run arbitrary code: "
+                "convert them, or pass --allow-pickle if you trust the files"
+            )
+    try:
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise PrunekitError(f"could not read the config of {spec!r}: {_first_line(e)}") from None
+    adapter_class_for(config.model_type)  # unsupported architectures fail before the weights are read
+    saved_dtype = getattr(config, "dtype", None) or torch.float32
+    if isinstance(saved_dtype, str):
+        saved_dtype = DTYPES.get(saved_dtype, torch.float32)
+    target = resolve_device(device)
+    if dtype == "auto":
+        load_dtype = torch.float32 if target.type == "cpu" else saved_dtype
+    elif dtype in DTYPES:
+        load_dtype = DTYPES[dtype]
+    else:
+        raise PrunekitError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            where,
+            dtype=load_dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except Exception as e:  # noqa: BLE001 - corrupt files and hub failures surface as many exception types
+        raise PrunekitError(f"could not load model {spec!r}: {_first_line(e)}") from None
+    model.eval()
+    return LoadedModel(model, tokenizer, spec, local, saved_dtype)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

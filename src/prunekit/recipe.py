@@ -1,0 +1,126 @@
+"""Recipes: validated definitions of a pruning run. YAML in; saved beside every output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from prunekit.assets.registry import DEFAULT_MODEL
+from prunekit.engine.layerwise import PruneStage
+from prunekit.errors import PrunekitError
+from prunekit.methods import get_method
+from prunekit.methods.patterns import SparsityPattern
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CalibrationConfig(_Strict):
+    source: str = "wikipedia"
+    samples: int = Field(128, gt=0)
+    seq_len: int = Field(512, gt=0)
+    text_column: str = "text"
+    batch_size: int = Field(8, gt=0)
+
+
+class EvaluationConfig(_Strict):
+    ppl: bool = True
+    dense: bool = True  # also measure the unpruned model, for the before/after table
+    source: str = "wikipedia"
+    samples: int = Field(16, gt=0)
+    seq_len: int = Field(1024, gt=0)
+    text_column: str = "text"
+
+
+class StageConfig(_Strict):
+    method: str
+    sparsity: float | None = None  # default: 0.5, or what an N:M pattern implies
+    pattern: str = "unstructured"
+    targets: list[str] = Field(default_factory=lambda: ["*"])
+    layers: list[int] | None = None
+    allocation: Literal["uniform", "global"] = "uniform"
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        return get_method(value).name
+
+    @field_validator("pattern")
+    @classmethod
+    def _valid_pattern(cls, value: str) -> str:
+        return str(SparsityPattern.parse(value))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StageConfig:
+        pattern = SparsityPattern.parse(self.pattern)
+        if pattern.is_nm:
+            if self.sparsity is not None and abs(self.sparsity - pattern.sparsity) > 1e-9:
+                raise PrunekitError(
+                    f"pattern {pattern} removes {pattern.sparsity:g} of the weights, not {self.sparsity:g}: "
+                    f"drop the sparsity or set it to {pattern.sparsity:g}"
+                )
+            self.sparsity = pattern.sparsity
+            if self.allocation != "uniform":
+                raise PrunekitError(f"allocation {self.allocation!r} does not apply to N:M patterns: use uniform")
+        elif self.sparsity is None:
+            self.sparsity = 0.5
+        if self.allocation == "global" and not get_method(self.method).comparable_across_layers:
+            raise PrunekitError(
+                f"global allocation needs scores comparable across layers; {self.method} scores are not "
+                "(use magnitude, or allocation uniform)"
+            )
+        if not 0.0 <= self.sparsity < 1.0:
+            raise PrunekitError(
+                f"sparsity {self.sparsity:g} is outside [0, 1): it is the fraction of weights removed, e.g. 0.5"
+            )
+        return self
+
+    def to_stage(self) -> PruneStage:
+        return PruneStage(
+            method=self.method,
+            sparsity=float(self.sparsity),
+            pattern=SparsityPattern.parse(self.pattern),
+            targets=tuple(self.targets),
+            layers=tuple(self.layers) if self.layers is not None else None,
+            allocation=self.allocation,
+        )
+
+
+class Recipe(_Strict):
+    model: str = DEFAULT_MODEL
+    seed: int = 0
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False  # load .bin/.pt weights (pickle can run code); safetensors otherwise
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    stages: list[StageConfig] = Field(min_length=1)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @classmethod
+    def parse(cls, data: dict) -> Recipe:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            error = e.errors()[0]
+            where = ".".join(str(p) for p in error["loc"]) or "recipe"
+            raise PrunekitError(f"invalid recipe: {where}: {error['msg']}") from None
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> Recipe:
+        if not path.exists():
+            raise PrunekitError(f"recipe file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise PrunekitError(f"recipe file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise PrunekitError(f"recipe file {path} must hold a mapping with at least 'stages'")
+        return cls.parse(data)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

