@@ -62,13 +62,14 @@ def prune(
     tokenizer: PreTrainedTokenizerBase | None = None,
     *,
     method: str = "wanda",
-    sparsity: float | None = 0.5,
+    sparsity: float | None = None,
     pattern: str = "unstructured",
     targets: Sequence[str] = ("*",),
     stages: Sequence[StageConfig | dict] | None = None,
     calibration: torch.Tensor | CalibrationConfig | None = None,
     seed: int = 0,
     device: str | None = "auto",
+    batch_size: int = 8,
     progress: bool = True,
 ) -> PruneResult:
     """Prune a loaded causal LM in place, layer by layer.
@@ -76,13 +77,14 @@ def prune(
     Either give one `method`/`sparsity`/`pattern`/`targets`, or a list of `stages` (StageConfig or dicts with the
     same keys). `calibration` is a LongTensor of token ids [samples, seq_len], or a CalibrationConfig from which
     windows are drawn with `tokenizer` and `seed` (default: 128 x 512 tokens of the Wikipedia calibration split).
+    `sparsity` defaults to 0.5, or to what an N:M `pattern` implies. `batch_size` windows go through a layer at
+    once (a CalibrationConfig's own batch_size wins).
     """
     if stages is None:
         stages = [dict(method=method, sparsity=sparsity, pattern=pattern, targets=list(targets))]
-    parsed = [s if isinstance(s, StageConfig) else Recipe.parse({"stages": [s]}).stages[0] for s in stages]
+    parsed = [StageConfig.parse(s) for s in stages]
     torch.manual_seed(seed)
     adapter = adapter_for(model)
-    batch_size = calibration.batch_size if isinstance(calibration, CalibrationConfig) else 8
     needs_data = any(s.to_stage().impl.statistic for s in parsed)
     windows = torch.empty(0, 1, dtype=torch.long)
     if needs_data:
@@ -92,6 +94,7 @@ def prune(
             raise PrunekitError("this method needs calibration data: pass a tokenizer or token ids as calibration")
         else:
             windows = calibration_data(model, tokenizer, calibration, seed)
+            batch_size = calibration.batch_size if calibration is not None else batch_size
     start = time.perf_counter()
     with progress_bar() as bar:
         task = bar.add_task("pruning layers", total=len(adapter.layers), visible=progress)
@@ -186,7 +189,7 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
         model.to("cpu")
         timed("eval_dense", t0)
     result = prune(model, tokenizer, stages=recipe.stages, calibration=windows, seed=recipe.seed,
-                   device=recipe.device)
+                   device=recipe.device, batch_size=recipe.calibration.batch_size)
     timings["prune"] = round(result.seconds, 2)
     pruned = None
     if evaluation.ppl:

@@ -130,8 +130,6 @@ def prune(
     from prunekit.api import run
     from prunekit.recipe import Recipe
 
-    if out is ...:
-        raise PrunekitError("missing --out: name the directory to write the pruned model to")
     data: dict[str, Any] = {}
     if recipe is not None:
         data = Recipe.from_yaml(recipe).model_dump(exclude_unset=True)

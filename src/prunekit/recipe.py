@@ -19,6 +19,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _validate(model: type[BaseModel], data: dict) -> BaseModel:
+    """Pydantic validation with its first complaint as a one-line PrunekitError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        error = e.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "recipe"
+        raise PrunekitError(f"invalid recipe: {where}: {error['msg']}") from None
+
+
 class CalibrationConfig(_Strict):
     source: str = "wikipedia"
     samples: int = Field(128, gt=0)
@@ -79,6 +89,10 @@ class StageConfig(_Strict):
             )
         return self
 
+    @classmethod
+    def parse(cls, data: StageConfig | dict) -> StageConfig:
+        return data if isinstance(data, StageConfig) else _validate(cls, data)
+
     def to_stage(self) -> PruneStage:
         return PruneStage(
             method=self.method,
@@ -103,12 +117,7 @@ class Recipe(_Strict):
 
     @classmethod
     def parse(cls, data: dict) -> Recipe:
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            error = e.errors()[0]
-            where = ".".join(str(p) for p in error["loc"]) or "recipe"
-            raise PrunekitError(f"invalid recipe: {where}: {error['msg']}") from None
+        return _validate(cls, data)
 
     @classmethod
     def from_yaml(cls, path: Path) -> Recipe:

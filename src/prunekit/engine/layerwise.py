@@ -9,7 +9,7 @@ activations are live at any time.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -77,7 +77,7 @@ def _forward(layer: nn.Module, hidden: torch.Tensor, call: LayerCall) -> torch.T
     return out[0] if isinstance(out, tuple) else out
 
 
-def _move(tensors: Iterator[torch.Tensor], device: torch.device) -> None:
+def _move(tensors: list[torch.Tensor], device: torch.device) -> None:
     for t in tensors:
         t.data = t.data.to(device)
 
@@ -108,9 +108,9 @@ def prune_layerwise(
     home = next(adapter.model.parameters()).device
     captured = CapturedInputs()
     if needs_data:
-        _move(iter(outside), device)
+        _move(outside, device)
         captured = capture_layer_inputs(adapter, list(calibration.split(batch_size)), device)
-        _move(iter(outside), home)
+        _move(outside, home)
     hidden = captured.hidden
     results: list[MatrixSparsity] = []
     for index, layer in enumerate(layers):

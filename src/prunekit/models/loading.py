@@ -79,7 +79,10 @@ def load_model(
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
-        raise PrunekitError(f"could not read the config of {spec!r}: {_first_line(e)}") from None
+        hint = " (offline? pass a local directory, a .gguf file or an offline model from `prunekit models`)"
+        raise PrunekitError(
+            f"could not read the config of {spec!r}: {_first_line(e)}{hint if local is None else ''}"
+        ) from None
     adapter_class_for(config.model_type)  # unsupported architectures fail before the weights are read
     saved_dtype = getattr(config, "dtype", None) or torch.float32
     if isinstance(saved_dtype, str):
