@@ -107,6 +107,9 @@ def test_models_lists_the_offline_models(capsys, monkeypatch):
         (["--calib-samples", "5000"], "fewer than the 5000 x 32"),
         (["--calib-seq-len", "100000"], "exceeds the model's context"),
         (["--allocation", "global", "--method", "wanda"], "global allocation"),
+        (["--allocation", "owl", "--owl-lambda", "0.6"], "OWL lambda 0.6 out of range"),
+        (["--method", "sparsegpt", "--damping", "0"], "dampening 0 must be > 0"),
+        (["--method", "sparsegpt", "--pattern", "2:4", "--block-size", "6"], "multiple of M=4"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(

@@ -156,3 +156,25 @@ def test_unsupported_architecture_lists_supported_ones():
     message = str(error.value)
     assert "gpt2" in message and all(t in message for t in SUPPORTED_MODEL_TYPES)
     assert "\n" not in message
+
+
+def test_owl_gives_layers_different_sparsities_with_the_target_mean():
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    stage = PruneStage("wanda", 0.5, allocation="owl", owl_m=2.0, owl_lambda=0.1)
+    results = prune_layerwise(adapter, calibration(), [stage], CPU)
+    per_layer = {}
+    for r in results:
+        layer = int(r.name.split(".")[1])
+        per_layer.setdefault(layer, []).append(r)
+    sparsity = [sum(r.zeros for r in rs) / sum(r.numel for r in rs) for rs in per_layer.values()]
+    assert sorted(round(s, 2) for s in sparsity) == [0.4, 0.6]
+    assert abs(sum(sparsity) / 2 - 0.5) < 0.005
+
+
+def test_owl_works_with_magnitude_and_sparsegpt():
+    for method in ("magnitude", "sparsegpt"):
+        model = tiny_model("llama")
+        results = prune_layerwise(adapter_for(model), calibration(), [PruneStage(method, 0.5, allocation="owl")], CPU)
+        total = sum(r.zeros for r in results) / sum(r.numel for r in results)
+        assert abs(total - 0.5) < 0.01, method

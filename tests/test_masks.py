@@ -3,7 +3,7 @@ import torch
 
 from prunekit.errors import PrunekitError
 from prunekit.methods import get_method
-from prunekit.methods.allocation import global_threshold_sparsities
+from prunekit.methods.allocation import global_threshold_sparsities, outlier_ratio, owl_sparsities
 from prunekit.methods.magnitude import magnitude_scores
 from prunekit.methods.masks import make_mask, matrix_mask, nm_mask, row_mask
 from prunekit.methods.patterns import SparsityPattern
@@ -84,3 +84,23 @@ def test_pattern_parsing():
 def test_unknown_method_lists_the_known_ones():
     with pytest.raises(PrunekitError, match="magnitude, wanda"):
         get_method("obs")
+
+
+def test_global_allocation_floor_prevents_layer_collapse():
+    scores = {"tiny": torch.rand(100) * 0.01, "big": torch.rand(100) + 1.0}
+    plan = global_threshold_sparsities(scores, 0.5, min_density=0.2)
+    assert plan["tiny"] == 0.8  # would be 1.0 without the floor
+    assert abs(plan["tiny"] * 100 + plan["big"] * 100 - 100) <= 1
+
+
+def test_owl_sparsities_hand_computed():
+    sparsities = owl_sparsities([1.0, 2.0, 3.0], target=0.5, lam=0.1)
+    assert sparsities == pytest.approx([0.6, 0.5, 0.4])  # most outliers -> least pruned
+    assert owl_sparsities([2.0, 2.0], 0.7, 0.08) == [0.7, 0.7]
+    skewed = owl_sparsities([0.0, 0.0, 0.0, 1.0], 0.6, 0.08)
+    assert sum(skewed) / 4 == pytest.approx(0.6) and min(skewed) == pytest.approx(0.6 - 0.12)
+
+
+def test_outlier_ratio_hand_computed():
+    # mean of all five scores is 2.8; with M = 2 only the 10 exceeds 5.6
+    assert outlier_ratio([torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0, 10.0])], m=2) == pytest.approx(0.2)

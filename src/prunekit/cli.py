@@ -78,7 +78,7 @@ def fetch(
 def prune(
     model: Annotated[str | None, typer.Argument(help=ModelArg.__metadata__[0].help, show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist).")] = ...,
-    method: Annotated[str | None, typer.Option(help="magnitude | wanda  [default: wanda]")] = None,
+    method: Annotated[str | None, typer.Option(help="magnitude | wanda | sparsegpt  [default: wanda]")] = None,
     sparsity: Annotated[
         float | None, typer.Option(help="Fraction of weights removed, in [0, 1). Implied by an N:M pattern.")
     ] = None,
@@ -90,8 +90,18 @@ def prune(
         typer.Option(help="Comma-separated globs over linear names in a decoder layer, e.g. 'mlp.*'.  [default: *]"),
     ] = None,
     allocation: Annotated[
-        str | None, typer.Option(help="uniform (every matrix at the target) | global (one threshold; magnitude)")
+        str | None,
+        typer.Option(help="uniform (every matrix at the target) | global (one threshold across layers; magnitude) "
+                     "| owl (layers with more activation outliers keep more; Yin et al. 2024)"),
     ] = None,
+    owl_lambda: Annotated[
+        float | None, typer.Option(help="OWL: layer sparsities span target +- lambda.  [default: 0.08]")
+    ] = None,
+    owl_m: Annotated[float | None, typer.Option(help="OWL: outlier threshold M x mean score.  [default: 5]")] = None,
+    damping: Annotated[
+        float | None, typer.Option(help="SparseGPT dampening, fraction of the mean Hessian diagonal.  [default: 0.01]")
+    ] = None,
+    block_size: Annotated[int | None, typer.Option(help="SparseGPT columns per block.  [default: 128]")] = None,
     calib: Annotated[
         str | None,
         typer.Option("--calib", help="Calibration text: wikipedia, a file/folder (.txt .jsonl .json .parquet) "
@@ -144,7 +154,8 @@ def prune(
         if flag:
             data[key] = True
     stage_flags = {"method": method, "sparsity": sparsity, "pattern": pattern, "allocation": allocation,
-                   "targets": targets.split(",") if targets else None}
+                   "targets": targets.split(",") if targets else None, "damping": damping, "block_size": block_size,
+                   "owl_lambda": owl_lambda, "owl_m": owl_m}
     stage_flags = {k: v for k, v in stage_flags.items() if v is not None}
     stages = data.get("stages") or [{}]
     if stage_flags and len(stages) > 1:

@@ -52,7 +52,12 @@ class StageConfig(_Strict):
     pattern: str = "unstructured"
     targets: list[str] = Field(default_factory=lambda: ["*"])
     layers: list[int] | None = None
-    allocation: Literal["uniform", "global"] = "uniform"
+    allocation: Literal["uniform", "global", "owl"] = "uniform"
+    min_density: float = Field(0.05, ge=0, lt=1)  # global: least fraction of weights any matrix keeps
+    owl_m: float = Field(5.0, gt=0)  # owl: outlier threshold, in multiples of a layer's mean score
+    owl_lambda: float = 0.08  # owl: layer sparsities span sparsity +- owl_lambda
+    block_size: int = 128  # SparseGPT: columns per block
+    damping: float = 0.01  # SparseGPT: dampening as a fraction of the mean Hessian diagonal
 
     @field_validator("method")
     @classmethod
@@ -78,6 +83,17 @@ class StageConfig(_Strict):
                 raise PrunekitError(f"allocation {self.allocation!r} does not apply to N:M patterns: use uniform")
         elif self.sparsity is None:
             self.sparsity = 0.5
+        if self.damping <= 0:
+            raise PrunekitError(f"dampening {self.damping:g} must be > 0 (default 0.01 of the mean Hessian diagonal)")
+        if self.block_size <= 0 or (pattern.is_nm and self.block_size % pattern.m):
+            raise PrunekitError(
+                f"block size {self.block_size} must be a positive multiple of M={pattern.m or 1}, e.g. 128"
+            )
+        if self.allocation == "owl" and not (0 <= self.owl_lambda <= min(self.sparsity, 1 - self.sparsity)):
+            raise PrunekitError(
+                f"OWL lambda {self.owl_lambda:g} out of range: layer sparsities {self.sparsity:g} +- lambda must stay "
+                f"within [0, 1], so use 0 <= lambda <= {min(self.sparsity, 1 - self.sparsity):g} (default 0.08)"
+            )
         if self.allocation == "global" and not get_method(self.method).comparable_across_layers:
             raise PrunekitError(
                 f"global allocation needs scores comparable across layers; {self.method} scores are not "
@@ -101,6 +117,11 @@ class StageConfig(_Strict):
             targets=tuple(self.targets),
             layers=tuple(self.layers) if self.layers is not None else None,
             allocation=self.allocation,
+            block_size=self.block_size,
+            damping=self.damping,
+            min_density=self.min_density,
+            owl_m=self.owl_m,
+            owl_lambda=self.owl_lambda,
         )
 
 

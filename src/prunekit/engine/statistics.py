@@ -21,7 +21,18 @@ class SquaredSum:
         self.value += flat.square().sum(dim=0)
 
 
-STATISTICS = {"sq_sum": SquaredSum}
+class Hessian:
+    """X^T X summed over all calibration tokens (SparseGPT's H, up to the constant factor 2)."""
+
+    def __init__(self, in_features: int, device: torch.device) -> None:
+        self.value = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
+
+    def add(self, inputs: torch.Tensor) -> None:
+        flat = inputs.detach().reshape(-1, inputs.shape[-1]).float()
+        self.value.addmm_(flat.T, flat)
+
+
+STATISTICS = {"sq_sum": SquaredSum, "hessian": Hessian}
 
 
 class AllTargetsSeen(Exception):
@@ -32,24 +43,45 @@ class AllTargetsSeen(Exception):
 def collect_inputs(
     linears: Mapping[str, nn.Linear], statistic: str, stop_when_all_seen: bool = True
 ) -> Iterator[dict[str, Any]]:
-    """Attach one accumulator per linear; with `stop_when_all_seen`, abort the layer's forward (by raising
-    AllTargetsSeen) as soon as the last target has seen its input, which skips e.g. computing down_proj's output."""
-    accumulators = {
-        name: STATISTICS[statistic](lin.in_features, lin.weight.device) for name, lin in linears.items()
-    }
-    seen: set[str] = set()
+    """Attach accumulators to the linears; yields {name: accumulator}.
 
-    def make_hook(name: str) -> Any:
+    Linears fed the very same tensor (q/k/v, gate/up) share one accumulator, so a Hessian is computed once per
+    distinct input. With `stop_when_all_seen`, the layer's forward is aborted (AllTargetsSeen) as soon as the last
+    target has seen its input, which skips e.g. computing down_proj's output."""
+    accumulators: dict[str, Any] = {}
+    followers: set[str] = set()  # linears whose accumulator belongs to an earlier linear with the same input
+    fired: set[str] = set()  # per forward call
+    by_input: dict[int, Any] = {}  # per forward call: id of an input tensor -> its accumulator
+    alive: list[torch.Tensor] = []  # holds those inputs so their ids cannot be reused within the call
+
+    def make_hook(name: str, linear: nn.Linear) -> Any:
         def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
-            accumulators[name].add(args[0])
-            seen.add(name)
-            if stop_when_all_seen and len(seen) == len(accumulators):
-                seen.clear()
-                raise AllTargetsSeen
+            x = args[0]
+            shared = by_input.get(id(x))
+            if name not in accumulators:
+                if shared is not None:
+                    followers.add(name)
+                accumulators[name] = (
+                    shared if shared is not None else STATISTICS[statistic](linear.in_features, linear.weight.device)
+                )
+            if name in followers:
+                if shared is not accumulators[name]:
+                    raise RuntimeError(f"the input of {name} is no longer shared with the linear it was shared with")
+            else:
+                accumulators[name].add(x)
+                by_input[id(x)] = accumulators[name]
+                alive.append(x)
+            fired.add(name)
+            if len(fired) == len(linears):
+                fired.clear()
+                by_input.clear()
+                alive.clear()
+                if stop_when_all_seen:
+                    raise AllTargetsSeen
 
         return hook
 
-    handles = [lin.register_forward_pre_hook(make_hook(name)) for name, lin in linears.items()]
+    handles = [lin.register_forward_pre_hook(make_hook(name, lin)) for name, lin in linears.items()]
     try:
         yield accumulators
     finally:

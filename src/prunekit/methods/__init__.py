@@ -11,16 +11,28 @@ from prunekit.errors import PrunekitError
 from prunekit.methods.magnitude import magnitude_scores
 from prunekit.methods.masks import make_mask
 from prunekit.methods.patterns import SparsityPattern
+from prunekit.methods.sparsegpt import sparsegpt
 from prunekit.methods.wanda import wanda_scores
+
+
+@dataclass(frozen=True)
+class Pruned:
+    keep: torch.Tensor  # bool, True where a weight is kept
+    weight: torch.Tensor | None = None  # new values of the kept weights, for methods that update them
+    note: str | None = None  # anything the report should say about this matrix
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     description: str
-    statistic: str | None  # which input statistic the engine must collect: None or "sq_sum"
-    scores: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor]
-    comparable_across_layers: bool  # whether one global threshold over its scores is meaningful
+    statistic: str | None  # the input statistic the engine collects: None, "sq_sum" or "hessian"
+    scores: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None  # score-based methods
+
+    @property
+    def comparable_across_layers(self) -> bool:
+        """Whether one global threshold over this method's scores is meaningful (plain magnitudes only)."""
+        return self.name == "magnitude"
 
     def prune(
         self,
@@ -29,22 +41,26 @@ class Method:
         sparsity: float,
         pattern: SparsityPattern,
         per_row: bool = True,
-    ) -> torch.Tensor:
-        """The keep-mask for `weight`."""
-        return make_mask(self.scores(weight, statistic), sparsity, pattern, per_row=per_row)
+        block_size: int = 128,
+        damping: float = 0.01,
+    ) -> Pruned:
+        if self.scores is not None:
+            return Pruned(make_mask(self.scores(weight, statistic), sparsity, pattern, per_row=per_row))
+        result = sparsegpt(weight, statistic, sparsity, pattern, block_size=block_size, damping=damping)
+        note = None
+        if result.retries:
+            note = f"Cholesky failed; dampening raised to {result.damping:g} of the mean diagonal"
+        return Pruned(result.keep, result.weight, note)
 
 
 METHODS: dict[str, Method] = {
-    "magnitude": Method(
-        "magnitude", "|W|, no calibration data", None, lambda w, _s: magnitude_scores(w), True
-    ),
-    "wanda": Method(
-        "wanda",
-        "|W| x input-feature L2 norm, per output row (Sun et al. 2023)",
-        "sq_sum",
-        lambda w, s: wanda_scores(w, s),
-        False,
-    ),
+    m.name: m
+    for m in (
+        Method("magnitude", "|W|; needs no calibration data", None, lambda w, _s: magnitude_scores(w)),
+        Method("wanda", "|W| x input-feature L2 norm, per output row (Sun et al. 2023)", "sq_sum",
+               lambda w, s: wanda_scores(w, s)),
+        Method("sparsegpt", "OBS reconstruction from the input Hessian (Frantar & Alistarh 2023)", "hessian"),
+    )
 }
 
 
