@@ -1,6 +1,7 @@
-"""Perplexity after pruning a real model: dense, magnitude and Wanda, unstructured and N:M, in one run.
+"""Perplexity after pruning a real model: dense and each method x pattern x allocation, in one run.
 
     .venv/bin/python bench/fidelity.py [--model smollm2-135m] [--sparsity 0.5] [--patterns unstructured,2:4]
+        [--methods magnitude,wanda,sparsegpt] [--allocations uniform,owl]
 
 The same calibration windows (Wikipedia calibration split) serve every method; perplexity is measured on the
 held-out Wikipedia articles with prunekit's protocol. Prints a table and writes bench/results/fidelity.json.
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--patterns", default="unstructured,2:4")
     parser.add_argument("--methods", default="magnitude,wanda")
+    parser.add_argument("--allocations", default="uniform", help="comma list of uniform, global, owl")
     parser.add_argument("--calib-samples", type=int, default=128)
     parser.add_argument("--calib-seq-len", type=int, default=512)
     parser.add_argument("--ppl-samples", type=int, default=16)
@@ -39,31 +41,33 @@ def main() -> None:
     calibration = prunekit.calibration_data(
         model, tokenizer, CalibrationConfig(samples=args.calib_samples, seq_len=args.calib_seq_len)
     )
-    rows = [{"method": "dense", "pattern": "-", "sparsity": 0.0, "seconds": 0.0,
+    rows = [{"method": "dense", "pattern": "-", "allocation": "-", "sparsity": 0.0, "seconds": 0.0,
              "perplexity": prunekit.evaluate(model, tokenizer, evaluation, "dense").perplexity}]
-    for pattern in args.patterns.split(","):
-        for method in args.methods.split(","):
-            model.load_state_dict(dense_state)
-            started = time.perf_counter()
-            result = prunekit.prune(model, tokenizer, method=method, pattern=pattern,
-                                    sparsity=None if ":" in pattern else args.sparsity, calibration=calibration)
-            seconds = time.perf_counter() - started
-            ppl = prunekit.evaluate(model, tokenizer, evaluation, f"{method} {pattern}").perplexity
-            rows.append({"method": method, "pattern": pattern, "sparsity": result.sparsity,
-                         "seconds": seconds, "perplexity": ppl})
-            print(f"{method:10s} {pattern:13s} sparsity {result.sparsity:.3f}  ppl {ppl:9.2f}  ({seconds:.0f}s)",
-                  flush=True)
+    jobs = [(p, m, a) for p in args.patterns.split(",") for m in args.methods.split(",")
+            for a in args.allocations.split(",")]
+    for pattern, method, allocation in jobs:
+        model.load_state_dict(dense_state)
+        started = time.perf_counter()
+        stage = {"method": method, "pattern": pattern, "allocation": allocation,
+                 "sparsity": None if ":" in pattern else args.sparsity}
+        result = prunekit.prune(model, tokenizer, stages=[stage], calibration=calibration)
+        seconds = time.perf_counter() - started
+        ppl = prunekit.evaluate(model, tokenizer, evaluation, f"{method} {pattern} {allocation}").perplexity
+        rows.append({"method": method, "pattern": pattern, "allocation": allocation, "sparsity": result.sparsity,
+                     "seconds": seconds, "perplexity": ppl})
+        print(f"{method:10s} {pattern:13s} {allocation:8s} sparsity {result.sparsity:.3f}  ppl {ppl:9.2f}  "
+              f"({seconds:.0f}s)", flush=True)
 
     dense = rows[0]["perplexity"]
     print(f"\n{args.model}: calibration {args.calib_samples} x {args.calib_seq_len} tokens, "
           f"perplexity on {args.ppl_samples} x {args.ppl_seq_len} held-out Wikipedia tokens")
-    print(f"{'method':10s} {'pattern':13s} {'sparsity':>9s} {'perplexity':>11s} {'x dense':>8s}")
+    print(f"{'method':10s} {'pattern':13s} {'alloc':8s} {'sparsity':>9s} {'perplexity':>11s} {'x dense':>8s}")
     for r in rows:
-        print(f"{r['method']:10s} {r['pattern']:13s} {r['sparsity']:9.3f} {r['perplexity']:11.2f} "
-              f"{r['perplexity'] / dense:8.2f}")
+        print(f"{r['method']:10s} {r['pattern']:13s} {r['allocation']:8s} {r['sparsity']:9.3f} "
+              f"{r['perplexity']:11.2f} {r['perplexity'] / dense:8.2f}")
     checks = {}
     for pattern in args.patterns.split(","):
-        by = {r["method"]: r["perplexity"] for r in rows if r["pattern"] == pattern}
+        by = {r["method"]: r["perplexity"] for r in rows if r["pattern"] == pattern and r["allocation"] == "uniform"}
         if {"wanda", "magnitude"} <= set(by):
             checks[pattern] = {"wanda_over_dense": by["wanda"] / dense,
                                "magnitude_over_wanda": by["magnitude"] / by["wanda"]}

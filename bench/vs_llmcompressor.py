@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,38 @@ METRICS = ("prune_seconds", "peak_rss_bytes", "perplexity")
 
 def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Meter:
+    """Brackets the pruning call: its wall time, the process peak RSS before it (loading) and during it.
+
+    The process peak (ru_maxrss) is read just before the call, then reset through /proc/self/clear_refs (Linux), so
+    the peak read after it is the call's own; the whole-process peak is the larger of the two.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+        self.load_peak: int | None = None
+        self.prune_peak: int | None = None
+        self._reset = False
+        self._started = 0.0
+
+    def start(self) -> None:
+        self.load_peak = peak_rss_bytes()
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self._reset = True
+        except OSError:
+            self._reset = False
+        self._started = time.perf_counter()
+
+    def stop(self) -> None:
+        self.seconds = time.perf_counter() - self._started
+        self.prune_peak = peak_rss_bytes() if self._reset else None
+
+    def peak(self) -> int:
+        """Whole-process peak so far (the reset only forgot what `load_peak` keeps)."""
+        return max(peak_rss_bytes(), self.load_peak or 0, self.prune_peak or 0)
 
 
 def perplexity(model: nn.Module, windows: torch.Tensor) -> float:
@@ -87,50 +120,49 @@ def sparsity_report(model: nn.Module, pattern: str) -> dict:
     return report
 
 
-def prune_with_prunekit(method: str, pattern: str, calibration: torch.Tensor) -> tuple[nn.Module, float | None, dict]:
+def prune_with_prunekit(method: str, pattern: str, calibration: torch.Tensor, meter: Meter) -> nn.Module:
     import prunekit
     from prunekit.methods import METHODS
 
-    model = prunekit.load_model("smollm2-135m").model
-    versions = {"prunekit": prunekit.__version__}
-    if method == "dense":
-        return model, None, versions
-    if method not in METHODS:
+    if method != "dense" and method not in METHODS:
         raise LookupError(f"prunekit has no method {method!r} yet (it has {', '.join(METHODS)})")
-    started = time.perf_counter()
-    prunekit.prune(model, method=method, sparsity=None if ":" in pattern else 0.5, pattern=pattern,
-                   calibration=calibration, progress=False)
-    return model, time.perf_counter() - started, versions
+    model = prunekit.load_model("smollm2-135m").model
+    if method != "dense":
+        meter.start()
+        prunekit.prune(model, method=method, sparsity=None if ":" in pattern else 0.5, pattern=pattern,
+                       calibration=calibration, progress=False)
+        meter.stop()
+    return model
 
 
 def prune_with_llmcompressor(
-    method: str, pattern: str, calibration: torch.Tensor, model_dir: str, batch_size: int
-) -> tuple[nn.Module, float | None, dict]:
-    import llmcompressor
+    method: str, pattern: str, calibration: torch.Tensor, meter: Meter, model_dir: str, batch_size: int
+) -> nn.Module:
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    versions = {"llmcompressor": llmcompressor.__version__}
-    if method == "dense":
-        return model, None, versions
     from datasets import Dataset
     from llmcompressor import oneshot
     from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     modifiers = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}
-    if method not in modifiers:
+    if method != "dense" and method not in modifiers:
         raise LookupError(f"no llm-compressor modifier for {method!r} here (known: {', '.join(modifiers)})")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    if method == "dense":
+        return model
     recipe = modifiers[method](sparsity=0.5, mask_structure="0:0" if pattern == "unstructured" else pattern,
                                targets=LLMC_TARGETS)
     dataset = Dataset.from_dict({"input_ids": calibration.tolist(),
                                  "attention_mask": torch.ones_like(calibration).tolist()})
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     samples, seq_len = calibration.shape
-    started = time.perf_counter()
+    meter.start()
+    # shuffle_calibration_samples=False: the same samples either way, but its default shuffle is unseeded, which
+    # reorders the running statistics and makes repeats differ in the last digits of the perplexity.
     model = oneshot(model=model, tokenizer=tokenizer, dataset=dataset, recipe=recipe, batch_size=batch_size,
-                    num_calibration_samples=samples, max_seq_length=seq_len)
-    return model, time.perf_counter() - started, versions
+                    num_calibration_samples=samples, max_seq_length=seq_len, shuffle_calibration_samples=False)
+    meter.stop()
+    return model
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -140,28 +172,30 @@ def worker(args: argparse.Namespace) -> dict:
 
     calibration = torch.load(args.calib, weights_only=True)
     windows = torch.load(args.eval, weights_only=True)
+    meter = Meter()
     try:
         if args.worker == "prunekit":
-            model, seconds, versions = prune_with_prunekit(args.method, args.pattern, calibration)
+            model = prune_with_prunekit(args.method, args.pattern, calibration, meter)
         else:
-            model, seconds, versions = prune_with_llmcompressor(args.method, args.pattern, calibration,
-                                                                args.model_dir, args.llmc_batch_size)
+            model = prune_with_llmcompressor(args.method, args.pattern, calibration, meter, args.model_dir,
+                                             args.llmc_batch_size)
     except LookupError as e:
         return {"skipped": str(e)}
-    rss = peak_rss_bytes()
+    rss = meter.peak()
     report = sparsity_report(model, args.pattern)
     ppl = perplexity(model, windows)
-    versions |= {"torch": torch.__version__, "transformers": transformers.__version__}
-    return {"prune_seconds": seconds, "peak_rss_bytes": rss, "perplexity": ppl, "sparsity": report,
-            "peak_rss_final_bytes": peak_rss_bytes(), "worker_seconds": time.perf_counter() - started,
+    versions = {args.worker: version(args.worker), "torch": torch.__version__, "transformers": transformers.__version__}
+    return {"prune_seconds": meter.seconds, "peak_rss_bytes": rss, "perplexity": ppl, "sparsity": report,
+            "load_peak_rss_bytes": meter.load_peak, "prune_peak_rss_bytes": meter.prune_peak,
+            "peak_rss_final_bytes": meter.peak(), "worker_seconds": time.perf_counter() - started,
             "torch_threads": torch.get_num_threads(), "versions": versions}
 
 
 # ---------------------------------------------------------------- driver (main venv)
 
 
-def prepare(args: argparse.Namespace, workdir: Path) -> Path:
-    """Save calibration ids [samples, seq_len] and evaluation windows once; return the model directory."""
+def prepare(args: argparse.Namespace) -> dict:
+    """Save calibration ids [samples, seq_len] and evaluation windows once (main venv); name the model directory."""
     import torch
 
     import prunekit
@@ -176,17 +210,20 @@ def prepare(args: argparse.Namespace, workdir: Path) -> Path:
     calibration = prunekit.calibration_data(loaded.model, loaded.tokenizer, config)
     stream = token_stream(loaded.tokenizer, load_texts("wikipedia", "evaluation"))
     windows = evaluation_windows(stream, args.ppl_samples, args.ppl_seq_len)
-    torch.save(calibration, workdir / "calibration.pt")
-    torch.save(windows, workdir / "evaluation.pt")
-    return model_dir
+    torch.save(calibration, args.calib)
+    torch.save(windows, args.eval)
+    return {"model_dir": str(model_dir)}
 
 
-def run_worker(tool: str, job: str, args: argparse.Namespace, workdir: Path, model_dir: Path) -> dict:
+def run_worker(tool: str, job: str, args: argparse.Namespace, workdir: Path, model_dir: str = "") -> dict:
+    """One fresh process: `prepare` and `prunekit` in this (main) venv, `llmcompressor` in the peer venv."""
     method, _, pattern = job.partition(":")
-    python = sys.executable if tool == "prunekit" else str(args.peer_python)
+    python = str(args.peer_python) if tool == "llmcompressor" else sys.executable
     command = [python, str(Path(__file__).resolve()), "--worker", tool, "--method", method,
-               "--pattern", pattern or "unstructured", "--model-dir", str(model_dir),
+               "--pattern", pattern or "unstructured", "--model-dir", model_dir,
                "--calib", str(workdir / "calibration.pt"), "--eval", str(workdir / "evaluation.pt"),
+               "--samples", str(args.samples), "--seq-len", str(args.seq_len),
+               "--ppl-samples", str(args.ppl_samples), "--ppl-seq-len", str(args.ppl_seq_len),
                "--llmc-batch-size", str(args.llmc_batch_size)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -214,9 +251,12 @@ def describe(result: dict) -> str:
         return f"skipped ({result['skipped']})"
     if "error" in result:
         return f"FAILED ({result['error']})"
-    seconds = f"prune {result['prune_seconds']:.1f} s, " if result["prune_seconds"] is not None else ""
-    return (f"{seconds}process {result['process_seconds']:.1f} s, peak RSS {result['peak_rss_bytes'] / 1e9:.2f} GB, "
-            f"ppl {result['perplexity']:.2f}")
+    text = f"process {result['process_seconds']:.1f} s, peak RSS {result['peak_rss_bytes'] / 1e9:.2f} GB"
+    if result["prune_seconds"] is not None:
+        during = result["prune_peak_rss_bytes"]
+        text = (f"prune {result['prune_seconds']:.1f} s, {text} (loading {result['load_peak_rss_bytes'] / 1e9:.2f}, "
+                f"pruning {'-' if during is None else format(during / 1e9, '.2f')})")
+    return f"{text}, ppl {result['perplexity']:.2f}"
 
 
 def describe_sparsity(report: dict) -> str:
@@ -231,7 +271,7 @@ def medians(results: list[dict]) -> dict | None:
     ok = [r for r in results if "error" not in r and "skipped" not in r]
     if not ok:
         return None
-    keys = (*METRICS, "process_seconds", "peak_rss_final_bytes")
+    keys = (*METRICS, "process_seconds", "load_peak_rss_bytes", "prune_peak_rss_bytes", "peak_rss_final_bytes")
     return {k: statistics.median(r[k] for r in ok) for k in keys if ok[0].get(k) is not None} | {"runs": len(ok)}
 
 
@@ -273,20 +313,25 @@ def main() -> None:
     parser.add_argument("--no-dense", action="store_true", help="skip the dense perplexity check in both venvs")
     parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "vs_llmcompressor.json")
-    parser.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=("prepare", *TOOLS), help=argparse.SUPPRESS)
     for hidden in ("--method", "--pattern", "--model-dir", "--calib", "--eval"):
         parser.add_argument(hidden, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args)), flush=True)
+        print(json.dumps(prepare(args) if args.worker == "prepare" else worker(args)), flush=True)
         return
 
     jobs = parse_jobs(args.jobs)
     if not args.peer_python.exists():
         raise SystemExit(f"{args.peer_python} not found: make the peer venv first (see bench/peers-requirements.txt)")
     with tempfile.TemporaryDirectory(prefix="vs-llmc-") as tmp:
+        # This driver imports neither torch nor prunekit: a child process starts with its parent's peak RSS as its
+        # own ru_maxrss (Linux carries it over fork + exec), so the driver must stay small for the numbers to hold.
         workdir = Path(tmp)
-        model_dir = prepare(args, workdir)
+        prepared = run_worker("prepare", "prepare:", args, workdir)
+        if "model_dir" not in prepared:
+            raise SystemExit(f"preparing the shared tokens failed: {prepared.get('error')}")
+        model_dir = prepared["model_dir"]
         print(f"model {model_dir}; calibration {args.samples} x {args.seq_len}, "
               f"evaluation {args.ppl_samples} x {args.ppl_seq_len} (wikipedia evaluation split)", flush=True)
         dense: dict[str, dict] = {}

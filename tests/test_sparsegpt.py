@@ -4,7 +4,7 @@ import torch
 from prunekit.engine.layerwise import PruneStage, prune_layerwise
 from prunekit.methods import get_method
 from prunekit.methods.patterns import SparsityPattern
-from prunekit.methods.sparsegpt import sparsegpt
+from prunekit.methods.sparsegpt import inverse_hessian, sparsegpt
 from prunekit.models.adapters import adapter_for
 
 
@@ -46,10 +46,13 @@ def test_dead_inputs_and_singular_hessians_stay_finite():
     x = correlated_inputs(tokens=16, features=32)  # rank 16 < 32: singular without dampening
     x[:, 5] = 0  # a feature that never fires
     weight = torch.randn(8, 32)
-    result = sparsegpt(weight, x.T @ x, 0.5, SparsityPattern(), damping=1e-12)
+    prepared = inverse_hessian(x.T @ x, damping=1e-12)
+    assert prepared.retries > 0 and prepared.damping > 1e-12
+    result = sparsegpt(weight, prepared, 0.5, SparsityPattern())
     assert torch.isfinite(result.weight).all()
     assert (result.weight[:, 5] == 0).all()
-    assert result.retries > 0 and result.damping > 1e-12
+    note = get_method("sparsegpt").prune(weight, x.T @ x, 0.5, SparsityPattern(), damping=1e-12).note
+    assert "retried" in note
 
 
 def test_sparsegpt_in_the_engine_updates_weights():

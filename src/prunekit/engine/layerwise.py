@@ -178,6 +178,11 @@ def prune_layerwise(
                 continue
             method = stage.impl
             stats = _collect(layer, targets, method.statistic, hidden, calls) if method.statistic else {}
+            prepared: dict[int, object] = {}  # linears sharing an input share its prepared statistic
+            for name, stat in stats.items():
+                if id(stat) not in prepared:
+                    prepared[id(stat)] = method.prepare(stat, stage.damping)
+                stats[name] = prepared[id(stat)]
             for name, linear in targets.items():
                 sparsity = plan[f"{index}.{name}"] if plan is not None else stage.sparsity
                 per_row = stage.allocation != "global"

@@ -11,7 +11,7 @@ from prunekit.errors import PrunekitError
 from prunekit.methods.magnitude import magnitude_scores
 from prunekit.methods.masks import make_mask
 from prunekit.methods.patterns import SparsityPattern
-from prunekit.methods.sparsegpt import sparsegpt
+from prunekit.methods.sparsegpt import InverseHessian, inverse_hessian, sparsegpt
 from prunekit.methods.wanda import wanda_scores
 
 
@@ -37,7 +37,7 @@ class Method:
     def prune(
         self,
         weight: torch.Tensor,
-        statistic: torch.Tensor | None,
+        statistic: torch.Tensor | InverseHessian | None,
         sparsity: float,
         pattern: SparsityPattern,
         per_row: bool = True,
@@ -46,11 +46,16 @@ class Method:
     ) -> Pruned:
         if self.scores is not None:
             return Pruned(make_mask(self.scores(weight, statistic), sparsity, pattern, per_row=per_row))
-        result = sparsegpt(weight, statistic, sparsity, pattern, block_size=block_size, damping=damping)
+        prepared = statistic if isinstance(statistic, InverseHessian) else inverse_hessian(statistic, damping)
+        result = sparsegpt(weight, prepared, sparsity, pattern, block_size=block_size)
         note = None
-        if result.retries:
-            note = f"Cholesky failed; dampening raised to {result.damping:g} of the mean diagonal"
+        if prepared.retries:
+            note = f"Cholesky failed at dampening {damping:g}; retried with {prepared.damping:g} of the mean diagonal"
         return Pruned(result.keep, result.weight, note)
+
+    def prepare(self, statistic: torch.Tensor, damping: float = 0.01) -> torch.Tensor | InverseHessian:
+        """Per-statistic work shared by all linears that see the same input (SparseGPT's inverse Hessian)."""
+        return inverse_hessian(statistic, damping) if self.statistic == "hessian" else statistic
 
 
 METHODS: dict[str, Method] = {

@@ -7,6 +7,8 @@ spread onto the not-yet-processed columns through the upper Cholesky factor of H
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -17,74 +19,97 @@ from prunekit.methods.patterns import SparsityPattern
 MAX_DAMPING_RETRIES = 6
 
 
+@contextmanager
+def _single_thread() -> Iterator[None]:
+    """Thousands of tiny kernels run faster on one thread: no fork/join per call, and no collapse when the
+    machine is busy (an OpenMP team waiting on a descheduled thread costs milliseconds per kernel)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class InverseHessian:
+    """What SparseGPT needs from a Hessian; computed once and shared by the linears that see the same input."""
+
+    factor: torch.Tensor  # upper Cholesky factor of (H + damping)^-1, float32
+    dead: torch.Tensor  # bool [in]: input features that never fired
+    damping: float  # relative dampening finally used (fraction of the mean Hessian diagonal)
+    retries: int  # times the factorisation was retried with tenfold dampening
+
+
+def inverse_hessian(hessian: torch.Tensor, damping: float = 0.01) -> InverseHessian:
+    """Factor (H + damping * mean(diag H) * I)^-1, raising the dampening tenfold until the Cholesky succeeds."""
+    h = hessian.detach().float().clone()
+    dead = h.diagonal() == 0
+    h[dead, dead] = 1.0  # a feature that never fires: its weights cannot matter, they are dropped below
+    mean_diag = h.diagonal().mean()
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    used = damping
+    with _single_thread():
+        for retries in range(MAX_DAMPING_RETRIES + 1):
+            lower, info = torch.linalg.cholesky_ex(h + used * mean_diag * eye)
+            if info == 0:
+                upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
+                if info == 0:
+                    return InverseHessian(upper, dead, used, retries)
+            used *= 10
+    raise RuntimeError(f"the Hessian stays singular even with dampening {used / 10:g}")
+
+
 @dataclass
 class SparseGPTResult:
-    weight: torch.Tensor  # updated weight, pruned entries exactly zero, in float32
+    weight: torch.Tensor  # updated weight, pruned entries exactly zero, float32
     keep: torch.Tensor  # bool, True where kept
-    damping: float  # relative dampening finally used (fraction of the mean Hessian diagonal)
-    retries: int  # how many times the Cholesky factorisation had to be retried with more dampening
-
-
-def inverse_hessian_factor(hessian: torch.Tensor, damping: float) -> tuple[torch.Tensor, float, int]:
-    """Upper Cholesky factor of (H + damping * mean(diag H) * I)^-1, raising the damping tenfold until it works."""
-    h = hessian.double()
-    mean_diag = h.diagonal().mean().clamp_min(1e-12)
-    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
-    for retries in range(MAX_DAMPING_RETRIES + 1):
-        factor, info = torch.linalg.cholesky_ex(h + damping * mean_diag * eye)
-        if info == 0:
-            inverse = torch.cholesky_inverse(factor)
-            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-            if info == 0 and torch.isfinite(upper).all():
-                return upper.float(), damping, retries
-        damping *= 10
-    raise RuntimeError(f"the Hessian stays singular even with dampening {damping / 10:g}")
 
 
 def sparsegpt(
     weight: torch.Tensor,
-    hessian: torch.Tensor,
+    hessian: torch.Tensor | InverseHessian,
     sparsity: float,
     pattern: SparsityPattern,
     block_size: int = 128,
     damping: float = 0.01,
 ) -> SparseGPTResult:
-    """Prune `weight` [out, in] given the input Hessian `hessian` [in, in] (X X^T summed over tokens)."""
+    """Prune `weight` [out, in] given its input Hessian [in, in] (X^T X over tokens) or its InverseHessian."""
     if pattern.is_nm and block_size % pattern.m:
         raise ValueError(f"block size {block_size} is not a multiple of M={pattern.m}")
-    w = weight.detach().float().clone()
-    h = hessian.detach().float().clone()
-    rows, cols = w.shape
-    dead = h.diagonal() == 0  # inputs that never fire: their weights cannot matter, drop them
-    h[dead, dead] = 1.0
-    w[:, dead] = 0.0
-    hinv, used, retries = inverse_hessian_factor(h, damping)
-    pruned = torch.zeros_like(w, dtype=torch.bool)
+    prepared = hessian if isinstance(hessian, InverseHessian) else inverse_hessian(hessian, damping)
+    hinv = prepared.factor
+    # Work on W^T so each input column is a contiguous row: the per-column updates are then fast rank-1 BLAS calls.
+    wt = weight.detach().float().t().contiguous()
+    wt[prepared.dead] = 0.0
+    cols = wt.shape[0]
+    pruned = torch.zeros_like(wt, dtype=torch.bool)
     for start in range(0, cols, block_size):
         end = min(start + block_size, cols)
-        block = w[:, start:end].clone()
+        block = wt[start:end].clone()
         hinv_block = hinv[start:end, start:end]
-        diag = hinv_block.diagonal()
-        errors = torch.zeros_like(block)
-        block_pruned = torch.zeros_like(block, dtype=torch.bool)
+        diag = hinv_block.diagonal().unsqueeze(1)
+        block_pruned = pruned[start:end]
         if not pattern.is_nm:
             saliency = block.square() / diag.square()
             count = round(sparsity * saliency.numel())
-            block_pruned = ~_prune_lowest(saliency.reshape(1, -1), count).reshape(saliency.shape)
-        for i in range(end - start):
-            if pattern.is_nm and i % pattern.m == 0:
-                group = block[:, i : i + pattern.m].square() / diag[i : i + pattern.m].square()
-                block_pruned[:, i : i + pattern.m] = ~_prune_lowest(group, pattern.m - pattern.n)
-            column = block[:, i]
-            quantized = column.masked_fill(block_pruned[:, i], 0.0)
-            error = (column - quantized) / diag[i]
-            block[:, i:] -= error.unsqueeze(1) * hinv_block[i, i:].unsqueeze(0)
-            block[:, i] = quantized
-            errors[:, i] = error
-        w[:, start:end] = block
-        w[:, end:] -= errors @ hinv[start:end, end:]
-        pruned[:, start:end] = block_pruned
-    w.masked_fill_(pruned, 0.0)
-    if not torch.isfinite(w).all():
+            block_pruned.copy_(~_prune_lowest(saliency.reshape(1, -1), count).reshape(saliency.shape))
+        # the error of column i is w_i / d_i where pruned and 0 elsewhere: a per-entry scale
+        scale = block_pruned / diag
+        errors = torch.empty_like(block)
+        with _single_thread():
+            for i in range(end - start):
+                if pattern.is_nm and i % pattern.m == 0:
+                    group = slice(i, i + pattern.m)
+                    saliency = (block[group].square() / diag[group].square()).t()
+                    block_pruned[group] = ~_prune_lowest(saliency, pattern.m - pattern.n).t()
+                    scale[group] = block_pruned[group] / diag[group]
+                torch.mul(block[i], scale[i], out=errors[i])
+                block[i:].addr_(hinv_block[i, i:], errors[i], alpha=-1.0)
+        wt[start:end] = block
+        wt[end:].addmm_(hinv[start:end, end:].t(), errors, alpha=-1.0)
+    wt.masked_fill_(pruned, 0.0)
+    if not torch.isfinite(wt).all():
         raise RuntimeError("SparseGPT produced non-finite weights")
-    return SparseGPTResult(w, ~pruned, used, retries)
+    w, pruned = wt.t().contiguous(), pruned.t().contiguous()
+    return SparseGPTResult(w, ~pruned)
