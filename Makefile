@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU build of PyTorch by default (a GPU machine whose Python already has torch keeps its own, see below).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench bench-peers bench-vs-llmcompressor clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,17 @@ test: setup
 bench: setup
 	$(BIN)/python bench/fidelity.py
 	$(BIN)/python bench/prune_speed.py
+
+# llm-compressor pins an older transformers, so the side-by-side benchmark runs it from its own venv.
+bench-peers: bench/.venv-peers/.installed
+bench/.venv-peers/.installed: bench/peers-requirements.txt
+	$(PYTHON) -m venv bench/.venv-peers
+	bench/.venv-peers/bin/python -m pip install -q "$(TORCH)"
+	bench/.venv-peers/bin/python -m pip install -q -r bench/peers-requirements.txt
+	touch $@
+
+bench-vs-llmcompressor: setup bench-peers
+	$(BIN)/python bench/vs_llmcompressor.py
 
 clean:
 	rm -rf $(VENV) out bench/results

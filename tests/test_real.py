@@ -58,19 +58,36 @@ def test_dense_model_knows_the_capital_of_france(smollm2):
     assert "Paris" in smollm2.tokenizer.decode(out[0, ids.shape[1]:])
 
 
-def test_wanda_is_far_closer_to_dense_than_magnitude(smollm2):
-    model, tokenizer = smollm2.model, smollm2.tokenizer
+def perplexities(loaded, runs, calibration):
+    """Perplexity (4 x 512 held-out tokens) of the dense model and of each (method, pattern) pruned from it."""
+    model, tokenizer = loaded.model, loaded.tokenizer
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
     evaluation = EvaluationConfig(samples=4, seq_len=512)
-    calibration = prunekit.calibration_data(model, tokenizer, CalibrationConfig(samples=16, seq_len=512))
     ppl = {"dense": prunekit.evaluate(model, tokenizer, evaluation, progress=False).perplexity}
-    for method in ("magnitude", "wanda"):
+    try:
+        for method, pattern in runs:
+            model.load_state_dict(dense_state)
+            prunekit.prune(model, tokenizer, method=method, pattern=pattern, calibration=calibration, progress=False)
+            ppl[f"{method} {pattern}"] = prunekit.evaluate(model, tokenizer, evaluation, progress=False).perplexity
+    finally:
         model.load_state_dict(dense_state)
-        prunekit.prune(model, tokenizer, method=method, sparsity=0.5, calibration=calibration, progress=False)
-        ppl[method] = prunekit.evaluate(model, tokenizer, evaluation, progress=False).perplexity
-    model.load_state_dict(dense_state)
-    assert ppl["dense"] < ppl["wanda"] < 2.5 * ppl["dense"], ppl
-    assert ppl["magnitude"] > 2 * ppl["wanda"], ppl
+    return ppl
+
+
+@pytest.fixture(scope="module")
+def calibration(smollm2):
+    return prunekit.calibration_data(smollm2.model, smollm2.tokenizer, CalibrationConfig(samples=16, seq_len=512))
+
+
+def test_wanda_is_far_closer_to_dense_than_magnitude(smollm2, calibration):
+    ppl = perplexities(smollm2, [("magnitude", "unstructured"), ("wanda", "unstructured")], calibration)
+    assert ppl["dense"] < ppl["wanda unstructured"] < 2.5 * ppl["dense"], ppl
+    assert ppl["magnitude unstructured"] > 2 * ppl["wanda unstructured"], ppl
+
+
+def test_sparsegpt_beats_wanda_at_2_4(smollm2, calibration):
+    ppl = perplexities(smollm2, [("wanda", "2:4"), ("sparsegpt", "2:4")], calibration)
+    assert ppl["dense"] < ppl["sparsegpt 2:4"] < ppl["wanda 2:4"], ppl
 
 
 def test_a_gguf_file_loads_like_the_packaged_model(smollm2, tmp_path):
