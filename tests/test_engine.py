@@ -178,3 +178,18 @@ def test_owl_works_with_magnitude_and_sparsegpt():
         results = prune_layerwise(adapter_for(model), calibration(), [PruneStage(method, 0.5, allocation="owl")], CPU)
         total = sum(r.zeros for r in results) / sum(r.numel for r in results)
         assert abs(total - 0.5) < 0.01, method
+
+
+def test_owl_with_magnitude_through_the_api_draws_calibration(tokenizer, text_file):
+    import prunekit
+    from prunekit.recipe import CalibrationConfig
+
+    model = tiny_model("llama")
+    config = CalibrationConfig(source=str(text_file), samples=4, seq_len=32)
+    result = prunekit.prune(model, tokenizer, stages=[{"method": "magnitude", "allocation": "owl", "owl_lambda": 0.1}],
+                            calibration=config, progress=False)
+    assert abs(result.sparsity - 0.5) < 0.01
+    layer0 = [m.sparsity for m in result.matrices if m.name.startswith("layers.0.")]
+    layer1 = [m.sparsity for m in result.matrices if m.name.startswith("layers.1.")]
+    assert abs(max(layer0) - min(layer0)) < 0.02 and abs(max(layer1) - min(layer1)) < 0.02
+    assert abs(layer0[0] - layer1[0]) > 0.15  # 0.4 and 0.6

@@ -85,7 +85,7 @@ def prune(
     parsed = [StageConfig.parse(s) for s in stages]
     torch.manual_seed(seed)
     adapter = adapter_for(model)
-    needs_data = any(s.to_stage().impl.statistic for s in parsed)
+    needs_data = any(s.to_stage().needs_calibration for s in parsed)
     windows = torch.empty(0, 1, dtype=torch.long)
     if needs_data:
         if isinstance(calibration, torch.Tensor):
@@ -178,7 +178,7 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
         _check_seq_len(model, evaluation.seq_len, "evaluation")
     t0 = time.perf_counter()
     windows = None
-    if any(s.to_stage().impl.statistic for s in recipe.stages):
+    if any(s.to_stage().needs_calibration for s in recipe.stages):
         windows = calibration_data(model, tokenizer, recipe.calibration, recipe.seed)
     timed("calibration_data", t0)
     dense = None
@@ -209,8 +209,9 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
         "parameters": parameters,
         "zero_parameters": zeros,
         "decoder_linear_sparsity": result.sparsity,
-        "matrices": [{"name": m.name, "numel": m.numel, "zeros": m.zeros, "sparsity": m.sparsity}
+        "matrices": [{"name": m.name, "numel": m.numel, "zeros": m.zeros, "sparsity": m.sparsity, "notes": m.notes}
                      for m in result.matrices],
+        "notes": [f"{m.name}: {note}" for m in result.matrices for note in m.notes],
         "perplexity": {
             "dense": dense.to_dict() if dense else None,
             "pruned": pruned.to_dict() if pruned else None,
@@ -219,7 +220,6 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
     }
-    t0 = time.perf_counter()
     with console.status(f"saving to {out}"):
         report["seconds"]["total"] = round(time.perf_counter() - started, 2)
         save(loaded, out, report, recipe, overwrite)

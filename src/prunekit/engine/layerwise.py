@@ -46,6 +46,10 @@ class PruneStage:
     def impl(self) -> Method:
         return get_method(self.method)
 
+    @property
+    def needs_calibration(self) -> bool:
+        return self.impl.statistic is not None or self.allocation == "owl"
+
     def selects(self, layer_index: int, name: str) -> bool:
         in_layer = self.layers is None or layer_index in self.layers
         return in_layer and any(fnmatch.fnmatchcase(name, t) for t in self.targets)
@@ -146,7 +150,7 @@ def prune_layerwise(
                 f"global allocation needs scores comparable across layers; {stage.method} scores are not "
                 "(use magnitude, or --allocation uniform or owl)"
             )
-    needs_data = any(s.impl.statistic or s.allocation == "owl" for s in stages)
+    needs_data = any(s.needs_calibration for s in stages)
     layers = adapter.layers
     # Everything outside the decoder layers (embeddings, rotary tables, norms) goes to the device for the capture.
     prefix = adapter.layers_path + "."
