@@ -193,3 +193,30 @@ def test_owl_with_magnitude_through_the_api_draws_calibration(tokenizer, text_fi
     layer1 = [m.sparsity for m in result.matrices if m.name.startswith("layers.1.")]
     assert abs(max(layer0) - min(layer0)) < 0.02 and abs(max(layer1) - min(layer1)) < 0.02
     assert abs(layer0[0] - layer1[0]) > 0.15  # 0.4 and 0.6
+
+
+def test_gradient_norms_are_l2_over_per_sample_gradients():
+    from prunekit.engine.gradients import gradient_norms
+
+    model = tiny_model("llama")
+    ids = calibration(n=3, length=16)
+    linear = model.model.layers[1].mlp.down_proj
+    norms = gradient_norms(model, {"down": linear}, ids, CPU)["down"]
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())  # left as found
+    expected = torch.zeros_like(linear.weight)
+    for sample in ids:
+        model.zero_grad()
+        model(input_ids=sample[None], labels=sample[None]).loss.backward()
+        expected += linear.weight.grad.square()
+    assert torch.allclose(norms, expected.sqrt(), rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("method", ["gradient", "gblm"])
+def test_gradient_methods_prune_exactly_and_differ_from_wanda(method):
+    model = tiny_model("llama")
+    results = prune_layerwise(adapter_for(model), calibration(), [PruneStage(method, 0.5)], CPU)
+    assert all(r.sparsity == 0.5 for r in results)
+    reference = tiny_model("llama")
+    prune_layerwise(adapter_for(reference), calibration(), [PruneStage("wanda", 0.5)], CPU)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight != 0,
+                           reference.model.layers[0].mlp.up_proj.weight != 0)

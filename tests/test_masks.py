@@ -4,6 +4,7 @@ import torch
 from prunekit.errors import PrunekitError
 from prunekit.methods import get_method
 from prunekit.methods.allocation import global_threshold_sparsities, outlier_ratio, owl_sparsities
+from prunekit.methods.gradient import gblm_scores, gradient_scores
 from prunekit.methods.magnitude import magnitude_scores
 from prunekit.methods.masks import make_mask, matrix_mask, nm_mask, row_mask
 from prunekit.methods.patterns import SparsityPattern
@@ -104,3 +105,12 @@ def test_owl_sparsities_hand_computed():
 def test_outlier_ratio_hand_computed():
     # mean of all five scores is 2.8; with M = 2 only the 10 exceeds 5.6
     assert outlier_ratio([torch.tensor([1.0, 1.0]), torch.tensor([1.0, 1.0, 10.0])], m=2) == pytest.approx(0.2)
+
+
+def test_gradient_and_gblm_scores_hand_computed():
+    weight = torch.tensor([[1.0, -2.0]])
+    grad_norm = torch.tensor([[0.5, 0.25]])
+    sq_sum = torch.tensor([4.0, 9.0])
+    assert torch.allclose(gradient_scores(weight, grad_norm), torch.tensor([[0.5, 0.5]]))
+    # 100 * |W| * G + |W| * ||X||
+    assert torch.allclose(gblm_scores(weight, grad_norm, sq_sum), torch.tensor([[50.0 + 2.0, 50.0 + 6.0]]))

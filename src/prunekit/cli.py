@@ -78,7 +78,9 @@ def fetch(
 def prune(
     model: Annotated[str | None, typer.Argument(help=ModelArg.__metadata__[0].help, show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist).")] = ...,
-    method: Annotated[str | None, typer.Option(help="magnitude | wanda | sparsegpt  [default: wanda]")] = None,
+    method: Annotated[
+        str | None, typer.Option(help="magnitude | wanda | sparsegpt | gradient | gblm  [default: wanda]")
+    ] = None,
     sparsity: Annotated[
         float | None, typer.Option(help="Fraction of weights removed, in [0, 1). Implied by an N:M pattern.")
     ] = None,

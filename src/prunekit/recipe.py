@@ -56,6 +56,7 @@ class StageConfig(_Strict):
     min_density: float = Field(0.05, ge=0, lt=1)  # global: least fraction of weights any matrix keeps
     owl_m: float = Field(5.0, gt=0)  # owl: outlier threshold, in multiples of a layer's mean score
     owl_lambda: float = 0.08  # owl: layer sparsities span sparsity +- owl_lambda
+    gradient_samples: int = Field(32, gt=0)  # gradient/gblm: calibration windows back-propagated
     block_size: int = 128  # SparseGPT: columns per block
     damping: float = 0.01  # SparseGPT: dampening as a fraction of the mean Hessian diagonal
 
@@ -122,6 +123,7 @@ class StageConfig(_Strict):
             min_density=self.min_density,
             owl_m=self.owl_m,
             owl_lambda=self.owl_lambda,
+            gradient_samples=self.gradient_samples,
         )
 
 

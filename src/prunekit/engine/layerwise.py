@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from prunekit.engine.capture import CapturedInputs, LayerCall, capture_layer_inputs
+from prunekit.engine.gradients import gradient_norms
 from prunekit.engine.statistics import AllTargetsSeen, collect_inputs
 from prunekit.errors import PrunekitError
 from prunekit.methods import Method, get_method
@@ -39,6 +40,7 @@ class PruneStage:
     min_density: float = 0.05  # global: no matrix keeps less than this fraction of its weights
     owl_m: float = 5.0  # owl: a score is an outlier above owl_m x the layer's mean score
     owl_lambda: float = 0.08  # owl: layer sparsities span target +- owl_lambda
+    gradient_samples: int = 32  # gradient scores: calibration windows back-propagated, one at a time
     block_size: int = 128  # SparseGPT column block
     damping: float = 0.01  # SparseGPT dampening, fraction of the mean Hessian diagonal
 
@@ -48,7 +50,7 @@ class PruneStage:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.impl.statistic is not None or self.allocation == "owl"
+        return self.impl.statistic is not None or self.impl.needs_gradients or self.allocation == "owl"
 
     def selects(self, layer_index: int, name: str) -> bool:
         in_layer = self.layers is None or layer_index in self.layers
@@ -74,7 +76,7 @@ def _selected(adapter: ModelAdapter, stage: PruneStage, index: int, layer: nn.Mo
 def global_plan(adapter: ModelAdapter, stage: PruneStage) -> dict[str, float]:
     """Per-matrix sparsity from one magnitude-type threshold across all selected matrices."""
     scores = {
-        f"{i}.{n}": stage.impl.scores(lin.weight, None)
+        f"{i}.{n}": stage.impl.scores(lin.weight, None, None)
         for i, layer in enumerate(adapter.layers)
         for n, lin in _selected(adapter, stage, i, layer).items()
     }
@@ -162,6 +164,13 @@ def prune_layerwise(
         _move(outside, device)
         captured = capture_layer_inputs(adapter, list(calibration.split(batch_size)), device)
         _move(outside, home)
+    gradients: dict[str, torch.Tensor] = {}  # of the dense model, for every linear a gradient stage selects
+    gradient_stages = [s for s in stages if s.impl.needs_gradients]
+    if gradient_stages:
+        linears = {f"{i}.{n}": lin for s in gradient_stages for i, layer in enumerate(layers)
+                   for n, lin in _selected(adapter, s, i, layer).items()}
+        samples = max(s.gradient_samples for s in gradient_stages)
+        gradients = gradient_norms(adapter.model, linears, calibration[:samples], device)
     plans: list[dict[str, float] | None] = []
     for stage in stages:
         if stage.allocation == "global":
@@ -191,7 +200,8 @@ def prune_layerwise(
                 sparsity = plan[f"{index}.{name}"] if plan is not None else stage.sparsity
                 per_row = stage.allocation != "global"
                 pruned = method.prune(linear.weight, stats.get(name), sparsity, stage.pattern, per_row=per_row,
-                                      block_size=stage.block_size, damping=stage.damping)
+                                      block_size=stage.block_size, damping=stage.damping,
+                                      gradient=gradients.get(f"{index}.{name}"))
                 if pruned.weight is not None:
                     linear.weight.copy_(pruned.weight)
                 linear.weight.masked_fill_(~pruned.keep.to(linear.weight.device), 0)

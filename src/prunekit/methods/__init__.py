@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from prunekit.errors import PrunekitError
+from prunekit.methods.gradient import gblm_scores, gradient_scores
 from prunekit.methods.magnitude import magnitude_scores
 from prunekit.methods.masks import make_mask
 from prunekit.methods.patterns import SparsityPattern
@@ -27,7 +28,9 @@ class Method:
     name: str
     description: str
     statistic: str | None  # the input statistic the engine collects: None, "sq_sum" or "hessian"
-    scores: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor] | None = None  # score-based methods
+    # score-based methods: (weight, input statistic, gradient norm) -> scores
+    scores: Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor] | None = None
+    needs_gradients: bool = False  # per-weight gradient norms of the LM loss on the dense model
 
     @property
     def comparable_across_layers(self) -> bool:
@@ -43,9 +46,10 @@ class Method:
         per_row: bool = True,
         block_size: int = 128,
         damping: float = 0.01,
+        gradient: torch.Tensor | None = None,
     ) -> Pruned:
         if self.scores is not None:
-            return Pruned(make_mask(self.scores(weight, statistic), sparsity, pattern, per_row=per_row))
+            return Pruned(make_mask(self.scores(weight, statistic, gradient), sparsity, pattern, per_row=per_row))
         prepared = statistic if isinstance(statistic, InverseHessian) else inverse_hessian(statistic, damping)
         result = sparsegpt(weight, prepared, sparsity, pattern, block_size=block_size)
         note = None
@@ -61,9 +65,13 @@ class Method:
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (
-        Method("magnitude", "|W|; needs no calibration data", None, lambda w, _s: magnitude_scores(w)),
+        Method("magnitude", "|W|; needs no calibration data", None, lambda w, _s, _g: magnitude_scores(w)),
         Method("wanda", "|W| x input-feature L2 norm, per output row (Sun et al. 2023)", "sq_sum",
-               lambda w, s: wanda_scores(w, s)),
+               lambda w, s, _g: wanda_scores(w, s)),
+        Method("gradient", "|W| x L2 norm of per-sample loss gradients (GBLM-Pruner's gradient term)", None,
+               lambda w, _s, g: gradient_scores(w, g), needs_gradients=True),
+        Method("gblm", "GBLM-Pruner: gradient term x 100 + the Wanda term (Das et al. 2023)", "sq_sum",
+               lambda w, s, g: gblm_scores(w, g, s), needs_gradients=True),
         Method("sparsegpt", "OBS reconstruction from the input Hessian (Frantar & Alistarh 2023)", "hessian"),
     )
 }
