@@ -56,7 +56,7 @@ def _release_file(package: Package) -> dict:
 
 
 def _download(url: str, size: int, dest: BinaryIO, label: str) -> None:
-    with progress_bar() as bar, urllib.request.urlopen(url, timeout=60) as response:
+    with progress_bar(download=True) as bar, urllib.request.urlopen(url, timeout=60) as response:
         task = bar.add_task(label, total=size)
         for block in iter(lambda: response.read(1 << 20), b""):
             dest.write(block)
