@@ -11,7 +11,7 @@ import torch
 from prunekit.methods.patterns import SparsityPattern
 
 
-def _prune_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+def prune_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
     """Keep-mask removing exactly `count` lowest scores along the last dimension.
 
     A k-th value threshold (several times faster than sorting); among scores equal to the threshold, the first
@@ -28,12 +28,12 @@ def _prune_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 def row_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Remove round(sparsity * in_features) weights in every output row (Wanda's per-output comparison group)."""
-    return _prune_lowest(scores, round(sparsity * scores.shape[-1]))
+    return prune_lowest(scores, round(sparsity * scores.shape[-1]))
 
 
 def matrix_mask(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Remove round(sparsity * numel) weights, comparing all weights of the matrix with each other."""
-    flat = _prune_lowest(scores.reshape(1, -1), round(sparsity * scores.numel()))
+    flat = prune_lowest(scores.reshape(1, -1), round(sparsity * scores.numel()))
     return flat.reshape(scores.shape)
 
 
@@ -43,7 +43,7 @@ def nm_mask(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
     if cols % m:
         raise ValueError(f"in_features {cols} is not a multiple of M={m}")
     groups = scores.reshape(rows, cols // m, m)
-    return _prune_lowest(groups, m - n).reshape(rows, cols)
+    return prune_lowest(groups, m - n).reshape(rows, cols)
 
 
 def make_mask(scores: torch.Tensor, sparsity: float, pattern: SparsityPattern, per_row: bool = True) -> torch.Tensor:

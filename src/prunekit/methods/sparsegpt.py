@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prunekit.methods.masks import _prune_lowest
+from prunekit.methods.masks import prune_lowest
 from prunekit.methods.patterns import SparsityPattern
 
 MAX_DAMPING_RETRIES = 6
@@ -93,7 +93,7 @@ def sparsegpt(
         if not pattern.is_nm:
             saliency = block.square() / diag.square()
             count = round(sparsity * saliency.numel())
-            block_pruned.copy_(~_prune_lowest(saliency.reshape(1, -1), count).reshape(saliency.shape))
+            block_pruned.copy_(~prune_lowest(saliency.reshape(1, -1), count).reshape(saliency.shape))
         # the error of column i is w_i / d_i where pruned and 0 elsewhere: a per-entry scale
         scale = block_pruned / diag
         errors = torch.empty_like(block)
@@ -102,7 +102,7 @@ def sparsegpt(
                 if pattern.is_nm and i % pattern.m == 0:
                     group = slice(i, i + pattern.m)
                     saliency = (block[group].square() / diag[group].square()).t()
-                    block_pruned[group] = ~_prune_lowest(saliency, pattern.m - pattern.n).t()
+                    block_pruned[group] = ~prune_lowest(saliency, pattern.m - pattern.n).t()
                     scale[group] = block_pruned[group] / diag[group]
                 torch.mul(block[i], scale[i], out=errors[i])
                 block[i:].addr_(hinv_block[i, i:], errors[i], alpha=-1.0)

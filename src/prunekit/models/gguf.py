@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -62,6 +61,3 @@ def cached_asset(asset: ModelAsset) -> Path:
         convert_gguf(gguf_file, out)
     return out
 
-
-def remove_converted(asset: ModelAsset) -> None:
-    shutil.rmtree(cache_dir() / "models" / asset.name, ignore_errors=True)
