@@ -9,11 +9,13 @@ llm-compressor lives in its own venv, bench/.venv-peers (it pins an older transf
         && bench/.venv-peers/bin/pip install -r bench/peers-requirements.txt
 This script installs nothing. It draws the calibration windows and the evaluation windows once with prunekit (main
 venv), saves them, and hands the same files to every worker. Each job (method x pattern) runs `prunekit.prune` in a
-fresh process of the main venv and llm-compressor's `oneshot` in a fresh process of the peer venv, alternating,
-`--repeats` times. A worker loads the float32 SmolLM2-135M copy, times the pruning call alone, reads its peak RSS
-right after it (loading + pruning), checks the achieved sparsity, and scores perplexity on the shared windows with
-one formula: exp(total NLL of tokens 2..L over all windows / their count). A dense run in each venv checks that the
-two stacks score the unpruned model alike. Prints medians and writes bench/results/vs_llmcompressor.json.
+fresh process of the main venv, prunekit's streamed path (`--stream`: read, prune and write one layer at a time) in
+another, and llm-compressor's `oneshot` in a fresh process of the peer venv, in turn, `--repeats` times. A worker
+loads the float32 SmolLM2-135M copy (the streamed one reads it layer by layer), times the pruning call alone, reads
+its peak RSS right after it (loading + pruning), checks the achieved sparsity, and scores perplexity on the shared
+windows with one formula: exp(total NLL of tokens 2..L over all windows / their count). A dense run in each venv
+checks that the two stacks score the unpruned model alike. Prints medians, writes
+bench/results/vs_llmcompressor.json.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ if TYPE_CHECKING:  # the driver and both workers import torch lazily
 
 BENCH = Path(__file__).resolve().parent
 PEER_PYTHON = BENCH / ".venv-peers" / "bin" / "python"
-TOOLS = ("prunekit", "llmcompressor")
+TOOLS = ("prunekit", "prunekit-stream", "llmcompressor")
+OURS = ("prunekit", "prunekit-stream")
 DEFAULT_JOBS = "wanda:unstructured,wanda:2:4,sparsegpt:unstructured,sparsegpt:2:4"
 LLMC_TARGETS = ["re:.*layers.*proj$"]  # every linear of every decoder layer; never the embeddings or lm_head
 METRICS = ("prune_seconds", "peak_rss_bytes", "perplexity")
@@ -63,6 +66,7 @@ class Meter:
         self.prune_peak: int | None = None
         self._reset = False
         self._started = 0.0
+        self.stop_peak: int | None = None  # whole-process peak when the pruning call returned
 
     def start(self) -> None:
         self.load_peak = peak_rss_bytes()
@@ -76,6 +80,7 @@ class Meter:
     def stop(self) -> None:
         self.seconds = time.perf_counter() - self._started
         self.prune_peak = peak_rss_bytes() if self._reset else None
+        self.stop_peak = self.peak()
 
     def peak(self) -> int:
         """Whole-process peak so far (the reset only forgot what `load_peak` keeps)."""
@@ -135,6 +140,22 @@ def prune_with_prunekit(method: str, pattern: str, calibration: torch.Tensor, me
     return model
 
 
+def prune_streamed(method: str, pattern: str, calibration: torch.Tensor, meter: Meter, model_dir: str,
+                   out: Path) -> nn.Module:
+    """prunekit's streamed path: read, prune and write one layer at a time; the model is loaded for scoring after."""
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.api import run_streaming
+    from prunekit.recipe import Recipe
+
+    recipe = Recipe.parse({"model": model_dir, "stream": True, "stages": [
+        {"method": method, "sparsity": None if ":" in pattern else 0.5, "pattern": pattern}]})
+    meter.start()
+    run_streaming(recipe, out, calibration=calibration)
+    meter.stop()
+    return AutoModelForCausalLM.from_pretrained(out).eval()
+
+
 def prune_with_llmcompressor(
     method: str, pattern: str, calibration: torch.Tensor, meter: Meter, model_dir: str, batch_size: int
 ) -> nn.Module:
@@ -176,15 +197,20 @@ def worker(args: argparse.Namespace) -> dict:
     try:
         if args.worker == "prunekit":
             model = prune_with_prunekit(args.method, args.pattern, calibration, meter)
+        elif args.worker == "prunekit-stream":
+            with tempfile.TemporaryDirectory(prefix="vs-llmc-stream-") as out:
+                model = prune_streamed(args.method, args.pattern, calibration, meter, args.model_dir,
+                                       Path(out) / "pruned")
         else:
             model = prune_with_llmcompressor(args.method, args.pattern, calibration, meter, args.model_dir,
                                              args.llmc_batch_size)
     except LookupError as e:
         return {"skipped": str(e)}
-    rss = meter.peak()
+    rss = meter.stop_peak or meter.peak()
     report = sparsity_report(model, args.pattern)
     ppl = perplexity(model, windows)
-    versions = {args.worker: version(args.worker), "torch": torch.__version__, "transformers": transformers.__version__}
+    package = args.worker.removesuffix("-stream")
+    versions = {package: version(package), "torch": torch.__version__, "transformers": transformers.__version__}
     return {"prune_seconds": meter.seconds, "peak_rss_bytes": rss, "perplexity": ppl, "sparsity": report,
             "load_peak_rss_bytes": meter.load_peak, "prune_peak_rss_bytes": meter.prune_peak,
             "peak_rss_final_bytes": meter.peak(), "worker_seconds": time.perf_counter() - started,
@@ -218,7 +244,7 @@ def prepare(args: argparse.Namespace) -> dict:
 def run_worker(tool: str, job: str, args: argparse.Namespace, workdir: Path, model_dir: str = "") -> dict:
     """One fresh process: `prepare` and `prunekit` in this (main) venv, `llmcompressor` in the peer venv."""
     method, _, pattern = job.partition(":")
-    python = str(args.peer_python) if tool == "llmcompressor" else sys.executable
+    python = str(args.peer_python) if tool == "llmcompressor" else sys.executable  # both prunekit paths: main venv
     command = [python, str(Path(__file__).resolve()), "--worker", tool, "--method", method,
                "--pattern", pattern or "unstructured", "--model-dir", model_dir,
                "--calib", str(workdir / "calibration.pt"), "--eval", str(workdir / "evaluation.pt"),
@@ -276,23 +302,26 @@ def medians(results: list[dict]) -> dict | None:
 
 
 def print_table(median: dict[str, dict[str, dict | None]]) -> None:
+    """One row per prunekit path and job, next to llm-compressor on the same job; ratios = prunekit / llmc."""
     def cell(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    def ratio(job: str, key: str) -> float | None:
-        a, b = median[job]["prunekit"], median[job]["llmcompressor"]
-        return a[key] / b[key] if a and b and a.get(key) and b.get(key) else None
+    def ratio(a: dict, b: dict, key: str) -> float | None:
+        return a[key] / b[key] if a.get(key) and b.get(key) else None
 
     header = ["job", "prunekit s", "llmc s", "time ratio", "prunekit RSS GB", "llmc RSS GB", "RSS ratio",
               "prunekit ppl", "llmc ppl", "ppl ratio"]
     rows = []
     for job, by_tool in median.items():
-        p, c = by_tool["prunekit"] or {}, by_tool["llmcompressor"] or {}
-        gb = {k: v.get("peak_rss_bytes") / 1e9 if v.get("peak_rss_bytes") else None for k, v in (("p", p), ("c", c))}
-        rows.append([job, cell(p.get("prune_seconds"), ".1f"), cell(c.get("prune_seconds"), ".1f"),
-                     cell(ratio(job, "prune_seconds"), ".2f"), cell(gb["p"], ".2f"), cell(gb["c"], ".2f"),
-                     cell(ratio(job, "peak_rss_bytes"), ".2f"), cell(p.get("perplexity"), ".2f"),
-                     cell(c.get("perplexity"), ".2f"), cell(ratio(job, "perplexity"), ".3f")])
+        c = by_tool["llmcompressor"] or {}
+        for tool in OURS:
+            p = by_tool[tool] or {}
+            gb = [v.get("peak_rss_bytes") / 1e9 if v.get("peak_rss_bytes") else None for v in (p, c)]
+            rows.append([job + (" --stream" if tool.endswith("stream") else ""), cell(p.get("prune_seconds"), ".1f"),
+                         cell(c.get("prune_seconds"), ".1f"), cell(ratio(p, c, "prune_seconds"), ".2f"),
+                         cell(gb[0], ".2f"), cell(gb[1], ".2f"), cell(ratio(p, c, "peak_rss_bytes"), ".2f"),
+                         cell(p.get("perplexity"), ".2f"), cell(c.get("perplexity"), ".2f"),
+                         cell(ratio(p, c, "perplexity"), ".3f")])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for i, row in enumerate([header, *rows]):
         cells = (v.rjust(w) if j else v.ljust(w) for j, (v, w) in enumerate(zip(row, widths, strict=True)))
@@ -336,7 +365,7 @@ def main() -> None:
               f"evaluation {args.ppl_samples} x {args.ppl_seq_len} (wikipedia evaluation split)", flush=True)
         dense: dict[str, dict] = {}
         if not args.no_dense:
-            for tool in TOOLS:
+            for tool in ("prunekit", "llmcompressor"):  # the streamed path loads the same model the same way
                 dense[tool] = run_worker(tool, "dense:unstructured", args, workdir, model_dir)
                 print(f"dense {tool}: {describe(dense[tool])}", flush=True)
         runs: dict[str, dict[str, list[dict]]] = {job: {tool: [] for tool in TOOLS} for job in jobs}
@@ -354,8 +383,8 @@ def main() -> None:
     median = {job: {tool: medians(runs[job][tool]) for tool in TOOLS} for job in jobs}
     print(f"\nSmolLM2-135M float32, {args.samples} x {args.seq_len} calibration tokens, perplexity on "
           f"{args.ppl_samples} x {args.ppl_seq_len} held-out tokens, median of {args.repeats}; "
-          "s = the pruning call alone, RSS = process peak through loading + pruning, "
-          "ratios = prunekit / llm-compressor")
+          "s = the pruning call alone (--stream: reading, pruning and writing the checkpoint), "
+          "RSS = process peak through loading + pruning, ratios = prunekit / llm-compressor")
     print_table(median)
     if dense:
         scored = (f"{tool} {r['perplexity']:.3f}" for tool, r in dense.items() if "perplexity" in r)

@@ -124,10 +124,13 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert not out.exists() and not list(tmp_path.glob(".never*"))
 
 
-def test_bad_model_paths(tmp_path, capsys, monkeypatch, text_file):
+def test_bad_model_paths(tmp_path, capsys, monkeypatch, text_file, tokenizer):
     (tmp_path / "empty").mkdir()
+    no_tokenizer = tmp_path / "no-tokenizer"
+    tiny_model("llama").save_pretrained(no_tokenizer)
     corrupt = tmp_path / "corrupt"
     tiny_model("llama").save_pretrained(corrupt)
+    tokenizer.save_pretrained(corrupt)
     (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
     gpt2 = tmp_path / "gpt2"
     gpt2.mkdir()
@@ -136,6 +139,7 @@ def test_bad_model_paths(tmp_path, capsys, monkeypatch, text_file):
     cases = [
         (tmp_path / "missing", "not found"),
         (tmp_path / "empty", "no config.json"),
+        (no_tokenizer, "could not load the tokenizer"),
         (corrupt, "could not load model"),
         (gpt2, "unsupported architecture 'gpt2'"),
     ]

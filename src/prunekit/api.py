@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,12 +16,21 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 import prunekit
-from prunekit.engine.layerwise import MatrixSparsity, prune_layerwise
+from prunekit.engine.layerwise import MatrixSparsity, Phases, prune_layerwise
+from prunekit.engine.streaming import StreamedLayers, load_outside_layers, meta_model, release_memory
 from prunekit.errors import PrunekitError
 from prunekit.eval.perplexity import PerplexityResult, perplexity
 from prunekit.models.adapters import adapter_for
-from prunekit.models.loading import LoadedModel, load_model, resolve_device
+from prunekit.models.loading import (
+    LoadedModel,
+    compute_dtype,
+    load_config_and_tokenizer,
+    load_model,
+    local_checkpoint,
+    resolve_device,
+)
 from prunekit.models.saving import atomic_directory, check_output_free
+from prunekit.models.shards import Checkpoint, ShardWriter
 from prunekit.progress import console, progress_bar
 from prunekit.recipe import CalibrationConfig, EvaluationConfig, Recipe, StageConfig
 from prunekit.text.sources import load_texts
@@ -31,6 +41,7 @@ from prunekit.text.tokens import calibration_windows, evaluation_windows, token_
 class PruneResult:
     matrices: list[MatrixSparsity]
     seconds: float
+    phases: dict[str, float] = field(default_factory=dict)  # where the seconds went (see prune_layerwise)
 
     @property
     def sparsity(self) -> float:
@@ -96,17 +107,20 @@ def prune(
             windows = calibration_data(model, tokenizer, calibration, seed)
             batch_size = calibration.batch_size if calibration is not None else batch_size
     start = time.perf_counter()
+    target = resolve_device(device)
+    phases = Phases(target)
     with progress_bar() as bar:
         task = bar.add_task("pruning layers", total=len(adapter.layers), visible=progress)
         matrices = prune_layerwise(
             adapter,
             windows,
             [s.to_stage() for s in parsed],
-            resolve_device(device),
+            target,
             batch_size=batch_size,
             on_layer=lambda done, total: bar.update(task, completed=done),
+            phases=phases,
         )
-    return PruneResult(matrices, time.perf_counter() - start)
+    return PruneResult(matrices, time.perf_counter() - start, dict(phases))
 
 
 def evaluate(
@@ -157,11 +171,38 @@ def save(loaded: LoadedModel, out: Path, report: dict, recipe: Recipe | None = N
             (tmp / "recipe.yaml").write_text(recipe.to_yaml())
 
 
+def _report(recipe: Recipe, result: PruneResult, parameters: int, zeros: int,
+            dense: PerplexityResult | None, pruned: PerplexityResult | None, timings: dict[str, float]) -> dict:
+    return {
+        "prunekit_report_version": 1,
+        "source_model": recipe.model,
+        "recipe": recipe.model_dump(mode="json"),
+        "seed": recipe.seed,
+        "versions": versions(),
+        "parameters": parameters,
+        "zero_parameters": zeros,
+        "decoder_linear_sparsity": result.sparsity,
+        "matrices": [{"name": m.name, "numel": m.numel, "zeros": m.zeros, "sparsity": m.sparsity, "notes": m.notes}
+                     for m in result.matrices],
+        "notes": [f"{m.name}: {note}" for m in result.matrices for note in m.notes],
+        "perplexity": {
+            "dense": dense.to_dict() if dense else None,
+            "pruned": pruned.to_dict() if pruned else None,
+        },
+        "seconds": timings,
+        "prune_phase_seconds": {k: round(v, 2) for k, v in result.phases.items()},
+        "peak_rss_bytes": peak_rss_bytes(),
+        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+    }
+
+
 def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
     """Load, evaluate dense, prune, evaluate pruned, save. Returns the report written to prunekit.json."""
     started = time.perf_counter()
     local_input = Path(recipe.model).expanduser()
     check_output_free(out, overwrite, (local_input,) if local_input.exists() else ())
+    if recipe.stream:
+        return run_streaming(recipe, out, overwrite)
     timings: dict[str, float] = {}
 
     def timed(name: str, t0: float) -> None:
@@ -200,27 +241,60 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
         timed("eval_pruned", t0)
     parameters = sum(p.numel() for p in model.parameters())
     zeros = sum(int((p == 0).sum()) for p in model.parameters())
-    report = {
-        "prunekit_report_version": 1,
-        "source_model": recipe.model,
-        "recipe": recipe.model_dump(mode="json"),
-        "seed": recipe.seed,
-        "versions": versions(),
-        "parameters": parameters,
-        "zero_parameters": zeros,
-        "decoder_linear_sparsity": result.sparsity,
-        "matrices": [{"name": m.name, "numel": m.numel, "zeros": m.zeros, "sparsity": m.sparsity, "notes": m.notes}
-                     for m in result.matrices],
-        "notes": [f"{m.name}: {note}" for m in result.matrices for note in m.notes],
-        "perplexity": {
-            "dense": dense.to_dict() if dense else None,
-            "pruned": pruned.to_dict() if pruned else None,
-        },
-        "seconds": timings,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
-    }
+    report = _report(recipe, result, parameters, zeros, dense, pruned, timings)
     with console.status(f"saving to {out}"):
         report["seconds"]["total"] = round(time.perf_counter() - started, 2)
         save(loaded, out, report, recipe, overwrite)
+    return report
+
+
+def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibration: torch.Tensor | None = None) -> dict:
+    """`run` for models bigger than memory: one decoder layer is read, pruned and written at a time.
+
+    Needs a safetensors checkpoint (a local directory, an offline model, a GGUF file or a hub id, downloaded first).
+    Perplexity needs the whole model, so it is skipped here: evaluate the output where it fits. `calibration`
+    (token ids [samples, seq_len]) replaces the windows the recipe would draw.
+    """
+    started = time.perf_counter()
+    directory = local_checkpoint(recipe.model)
+    config, tokenizer, saved_dtype = load_config_and_tokenizer(str(directory), recipe.trust_remote_code)
+    device = resolve_device(recipe.device)
+    dtype = compute_dtype(recipe.dtype, device, saved_dtype)
+    model = meta_model(config, dtype, recipe.trust_remote_code)
+    adapter = adapter_for(model)
+    checkpoint = Checkpoint(directory)
+    stages = [s.to_stage() for s in recipe.stages]
+    layers_prefix = adapter.layers_path + "."
+    outside = {n: p.numel() for n, p in model.named_parameters() if not n.startswith(layers_prefix)}
+    windows = torch.empty(0, 1, dtype=torch.long)
+    if any(s.needs_calibration for s in stages):
+        windows = calibration_data(model, tokenizer, recipe.calibration, recipe.seed) if calibration is None \
+            else calibration
+        release_memory()  # what reading the calibration text left behind
+        load_outside_layers(adapter, checkpoint, windows, dtype)
+    torch.manual_seed(recipe.seed)
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        writer = ShardWriter(tmp)
+        store = StreamedLayers(adapter, device, checkpoint, writer, dtype, saved_dtype)
+        t0 = time.perf_counter()
+        phases = Phases(device)
+        with progress_bar() as bar:
+            task = bar.add_task("pruning layers (streamed)", total=len(adapter.layers))
+            matrices = prune_layerwise(adapter, windows, stages, device, recipe.calibration.batch_size,
+                                       on_layer=lambda done, total: bar.update(task, completed=done), store=store,
+                                       phases=phases)
+        result = PruneResult(matrices, time.perf_counter() - t0, dict(phases))
+        with console.status("copying embeddings, head and norms"):
+            store.copy_rest()
+            zeros = store.zeros + sum(checkpoint.count_zeros(n) for n in outside if n in checkpoint)
+            writer.finish()
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if (directory / "generation_config.json").exists():
+            shutil.copyfile(directory / "generation_config.json", tmp / "generation_config.json")
+        timings = {"prune": round(result.seconds, 2), "total": round(time.perf_counter() - started, 2)}
+        report = _report(recipe, result, store.parameters + sum(outside.values()), zeros, None, None, timings)
+        report["notes"].append("streamed: perplexity skipped (it needs the whole model); run `prunekit eval` on it")
+        (tmp / "prunekit.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "recipe.yaml").write_text(recipe.to_yaml())
     return report

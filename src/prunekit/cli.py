@@ -127,6 +127,11 @@ def prune(
     ] = None,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow code shipped with a model to run.")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Load pickled .bin/.pt weights (they can run code).")] = False,
+    stream: Annotated[
+        bool,
+        typer.Option(help="For models bigger than memory: read, prune and write one decoder layer at a time "
+                     "(safetensors checkpoints; magnitude, wanda, sparsegpt; perplexity skipped)."),
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Prune MODEL and write a model that stock transformers loads, with prunekit.json and recipe.yaml beside it.
@@ -138,6 +143,8 @@ def prune(
       prunekit prune ./my-hf-model --method magnitude --pattern 2:4 --out out/x
 
       prunekit prune --recipe recipe.yaml --out out/y
+
+      prunekit prune qwen2.5-coder-1.5b --stream --calib-samples 32 --out out/qwen-wanda50
     """
     from prunekit.api import run
     from prunekit.recipe import Recipe
@@ -152,7 +159,7 @@ def prune(
     for key, value in (("seed", seed), ("device", device), ("dtype", dtype)):
         if value is not None:
             data[key] = value
-    for key, flag in (("trust_remote_code", trust_remote_code), ("allow_pickle", allow_pickle)):
+    for key, flag in (("trust_remote_code", trust_remote_code), ("allow_pickle", allow_pickle), ("stream", stream)):
         if flag:
             data[key] = True
     stage_flags = {"method": method, "sparsity": sparsity, "pattern": pattern, "allocation": allocation,

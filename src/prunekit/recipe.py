@@ -134,9 +134,29 @@ class Recipe(_Strict):
     device: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False  # load .bin/.pt weights (pickle can run code); safetensors otherwise
+    stream: bool = False  # read, prune and write one decoder layer at a time (models bigger than memory)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     stages: list[StageConfig] = Field(min_length=1)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _streamable(self) -> Recipe:
+        if not self.stream:
+            return self
+        if self.allow_pickle:
+            raise PrunekitError("--stream reads safetensors checkpoints only: drop --allow-pickle or --stream")
+        for stage in self.stages:
+            if get_method(stage.method).needs_gradients:
+                raise PrunekitError(
+                    f"{stage.method} back-propagates through the whole model, which --stream never holds: "
+                    "use magnitude, wanda or sparsegpt, or drop --stream"
+                )
+            if stage.allocation == "global":
+                raise PrunekitError(
+                    "global allocation ranks every weight of the model at once, which --stream never holds: "
+                    "use --allocation uniform or owl, or drop --stream"
+                )
+        return self
 
     @classmethod
     def parse(cls, data: dict) -> Recipe:

@@ -9,7 +9,9 @@ activations are live at any time.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -83,29 +85,63 @@ def global_plan(adapter: ModelAdapter, stage: PruneStage) -> dict[str, float]:
     return global_threshold_sparsities(scores, stage.sparsity, stage.min_density)
 
 
-def owl_plan(adapter: ModelAdapter, stage: PruneStage, captured: CapturedInputs, device: torch.device,
-             home: torch.device) -> dict[str, float]:
+class Phases(dict[str, float]):
+    """Seconds spent per phase of a prune, summed over layers: where the time goes, for the report."""
+
+    def __init__(self, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.sync = device is not None and device.type == "cuda"
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.sync:
+                torch.cuda.synchronize()
+            self[name] = self.get(name, 0.0) + time.perf_counter() - started
+
+
+class LayerStore:
+    """Where the decoder layers live between uses. This one keeps them in the model and moves one at a time to the
+    compute device; engine.streaming reads each from the checkpoint and writes it out instead."""
+
+    def __init__(self, adapter: ModelAdapter, device: torch.device) -> None:
+        self.adapter = adapter
+        self.device = device
+        self.home = next(adapter.model.parameters()).device
+
+    def open(self, index: int) -> nn.Module:
+        return self.adapter.layers[index].to(self.device)
+
+    def close(self, index: int, layer: nn.Module, pruned: bool) -> None:
+        """`pruned`: the layer is final (False after a read-only pass such as OWL's)."""
+        layer.to(self.home)
+
+
+def owl_plan(adapter: ModelAdapter, stage: PruneStage, captured: CapturedInputs, store: LayerStore) -> dict[str, float]:
     """Per-matrix sparsity from each layer's outlier ratio of Wanda scores, measured on the dense model."""
     hidden = captured.hidden
     ratios: list[float] = []
-    selected: list[dict[str, nn.Linear]] = []
-    for index, layer in enumerate(adapter.layers):
-        layer.to(device)
+    selected: list[list[str]] = []
+    for index in range(len(adapter.layers)):
+        layer = store.open(index)
         targets = _selected(adapter, stage, index, layer)
-        selected.append(targets)
+        selected.append(list(targets))
         if targets:
             norms = _collect(layer, targets, "sq_sum", hidden, captured.calls[index])
             scores = [wanda_scores(lin.weight, norms[n]) for n, lin in targets.items()]
             ratios.append(outlier_ratio(scores, stage.owl_m))
         if index < len(adapter.layers) - 1:
             hidden = _forward_all(layer, hidden, captured.calls[index])
-        layer.to(home)
+        store.close(index, layer, pruned=False)
     layer_sparsities = iter(owl_sparsities(ratios, stage.sparsity, stage.owl_lambda))
     plan: dict[str, float] = {}
-    for index, targets in enumerate(selected):
-        if targets:
+    for index, names in enumerate(selected):
+        if names:
             sparsity = next(layer_sparsities)
-            plan.update({f"{index}.{name}": sparsity for name in targets})
+            plan.update({f"{index}.{name}": sparsity for name in names})
     return plan
 
 
@@ -133,7 +169,8 @@ def _collect(
 
 def _move(tensors: list[torch.Tensor], device: torch.device) -> None:
     for t in tensors:
-        t.data = t.data.to(device)
+        if not t.is_meta:  # a streamed model leaves what the capture does not use (the head) unloaded
+            t.data = t.data.to(device)
 
 
 @torch.no_grad()
@@ -144,8 +181,15 @@ def prune_layerwise(
     device: torch.device,
     batch_size: int = 8,
     on_layer: Callable[[int, int], None] | None = None,
+    store: LayerStore | None = None,
+    phases: Phases | None = None,
 ) -> list[MatrixSparsity]:
-    """Prune the adapter's model in place, stage after stage within each layer. Returns per-matrix sparsity."""
+    """Prune the adapter's model in place, stage after stage within each layer. Returns per-matrix sparsity.
+
+    `phases`, when given, receives the seconds spent capturing, reading/writing layers, collecting statistics,
+    computing masks and updates, and recomputing layer outputs."""
+    store = store or LayerStore(adapter, device)
+    timed = phases if phases is not None else Phases(device)
     for stage in stages:
         if stage.allocation == "global" and not stage.impl.comparable_across_layers:
             raise PrunekitError(
@@ -158,31 +202,34 @@ def prune_layerwise(
     prefix = adapter.layers_path + "."
     outside = [t for n, t in chain(adapter.model.named_parameters(), adapter.model.named_buffers())
                if not n.startswith(prefix)]
-    home = next(adapter.model.parameters()).device
     captured = CapturedInputs()
     if needs_data:
-        _move(outside, device)
-        captured = capture_layer_inputs(adapter, list(calibration.split(batch_size)), device)
-        _move(outside, home)
+        with timed("capture"):
+            _move(outside, device)
+            captured = capture_layer_inputs(adapter, list(calibration.split(batch_size)), device)
+            _move(outside, store.home)
     gradients: dict[str, torch.Tensor] = {}  # of the dense model, for every linear a gradient stage selects
     gradient_stages = [s for s in stages if s.impl.needs_gradients]
     if gradient_stages:
         linears = {f"{i}.{n}": lin for s in gradient_stages for i, layer in enumerate(layers)
                    for n, lin in _selected(adapter, s, i, layer).items()}
         samples = max(s.gradient_samples for s in gradient_stages)
-        gradients = gradient_norms(adapter.model, linears, calibration[:samples], device)
+        with timed("gradients"):
+            gradients = gradient_norms(adapter.model, linears, calibration[:samples], device)
     plans: list[dict[str, float] | None] = []
-    for stage in stages:
-        if stage.allocation == "global":
-            plans.append(global_plan(adapter, stage))
-        elif stage.allocation == "owl":
-            plans.append(owl_plan(adapter, stage, captured, device, home))
-        else:
-            plans.append(None)
+    with timed("allocation"):
+        for stage in stages:
+            if stage.allocation == "global":
+                plans.append(global_plan(adapter, stage))
+            elif stage.allocation == "owl":
+                plans.append(owl_plan(adapter, stage, captured, store))
+            else:
+                plans.append(None)
     hidden = captured.hidden
     results: list[MatrixSparsity] = []
-    for index, layer in enumerate(layers):
-        layer.to(device)
+    for index in range(len(layers)):
+        with timed("layer_io"):
+            layer = store.open(index)
         calls = captured.calls[index] if needs_data else []
         notes: dict[str, list[str]] = {}
         for stage, plan in zip(stages, plans, strict=True):
@@ -190,29 +237,40 @@ def prune_layerwise(
             if not targets:
                 continue
             method = stage.impl
-            stats = _collect(layer, targets, method.statistic, hidden, calls) if method.statistic else {}
-            prepared: dict[int, object] = {}  # linears sharing an input share its prepared statistic
-            for name, stat in stats.items():
-                if id(stat) not in prepared:
-                    prepared[id(stat)] = method.prepare(stat, stage.damping)
-                stats[name] = prepared[id(stat)]
-            for name, linear in targets.items():
-                sparsity = plan[f"{index}.{name}"] if plan is not None else stage.sparsity
-                per_row = stage.allocation != "global"
-                pruned = method.prune(linear.weight, stats.get(name), sparsity, stage.pattern, per_row=per_row,
-                                      block_size=stage.block_size, damping=stage.damping,
-                                      gradient=gradients.get(f"{index}.{name}"))
-                if pruned.weight is not None:
-                    linear.weight.copy_(pruned.weight)
-                linear.weight.masked_fill_(~pruned.keep.to(linear.weight.device), 0)
-                if pruned.note:
-                    notes.setdefault(name, []).append(pruned.note)
+            with timed("statistics"):
+                stats = _collect(layer, targets, method.statistic, hidden, calls) if method.statistic else {}
+            with timed("masks_and_updates"):
+                _prune_targets(method, stage, plan, index, targets, stats, gradients, notes)
         for name, linear in adapter.linears(layer).items():
             zeros = int((linear.weight == 0).sum())
             results.append(MatrixSparsity(f"layers.{index}.{name}", zeros, linear.weight.numel(), notes.get(name, [])))
         if needs_data and index < len(layers) - 1:
-            hidden = _forward_all(layer, hidden, calls)
-        layer.to(home)
+            with timed("recompute_outputs"):
+                hidden = _forward_all(layer, hidden, calls)
+        with timed("layer_io"):
+            store.close(index, layer, pruned=True)
         if on_layer:
             on_layer(index + 1, len(layers))
     return results
+
+
+def _prune_targets(method: Method, stage: PruneStage, plan: dict[str, float] | None, index: int,
+                   targets: dict[str, nn.Linear], stats: dict[str, object], gradients: dict[str, torch.Tensor],
+                   notes: dict[str, list[str]]) -> None:
+    """Prune the selected linears of one layer in place; notes (such as dampening retries) go into `notes`."""
+    prepared: dict[int, object] = {}  # linears sharing an input share its prepared statistic
+    for name, stat in stats.items():
+        if id(stat) not in prepared:
+            prepared[id(stat)] = method.prepare(stat, stage.damping)
+        stats[name] = prepared[id(stat)]
+    for name, linear in targets.items():
+        sparsity = plan[f"{index}.{name}"] if plan is not None else stage.sparsity
+        per_row = stage.allocation != "global"
+        pruned = method.prune(linear.weight, stats.get(name), sparsity, stage.pattern, per_row=per_row,
+                              block_size=stage.block_size, damping=stage.damping,
+                              gradient=gradients.get(f"{index}.{name}"))
+        if pruned.weight is not None:
+            linear.weight.copy_(pruned.weight)
+        linear.weight.masked_fill_(~pruned.keep.to(linear.weight.device), 0)
+        if pruned.note:
+            notes.setdefault(name, []).append(pruned.note)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 from prunekit.assets.registry import MODELS
 from prunekit.errors import PrunekitError
@@ -61,6 +61,54 @@ def resolve_source(spec: str) -> tuple[str, Path | None]:
     )
 
 
+def local_checkpoint(spec: str) -> Path:
+    """A local safetensors directory for `spec`: offline models and GGUF files are converted, hub ids downloaded."""
+    where, _ = resolve_source(spec)
+    if not Path(where).is_dir():  # a hub id
+        from huggingface_hub import snapshot_download
+
+        try:
+            where = snapshot_download(where, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja",
+                                                             "*.tiktoken"])
+        except Exception as e:  # noqa: BLE001
+            raise PrunekitError(f"could not download {spec!r}: {_first_line(e)} (offline? pass a local directory)"
+                                ) from None
+    directory = Path(where)
+    if not any(directory.glob("*.safetensors")):
+        raise PrunekitError(f"{directory} has no .safetensors weights: --stream reads safetensors checkpoints only")
+    return directory
+
+
+def load_config_and_tokenizer(
+    where: str, trust_remote_code: bool = False, spec: str | None = None
+) -> tuple[PretrainedConfig, PreTrainedTokenizerBase, torch.dtype]:
+    """Config, tokenizer and the checkpoint's own dtype; unsupported architectures fail here, before any weights."""
+    spec = spec or where
+    try:
+        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        hint = " (offline? pass a local directory, a .gguf file or an offline model from `prunekit models`)"
+        raise PrunekitError(f"could not read the config of {spec!r}: {_first_line(e)}{hint}") from None
+    adapter_class_for(config.model_type)
+    saved_dtype = getattr(config, "dtype", None) or torch.float32
+    if isinstance(saved_dtype, str):
+        saved_dtype = DTYPES.get(saved_dtype, torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
+    except Exception as e:  # noqa: BLE001
+        raise PrunekitError(f"could not load the tokenizer of {spec!r}: {_first_line(e)}") from None
+    return config, tokenizer, saved_dtype
+
+
+def compute_dtype(dtype: str, device: torch.device, saved_dtype: torch.dtype) -> torch.dtype:
+    """`auto`: float32 on CPU (half-precision matmuls are slow and lossy there), the checkpoint's dtype on a GPU."""
+    if dtype == "auto":
+        return torch.float32 if device.type == "cpu" else saved_dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise PrunekitError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
+
+
 def load_model(
     spec: str,
     dtype: str = "auto",
@@ -76,28 +124,12 @@ def load_model(
                 f"{local} has no .safetensors weights; loading pickled weights can run arbitrary code: "
                 "convert them, or pass --allow-pickle if you trust the files"
             )
+    config, tokenizer, saved_dtype = load_config_and_tokenizer(where, trust_remote_code, spec)
+    load_dtype = compute_dtype(dtype, resolve_device(device), saved_dtype)
     try:
-        config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
-    except Exception as e:  # noqa: BLE001
-        hint = " (offline? pass a local directory, a .gguf file or an offline model from `prunekit models`)"
-        raise PrunekitError(
-            f"could not read the config of {spec!r}: {_first_line(e)}{hint if local is None else ''}"
-        ) from None
-    adapter_class_for(config.model_type)  # unsupported architectures fail before the weights are read
-    saved_dtype = getattr(config, "dtype", None) or torch.float32
-    if isinstance(saved_dtype, str):
-        saved_dtype = DTYPES.get(saved_dtype, torch.float32)
-    target = resolve_device(device)
-    if dtype == "auto":
-        load_dtype = torch.float32 if target.type == "cpu" else saved_dtype
-    elif dtype in DTYPES:
-        load_dtype = DTYPES[dtype]
-    else:
-        raise PrunekitError(f"unknown dtype {dtype!r}: use auto, {', '.join(DTYPES)}")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             where,
+            config=config,
             dtype=load_dtype,
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
