@@ -1,11 +1,12 @@
 """Streamed pruning (`prunekit prune --stream`) next to the in-memory path on the same model and inputs.
 
     .venv/bin/python bench/streaming.py [--model qwen2.5-coder-1.5b] [--method wanda] [--calib-samples 32]
+        [--calib-batch-size 1]
 
-Runs `prunekit prune` twice in fresh processes, in memory and with --stream, same recipe and seed (so the same
-calibration windows), and reads each process's peak RSS from the kernel (wait4). Then compares the two outputs tensor
-by tensor (one tensor in memory at a time): names, dtypes and values must be identical, bit for bit. Prints a table
-and writes bench/results/streaming.json.
+Runs `prunekit prune` twice in fresh processes, in memory and with --stream, same recipe, seed and calibration batch
+size (so the same calibration windows in the same batches), and reads each process's peak RSS from the kernel
+(wait4). Then compares the two outputs tensor by tensor (one tensor in memory at a time): names, dtypes and values
+must be identical, bit for bit. Prints a table and writes bench/results/streaming.json.
 """
 
 from __future__ import annotations
@@ -64,10 +65,12 @@ def main() -> None:
     parser.add_argument("--method", default="wanda")
     parser.add_argument("--sparsity", default="0.5")
     parser.add_argument("--calib-samples", default="32")
+    parser.add_argument("--calib-batch-size", default="1", help="the same in both runs, so the inputs are the same")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "streaming.json")
     args = parser.parse_args()
     common = [str(PRUNEKIT), "prune", args.model, "--method", args.method, "--sparsity", args.sparsity,
-              "--calib-samples", args.calib_samples, "--device", "cpu", "--no-eval"]
+              "--calib-samples", args.calib_samples, "--calib-batch-size", args.calib_batch_size, "--device", "cpu",
+              "--no-eval"]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="prunekit-stream-", dir=BENCH / "results") as tmp:
         for mode, extra in (("streamed", ["--stream"]), ("in_memory", [])):

@@ -134,6 +134,7 @@ def test_stream_flag_on_the_command_line(tiny_model_dir, text_file, tmp_path, ca
     assert "50.00%" in stdout
     report = json.loads((out / "prunekit.json").read_text())
     assert report["recipe"]["stream"] is True and report["perplexity"]["pruned"] is None
+    assert report["recipe"]["calibration"]["batch_size"] == 1  # streaming's own default
     assert any("perplexity skipped" in note for note in report["notes"])
     phases = report["prune_phase_seconds"]
     assert {"capture", "statistics", "masks_and_updates", "recompute_outputs", "layer_io"} <= set(phases)

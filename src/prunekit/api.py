@@ -256,7 +256,11 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
     (token ids [samples, seq_len]) replaces the windows the recipe would draw.
     """
     started = time.perf_counter()
+    if "batch_size" not in recipe.calibration.model_fields_set:
+        # Streaming is for memory: one window at a time through a layer (on a CPU about as fast as eight).
+        recipe = recipe.model_copy(update={"calibration": recipe.calibration.model_copy(update={"batch_size": 1})})
     directory = local_checkpoint(recipe.model)
+    check_output_free(out, overwrite, (directory,))
     config, tokenizer, saved_dtype = load_config_and_tokenizer(str(directory), recipe.trust_remote_code)
     device = resolve_device(recipe.device)
     dtype = compute_dtype(recipe.dtype, device, saved_dtype)

@@ -111,6 +111,10 @@ def prune(
     ] = None,
     calib_samples: Annotated[int | None, typer.Option(help="Calibration windows.  [default: 128]")] = None,
     calib_seq_len: Annotated[int | None, typer.Option(help="Tokens per calibration window.  [default: 512]")] = None,
+    calib_batch_size: Annotated[
+        int | None, typer.Option(help="Calibration windows per pass through a layer (memory vs speed).  "
+                                 "[default: 8; 1 with --stream]")
+    ] = None,
     text_column: Annotated[str | None, typer.Option(help="Text field of JSONL/Parquet/HF sources.")] = None,
     eval_text: Annotated[str | None, typer.Option("--eval-text", help="Held-out text for perplexity.")] = None,
     ppl_samples: Annotated[int | None, typer.Option(help="Perplexity windows.  [default: 16]")] = None,
@@ -171,7 +175,8 @@ def prune(
         raise PrunekitError("the recipe has several stages: set method/sparsity/pattern in the recipe, not as flags")
     stages[0] = {"method": "wanda", **stages[0], **stage_flags}
     data["stages"] = stages
-    _overlay(data, "calibration", source=calib, samples=calib_samples, seq_len=calib_seq_len, text_column=text_column)
+    _overlay(data, "calibration", source=calib, samples=calib_samples, seq_len=calib_seq_len, text_column=text_column,
+             batch_size=calib_batch_size)
     _overlay(data, "evaluation", source=eval_text, samples=ppl_samples, seq_len=ppl_seq_len, text_column=text_column,
              ppl=False if no_eval else None, dense=False if no_dense_eval else None)
     report = run(Recipe.parse(data), out, overwrite=overwrite)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,25 +78,29 @@ class Checkpoint:
             tensor = f.get_tensor(name)
         return tensor if dtype is None else tensor.to(dtype)
 
+    def _row_chunks(self, name: str, chunk: int, stop: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+        """(first row, rows) of a 2-D tensor, `chunk` rows at a time. The file is mapped anew for every chunk: the
+        pages a mapping has touched count as the process's memory until it is closed."""
+        file = self._entry(name).file
+        rows = self.entries[name].shape[0] if stop is None else stop
+        for start in range(0, rows, chunk):
+            with safe_open(file, framework="pt") as f:
+                yield start, f.get_slice(name)[start:start + chunk]
+
     def rows(self, name: str, ids: torch.Tensor, dtype: torch.dtype, chunk: int = 8192) -> torch.Tensor:
-        """Rows `ids` (sorted, unique) of a 2-D tensor, reading `chunk` rows at a time."""
+        """Rows `ids` (sorted, unique) of a 2-D tensor."""
         out = []
-        with safe_open(self._entry(name).file, framework="pt") as f:
-            table = f.get_slice(name)
-            for start in range(0, int(ids[-1]) + 1, chunk):
-                wanted = ids[(ids >= start) & (ids < start + chunk)]
-                if len(wanted):
-                    out.append(table[start:start + chunk][wanted - start].to(dtype))
+        for start, block in self._row_chunks(name, chunk, stop=int(ids[-1]) + 1):
+            wanted = ids[(ids >= start) & (ids < start + len(block))]
+            if len(wanted):
+                out.append(block[wanted - start].to(dtype))
         return torch.cat(out)
 
     def count_zeros(self, name: str, chunk: int = 8192) -> int:
         """Exact zeros in a tensor, reading `chunk` rows at a time."""
-        with safe_open(self._entry(name).file, framework="pt") as f:
-            table = f.get_slice(name)
-            shape = table.get_shape()
-            if len(shape) < 2:
-                return int((f.get_tensor(name) == 0).sum())
-            return sum(int((table[s:s + chunk] == 0).sum()) for s in range(0, shape[0], chunk))
+        if len(self._entry(name).shape) < 2:
+            return int((self.load(name) == 0).sum())
+        return sum(int((block == 0).sum()) for _, block in self._row_chunks(name, chunk))
 
 
 class ShardWriter:
