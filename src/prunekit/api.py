@@ -272,8 +272,9 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
     outside = {n: p.numel() for n, p in model.named_parameters() if not n.startswith(layers_prefix)}
     windows = torch.empty(0, 1, dtype=torch.long)
     if any(s.needs_calibration for s in stages):
-        windows = calibration_data(model, tokenizer, recipe.calibration, recipe.seed) if calibration is None \
-            else calibration
+        if calibration is None:
+            calibration = calibration_data(model, tokenizer, recipe.calibration, recipe.seed)
+        windows = calibration
         release_memory()  # what reading the calibration text left behind
         load_outside_layers(adapter, checkpoint, windows, dtype)
     torch.manual_seed(recipe.seed)
