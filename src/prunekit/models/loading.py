@@ -87,7 +87,8 @@ def load_config_and_tokenizer(
     try:
         config = AutoConfig.from_pretrained(where, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
-        hint = " (offline? pass a local directory, a .gguf file or an offline model from `prunekit models`)"
+        hint = "" if Path(where).is_dir() else (
+            " (offline? pass a local directory, a .gguf file or an offline model from `prunekit models`)")
         raise PrunekitError(f"could not read the config of {spec!r}: {_first_line(e)}{hint}") from None
     adapter_class_for(config.model_type)
     saved_dtype = getattr(config, "dtype", None) or torch.float32
