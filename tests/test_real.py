@@ -99,3 +99,41 @@ def test_a_gguf_file_loads_like_the_packaged_model(smollm2, tmp_path):
     with torch.no_grad():
         assert torch.equal(from_file.model(ids).logits, smollm2.model(ids).logits)
     assert str(cache_dir()) in str(from_file.model.name_or_path)
+
+
+def test_chained_structured_recipe_reloads_with_its_reported_size(tmp_path):
+    """Remove 4 blocks, then a quarter of every MLP (FLAP, bias compensated), then 50% Wanda: one report; the
+    output loads in a fresh process without prunekit, generates, and has the reported parameter count."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(textwrap.dedent("""
+        model: smollm2-135m
+        calibration: {samples: 8, seq_len: 256}
+        evaluation: {samples: 2, seq_len: 512}
+        stages:
+          - {method: block-influence, size: 4}
+          - {method: flap, part: mlp, sparsity: 0.25}
+          - {method: wanda, sparsity: 0.5}
+    """))
+    out = tmp_path / "smol-chain"
+    result = subprocess.run([sys.executable, "-m", "prunekit", "prune", "--recipe", str(recipe), "--out", str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((out / "prunekit.json").read_text())
+    config = report["structure"]["config"]
+    assert config["num_hidden_layers"] == 26 and config["intermediate_size"] == 1152 and config["mlp_bias"]
+    assert [s["stage"] for s in report["structure"]["stages"]] == [
+        "block-influence: remove 4 of 30 blocks", "flap on mlp: keep 1152 of 1536 per layer"]
+    dense, pruned = report["perplexity"]["dense"]["perplexity"], report["perplexity"]["pruned"]["perplexity"]
+    assert dense < pruned < 50 * dense
+    check = textwrap.dedent(f"""
+        import json, sys
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        m = AutoModelForCausalLM.from_pretrained({str(out)!r}); t = AutoTokenizer.from_pretrained({str(out)!r})
+        ids = t("The capital of France is", return_tensors="pt").input_ids
+        new = m.generate(ids, max_new_tokens=4, do_sample=False)[0, ids.shape[1]:]
+        assert "prunekit" not in sys.modules
+        print(json.dumps({{"params": m.num_parameters(), "new": len(new), "layers": len(m.model.layers)}}))
+    """)
+    reloaded = json.loads(subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                                         check=True).stdout.strip().splitlines()[-1])
+    assert reloaded == {"params": report["parameters"], "new": 4, "layers": 26}

@@ -7,7 +7,13 @@ __version__ = "0.1.0"
 from prunekit.api import PruneResult, calibration_data, evaluate, prune, run, save  # noqa: E402
 from prunekit.errors import PrunekitError  # noqa: E402
 from prunekit.models.loading import load_model  # noqa: E402
-from prunekit.recipe import CalibrationConfig, EvaluationConfig, Recipe, StageConfig  # noqa: E402
+from prunekit.recipe import (  # noqa: E402
+    CalibrationConfig,
+    EvaluationConfig,
+    Recipe,
+    StageConfig,
+    StructuredStageConfig,
+)
 
 __all__ = [
     "CalibrationConfig",
@@ -16,6 +22,7 @@ __all__ = [
     "PrunekitError",
     "Recipe",
     "StageConfig",
+    "StructuredStageConfig",
     "calibration_data",
     "evaluate",
     "load_model",

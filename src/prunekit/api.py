@@ -8,7 +8,8 @@ import resource
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 import torch
@@ -18,9 +19,10 @@ from transformers import PreTrainedTokenizerBase
 import prunekit
 from prunekit.engine.layerwise import MatrixSparsity, Phases, prune_layerwise
 from prunekit.engine.streaming import StreamedLayers, load_outside_layers, meta_model, release_memory
+from prunekit.engine.structured import ScoreCache, StructuredResult, run_structured
 from prunekit.errors import PrunekitError
 from prunekit.eval.perplexity import PerplexityResult, perplexity
-from prunekit.models.adapters import adapter_for
+from prunekit.models.adapters import ModelAdapter, adapter_for
 from prunekit.models.loading import (
     LoadedModel,
     compute_dtype,
@@ -32,7 +34,15 @@ from prunekit.models.loading import (
 from prunekit.models.saving import atomic_directory, check_output_free
 from prunekit.models.shards import Checkpoint, ShardWriter
 from prunekit.progress import console, progress_bar
-from prunekit.recipe import CalibrationConfig, EvaluationConfig, Recipe, StageConfig
+from prunekit.recipe import (
+    CalibrationConfig,
+    EvaluationConfig,
+    Recipe,
+    StageConfig,
+    StructuredStageConfig,
+    needs_calibration,
+    parse_stage,
+)
 from prunekit.text.sources import load_texts
 from prunekit.text.tokens import calibration_windows, evaluation_windows, token_stream
 
@@ -42,6 +52,7 @@ class PruneResult:
     matrices: list[MatrixSparsity]
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)  # where the seconds went (see prune_layerwise)
+    structured: list[StructuredResult] = field(default_factory=list)  # what each structured stage removed
 
     @property
     def sparsity(self) -> float:
@@ -76,29 +87,31 @@ def prune(
     sparsity: float | None = None,
     pattern: str = "unstructured",
     targets: Sequence[str] = ("*",),
-    stages: Sequence[StageConfig | dict] | None = None,
+    stages: Sequence[StageConfig | StructuredStageConfig | dict] | None = None,
     calibration: torch.Tensor | CalibrationConfig | None = None,
     seed: int = 0,
     device: str | None = "auto",
     batch_size: int = 8,
     progress: bool = True,
+    cache_scores: bool = True,
 ) -> PruneResult:
-    """Prune a loaded causal LM in place, layer by layer.
+    """Prune a loaded causal LM in place: structured stages remove blocks, channels or heads; the others zero
+    weights layer by layer.
 
-    Either give one `method`/`sparsity`/`pattern`/`targets`, or a list of `stages` (StageConfig or dicts with the
-    same keys). `calibration` is a LongTensor of token ids [samples, seq_len], or a CalibrationConfig from which
-    windows are drawn with `tokenizer` and `seed` (default: 128 x 512 tokens of the Wikipedia calibration split).
-    `sparsity` defaults to 0.5, or to what an N:M `pattern` implies. `batch_size` windows go through a layer at
-    once (a CalibrationConfig's own batch_size wins).
+    Either give one `method`/`sparsity`/`pattern`/`targets`, or a list of `stages` (StageConfig,
+    StructuredStageConfig, or dicts with their keys), run in order. `calibration` is a LongTensor of token ids
+    [samples, seq_len], or a CalibrationConfig from which windows are drawn with `tokenizer` and `seed` (default:
+    128 x 512 tokens of the Wikipedia calibration split). `sparsity` defaults to 0.5, or to what an N:M `pattern`
+    implies. `batch_size` windows go through a layer at once (a CalibrationConfig's own batch_size wins).
+    `cache_scores`: keep structured importance scores on disk, so another target size reuses them.
     """
     if stages is None:
         stages = [dict(method=method, sparsity=sparsity, pattern=pattern, targets=list(targets))]
-    parsed = [StageConfig.parse(s) for s in stages]
+    parsed = [parse_stage(s) for s in stages]
     torch.manual_seed(seed)
     adapter = adapter_for(model)
-    needs_data = any(s.to_stage().needs_calibration for s in parsed)
     windows = torch.empty(0, 1, dtype=torch.long)
-    if needs_data:
+    if any(needs_calibration(s) for s in parsed):
         if isinstance(calibration, torch.Tensor):
             windows = calibration
         elif tokenizer is None:
@@ -109,18 +122,38 @@ def prune(
     start = time.perf_counter()
     target = resolve_device(device)
     phases = Phases(target)
-    with progress_bar() as bar:
-        task = bar.add_task("pruning layers", total=len(adapter.layers), visible=progress)
-        matrices = prune_layerwise(
-            adapter,
-            windows,
-            [s.to_stage() for s in parsed],
-            target,
-            batch_size=batch_size,
-            on_layer=lambda done, total: bar.update(task, completed=done),
-            phases=phases,
-        )
-    return PruneResult(matrices, time.perf_counter() - start, dict(phases))
+    cache = ScoreCache(cache_scores)
+    notes: dict[str, list[str]] = {}
+    structured: list[StructuredResult] = []
+    for is_structured, group in groupby(parsed, key=lambda s: isinstance(s, StructuredStageConfig)):
+        if is_structured:
+            for stage in group:
+                with phases("structured"):
+                    result = run_structured(adapter, stage.to_stage(seed), windows, target, batch_size, cache,
+                                            on_step=console.log if progress else None)
+                structured.append(result)
+            continue
+        with progress_bar() as bar:
+            task = bar.add_task("pruning layers", total=len(adapter.layers), visible=progress)
+            matrices = prune_layerwise(
+                adapter,
+                windows,
+                [s.to_stage() for s in group],
+                target,
+                batch_size=batch_size,
+                on_layer=lambda done, _total, task=task: bar.update(task, completed=done),
+                phases=phases,
+            )
+        for m in matrices:
+            notes.setdefault(m.name, []).extend(m.notes)
+    return PruneResult(_matrix_sparsity(adapter, notes), time.perf_counter() - start, dict(phases), structured)
+
+
+def _matrix_sparsity(adapter: ModelAdapter, notes: dict[str, list[str]]) -> list[MatrixSparsity]:
+    """Zeros per linear of the decoder layers as the model is now."""
+    return [MatrixSparsity(f"layers.{i}.{name}", int((lin.weight == 0).sum()), lin.weight.numel(),
+                           notes.get(f"layers.{i}.{name}", []))
+            for i, layer in enumerate(adapter.layers) for name, lin in adapter.linears(layer).items()]
 
 
 def evaluate(
@@ -138,6 +171,15 @@ def evaluate(
     with progress_bar() as bar:
         task = bar.add_task(description, total=len(windows), visible=progress)
         return perplexity(model, windows, config.source, on_batch=lambda d, t: bar.update(task, completed=d))
+
+
+STRUCTURE_FIELDS = ("num_hidden_layers", "intermediate_size", "ffn_dim", "num_attention_heads",
+                    "num_key_value_heads", "head_dim", "layer_types", "attention_bias", "mlp_bias")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (a tied head counts once), as `model.num_parameters()` and stock loaders count them."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def peak_rss_bytes() -> int:
@@ -172,7 +214,13 @@ def save(loaded: LoadedModel, out: Path, report: dict, recipe: Recipe | None = N
 
 
 def _report(recipe: Recipe, result: PruneResult, parameters: int, zeros: int,
-            dense: PerplexityResult | None, pruned: PerplexityResult | None, timings: dict[str, float]) -> dict:
+            dense: PerplexityResult | None, pruned: PerplexityResult | None, timings: dict[str, float],
+            dense_parameters: int | None = None, config: object = None) -> dict:
+    structure = {}
+    if result.structured:
+        structure = {"dense_parameters": dense_parameters, "parameters_removed": dense_parameters - parameters,
+                     "stages": [asdict(r) for r in result.structured],
+                     "config": {k: getattr(config, k) for k in STRUCTURE_FIELDS if hasattr(config, k)}}
     return {
         "prunekit_report_version": 1,
         "source_model": recipe.model,
@@ -191,6 +239,7 @@ def _report(recipe: Recipe, result: PruneResult, parameters: int, zeros: int,
         },
         "seconds": timings,
         "prune_phase_seconds": {k: round(v, 2) for k, v in result.phases.items()},
+        "structure": structure or None,
         "peak_rss_bytes": peak_rss_bytes(),
         "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
     }
@@ -219,7 +268,7 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
         _check_seq_len(model, evaluation.seq_len, "evaluation")
     t0 = time.perf_counter()
     windows = None
-    if any(s.to_stage().needs_calibration for s in recipe.stages):
+    if any(needs_calibration(s) for s in recipe.stages):
         windows = calibration_data(model, tokenizer, recipe.calibration, recipe.seed)
     timed("calibration_data", t0)
     dense = None
@@ -229,6 +278,7 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
         dense = evaluate(model, tokenizer, evaluation, "dense perplexity")
         model.to("cpu")
         timed("eval_dense", t0)
+    dense_parameters = count_parameters(model)
     result = prune(model, tokenizer, stages=recipe.stages, calibration=windows, seed=recipe.seed,
                    device=recipe.device, batch_size=recipe.calibration.batch_size)
     timings["prune"] = round(result.seconds, 2)
@@ -239,9 +289,9 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
         pruned = evaluate(model, tokenizer, evaluation, "pruned perplexity")
         model.to("cpu")
         timed("eval_pruned", t0)
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = count_parameters(model)
     zeros = sum(int((p == 0).sum()) for p in model.parameters())
-    report = _report(recipe, result, parameters, zeros, dense, pruned, timings)
+    report = _report(recipe, result, parameters, zeros, dense, pruned, timings, dense_parameters, model.config)
     with console.status(f"saving to {out}"):
         report["seconds"]["total"] = round(time.perf_counter() - started, 2)
         save(loaded, out, report, recipe, overwrite)

@@ -79,10 +79,34 @@ def prune(
     model: Annotated[str | None, typer.Argument(help=ModelArg.__metadata__[0].help, show_default=False)] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist).")] = ...,
     method: Annotated[
-        str | None, typer.Option(help="magnitude | wanda | sparsegpt | gradient | gblm  [default: wanda]")
+        str | None,
+        typer.Option(help="Weights: magnitude | wanda | sparsegpt | gradient | gblm.  Blocks: block-influence | "
+                     "angular | sleb | block-ppl | block-taylor | block-random | block-last.  Width (with --part): "
+                     "activation | wanda-sp | flap | taylor.  [default: wanda]"),
     ] = None,
     sparsity: Annotated[
-        float | None, typer.Option(help="Fraction of weights removed, in [0, 1). Implied by an N:M pattern.")
+        float | None,
+        typer.Option(help="Fraction removed, in [0, 1): of the weights (implied by an N:M pattern), of the blocks, "
+                     "or of each layer's channels / heads."),
+    ] = None,
+    part: Annotated[
+        str | None,
+        typer.Option(help="Width methods: mlp (channels) | heads (query heads within every KV group) | kv-heads "
+                     "(whole KV groups with their query heads).  [default: mlp]"),
+    ] = None,
+    size: Annotated[
+        int | None,
+        typer.Option(help="Structured, instead of --sparsity: blocks to remove, or channels / heads per layer to "
+                     "keep."),
+    ] = None,
+    param_fraction: Annotated[
+        float | None,
+        typer.Option(help="Structured, instead of --sparsity: fraction of all the model's parameters to remove."),
+    ] = None,
+    bias_compensation: Annotated[
+        bool | None,
+        typer.Option("--bias-compensation/--no-bias-compensation",
+                     help="Width: add the removed channels' mean output as a bias (FLAP).  [default: on for flap]"),
     ] = None,
     pattern: Annotated[
         str | None, typer.Option(help="unstructured, or N:M such as 2:4 / 4:8 (N kept in every M).")
@@ -149,6 +173,10 @@ def prune(
       prunekit prune --recipe recipe.yaml --out out/y
 
       prunekit prune qwen2.5-coder-1.5b --stream --calib-samples 32 --out out/qwen-wanda50
+
+      prunekit prune smollm2-135m --method block-influence --size 8 --out out/smol-minus8
+
+      prunekit prune smollm2-135m --method flap --part mlp --sparsity 0.25 --out out/smol-mlp75
     """
     from prunekit.api import run
     from prunekit.recipe import Recipe
@@ -168,7 +196,8 @@ def prune(
             data[key] = True
     stage_flags = {"method": method, "sparsity": sparsity, "pattern": pattern, "allocation": allocation,
                    "targets": targets.split(",") if targets else None, "damping": damping, "block_size": block_size,
-                   "owl_lambda": owl_lambda, "owl_m": owl_m}
+                   "owl_lambda": owl_lambda, "owl_m": owl_m, "part": part, "size": size,
+                   "param_fraction": param_fraction, "bias_compensation": bias_compensation}
     stage_flags = {k: v for k, v in stage_flags.items() if v is not None}
     stages = data.get("stages") or [{}]
     if stage_flags and len(stages) > 1:
@@ -204,12 +233,21 @@ def _print_report(report: dict, out: Path) -> None:
             f"{pruned['perplexity']:.2f}" if pruned else "-",
         )
     params = report["parameters"]
-    table.add_row("parameters", f"{params:,}", f"{params:,}")
+    structure = report.get("structure") or {}
+    table.add_row("parameters", f"{structure.get('dense_parameters', params):,}", f"{params:,}")
+    for stage in structure.get("stages", []):
+        table.add_row(stage["stage"], "", _removed_summary(stage["removed"]))
     table.add_row("nonzero parameters", "", f"{params - report['zero_parameters']:,}")
     table.add_row("sparsity of decoder linears", "", f"{report['decoder_linear_sparsity']:.2%}")
     table.add_row("prune time (s)", "", f"{report['seconds']['prune']:.1f}")
     table.add_row("peak RSS (GB)", "", f"{report['peak_rss_bytes'] / 1e9:.2f}")
     stdout.print(table)
+
+
+def _removed_summary(removed: dict) -> str:
+    if "blocks" in removed:
+        return f"blocks {removed['blocks']} removed"
+    return f"{removed['per_layer_before']} -> {removed['per_layer_after']} per layer"
 
 
 @app.command("eval")
@@ -256,6 +294,58 @@ def evaluate_command(
     table.add_row("parameters", f"{params:,}")
     table.add_row("zero parameters", f"{zeros:,} ({zeros / params:.2%})")
     stdout.print(table)
+
+
+@app.command()
+def bench(
+    models: Annotated[list[str], typer.Argument(help="Models to compare; the first is the baseline of the ratios "
+                                                "(offline names, directories, .gguf files or hub ids).")],
+    prompt_len: Annotated[int, typer.Option(help="Prompt tokens (prefill).")] = 128,
+    new_tokens: Annotated[int, typer.Option(help="Tokens decoded after the prompt.")] = 64,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated decode batch sizes.")] = "1,8",
+    repeats: Annotated[int, typer.Option(help="Measured runs per model (medians reported).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Discarded runs per model first.")] = 1,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads per model (default: torch's, one per core; use 1 on a busy "
+                                 "machine).")
+    ] = None,
+    interleave: Annotated[
+        bool, typer.Option("--interleave/--sequential", help="Alternate the models' runs (all loaded at once), "
+                           "or run one model after another.")
+    ] = True,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the random prompt ids.")] = 0,
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow code shipped with a model to run.")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the result as JSON here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
+) -> None:
+    """Speed and size side by side: parameters, file size, prefill tokens/s, time to first token, decode
+    tokens/s per batch size and peak memory, each model in its own process, medians of repeated runs.
+
+    Decode is a greedy loop with the KV cache on a fixed random prompt (no EOS), timed alone. Uses the GPU when
+    there is one. Compare figures within one run only.
+
+    Example:
+
+      prunekit bench smollm2-135m out/smol-minus8 out/smol-mlp75 --out bench.json
+    """
+    from prunekit.eval.speed import SpeedConfig, benchmark_models, render_table, write_json
+
+    try:
+        sizes = tuple(int(b) for b in batch_sizes.split(","))
+    except ValueError:
+        raise PrunekitError(f"--batch-sizes {batch_sizes!r} must be comma-separated integers, e.g. 1,8") from None
+    config = SpeedConfig(prompt_len=prompt_len, new_tokens=new_tokens, batch_sizes=sizes, repeats=repeats,
+                         warmup=warmup, device=device, dtype=dtype, seed=seed, interleave=interleave,
+                         threads=threads, trust_remote_code=trust_remote_code)
+    result = benchmark_models(models, config)
+    if out is not None:
+        write_json(result, out)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        stdout.print(render_table(result))
 
 
 def main() -> None:

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from prunekit.assets.registry import DEFAULT_MODEL
 from prunekit.engine.layerwise import PruneStage
+from prunekit.engine.structured import DEPTH_METHODS, PARTS, WIDTH_METHODS, StructuredStage
 from prunekit.errors import PrunekitError
-from prunekit.methods import get_method
+from prunekit.methods import METHODS, get_method
 from prunekit.methods.patterns import SparsityPattern
 
 
@@ -25,8 +35,11 @@ def _validate(model: type[BaseModel], data: dict) -> BaseModel:
         return model.model_validate(data)
     except ValidationError as e:
         error = e.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "recipe"
-        raise PrunekitError(f"invalid recipe: {where}: {error['msg']}") from None
+        where = ".".join(str(p) for p in error["loc"] if p not in ("weights", "structured")) or "recipe"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            message = "not a setting of this stage or section (see `prunekit prune --help` and the README's recipes)"
+        raise PrunekitError(f"invalid recipe: {where}: {message}") from None
 
 
 class CalibrationConfig(_Strict):
@@ -63,7 +76,11 @@ class StageConfig(_Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        return get_method(value).name
+        if value.lower() not in METHODS:
+            raise PrunekitError(
+                f"unknown method {value!r}: choose one of {', '.join([*METHODS, *DEPTH_METHODS, *WIDTH_METHODS])}"
+            )
+        return value.lower()
 
     @field_validator("pattern")
     @classmethod
@@ -127,6 +144,75 @@ class StageConfig(_Strict):
         )
 
 
+class StructuredStageConfig(_Strict):
+    """Remove whole blocks (depth methods) or MLP channels / attention heads in every layer (width methods).
+
+    How much: `sparsity` (fraction of the blocks, or of each layer's channels / heads), `size` (blocks to remove,
+    or channels / heads per layer to keep), or `param_fraction` (fraction of all the model's parameters)."""
+
+    method: str
+    part: Literal["blocks", "mlp", "heads", "kv-heads"] | None = None  # default: blocks, or mlp for width methods
+    sparsity: float | None = Field(None, gt=0, lt=1)
+    size: int | None = Field(None, gt=0)
+    param_fraction: float | None = Field(None, gt=0, lt=1)
+    bias_compensation: bool | None = None  # add removed channels' mean output as a bias; default on for flap
+    gradient_samples: int = Field(32, gt=0)  # taylor / block-taylor: calibration windows back-propagated
+    seed: int | None = None  # block-random; default: the recipe's seed
+
+    @field_validator("method")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StructuredStageConfig:
+        depth = self.method in DEPTH_METHODS
+        part = self.part or ("blocks" if depth else "mlp")
+        if depth != (part == "blocks"):
+            fix = "drop part (it is blocks)" if depth else f"use part {' | '.join(PARTS)}"
+            raise PrunekitError(f"{self.method} {'removes blocks' if depth else 'prunes width'}, not {part}: {fix}")
+        self.part = part
+        given = [n for n in ("sparsity", "size", "param_fraction") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise PrunekitError(
+                f"{self.method}: give exactly one of sparsity (fraction removed), size (count) or param_fraction "
+                f"(fraction of the model's parameters); got {', '.join(given) or 'none'}"
+            )
+        return self
+
+    def to_stage(self, seed: int = 0) -> StructuredStage:
+        return StructuredStage(method=self.method, part=self.part or "blocks", sparsity=self.sparsity,
+                               size=self.size, param_fraction=self.param_fraction,
+                               bias_compensation=self.bias_compensation,
+                               seed=self.seed if self.seed is not None else seed,
+                               gradient_samples=self.gradient_samples)
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method not in ("block-random", "block-last")
+
+
+def _stage_kind(value: object) -> str:
+    method = value.get("method") if isinstance(value, dict) else getattr(value, "method", None)
+    return "structured" if str(method).lower() in {*DEPTH_METHODS, *WIDTH_METHODS} else "weights"
+
+
+AnyStage = Annotated[
+    Annotated[StageConfig, Tag("weights")] | Annotated[StructuredStageConfig, Tag("structured")],
+    Discriminator(_stage_kind),
+]
+
+
+def parse_stage(data: StageConfig | StructuredStageConfig | dict) -> StageConfig | StructuredStageConfig:
+    if isinstance(data, StageConfig | StructuredStageConfig):
+        return data
+    return _validate(StructuredStageConfig if _stage_kind(data) == "structured" else StageConfig, data)
+
+
+def needs_calibration(stage: StageConfig | StructuredStageConfig) -> bool:
+    return stage.needs_calibration if isinstance(stage, StructuredStageConfig) else stage.to_stage().needs_calibration
+
+
 class Recipe(_Strict):
     model: str = DEFAULT_MODEL
     seed: int = 0
@@ -136,7 +222,7 @@ class Recipe(_Strict):
     allow_pickle: bool = False  # load .bin/.pt weights (pickle can run code); safetensors otherwise
     stream: bool = False  # read, prune and write one decoder layer at a time (models bigger than memory)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
-    stages: list[StageConfig] = Field(min_length=1)
+    stages: list[AnyStage] = Field(min_length=1)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")
@@ -146,6 +232,11 @@ class Recipe(_Strict):
         if self.allow_pickle:
             raise PrunekitError("--stream reads safetensors checkpoints only: drop --allow-pickle or --stream")
         for stage in self.stages:
+            if isinstance(stage, StructuredStageConfig):
+                raise PrunekitError(
+                    f"{stage.method} changes the model's shape, which --stream does not do (it rewrites one layer "
+                    "at a time): drop --stream"
+                )
             if get_method(stage.method).needs_gradients:
                 raise PrunekitError(
                     f"{stage.method} back-propagates through the whole model, which --stream never holds: "

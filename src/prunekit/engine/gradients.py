@@ -21,8 +21,11 @@ def gradient_norms(
     windows: torch.Tensor,
     device: torch.device,
     on_sample: Callable[[int, int], None] | None = None,
+    summed: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """sqrt(sum over samples of (dLoss_n/dW)^2) for every named linear, on the model as it is (dense)."""
+    """sqrt(sum over samples of (dLoss_n/dW)^2) for every named linear, on the model as it is (dense).
+
+    `summed`: the plain sum over samples of dLoss_n/dW instead (the gradient of the total loss, for Taylor scores)."""
     home = next(model.parameters()).device
     trainable = {p: p.requires_grad for p in model.parameters()}
     for p in model.parameters():
@@ -43,7 +46,8 @@ def gradient_norms(
                 )
             loss.backward()
             for name, linear in linears.items():
-                sums[name] += linear.weight.grad.float().square()
+                grad = linear.weight.grad.float()
+                sums[name] += grad if summed else grad.square()
                 linear.weight.grad = None
             if on_sample:
                 on_sample(i + 1, len(windows))
@@ -52,4 +56,4 @@ def gradient_norms(
         for p, flag in trainable.items():
             p.requires_grad_(flag)
             p.grad = None
-    return {name: s.sqrt_() for name, s in sums.items()}
+    return sums if summed else {name: s.sqrt_() for name, s in sums.items()}

@@ -19,8 +19,17 @@ class ModelAdapter:
     base_path: ClassVar[str] = "model"
     layers_path: ClassVar[str] = "model.layers"
     lm_head_path: ClassVar[str] = "lm_head"
-    attention_linears: ClassVar[tuple[str, ...]] = ()  # relative to a decoder layer, in forward order
-    mlp_linears: ClassVar[tuple[str, ...]] = ()
+    attention_linears: ClassVar[tuple[str, ...]] = ()  # relative to a decoder layer, in forward order: q, k, v, out
+    mlp_linears: ClassVar[tuple[str, ...]] = ()  # the input projections (gate, up), then the output one (down)
+    # Config fields that structured pruning rewrites. `kv_heads_field` None: no grouped-query attention; with
+    # `head_dim_field` None the head size is hidden/heads, so heads cannot be removed without changing the width.
+    intermediate_size_field: ClassVar[str] = "intermediate_size"
+    heads_field: ClassVar[str] = "num_attention_heads"
+    kv_heads_field: ClassVar[str | None] = "num_key_value_heads"
+    head_dim_field: ClassVar[str | None] = "head_dim"
+    # Config flags that give the output projections a bias (FLAP's compensation needs one); None: no such option.
+    attention_bias_field: ClassVar[str | None] = "attention_bias"
+    mlp_bias_field: ClassVar[str | None] = "mlp_bias"
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -51,6 +60,19 @@ class ModelAdapter:
     @property
     def linear_names(self) -> tuple[str, ...]:
         return self.attention_linears + self.mlp_linears
+
+    @property
+    def num_heads(self) -> int:
+        return int(getattr(self.config, self.heads_field))
+
+    @property
+    def num_kv_heads(self) -> int:
+        return int(getattr(self.config, self.kv_heads_field)) if self.kv_heads_field else self.num_heads
+
+    @property
+    def head_dim(self) -> int:
+        layer = self.layers[0]
+        return _get(layer, self.attention_linears[0]).out_features // self.num_heads
 
     def linears(self, layer: nn.Module) -> dict[str, nn.Linear]:
         """The prunable linears of one decoder layer, by name relative to the layer, in forward order."""

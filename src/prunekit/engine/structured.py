@@ -1,0 +1,498 @@
+"""Structured pruning: remove whole decoder blocks (depth) or MLP channels / attention heads (width).
+
+Scores are measured on the model as it is when the stage starts (one dense pass over the calibration windows, a
+backward pass for Taylor scores, a forward per candidate for perplexity rankings), cached on disk by the model's
+weights and the calibration tokens, so another target size reuses them without recalibrating. Every layer then
+loses the same number of channels / heads, so the output keeps uniform shapes that stock transformers loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from prunekit.assets.cache import cache_dir
+from prunekit.engine.capture import capture_layer_inputs
+from prunekit.engine.gradients import gradient_norms
+from prunekit.engine.layerwise import _forward, _move
+from prunekit.errors import PrunekitError
+from prunekit.methods import depth, width
+from prunekit.methods.width import ChannelStats
+from prunekit.models import surgery
+from prunekit.models.adapters.base import ModelAdapter, _get
+
+DEPTH_METHODS = {
+    "block-influence": "ShortGPT: blocks whose output is most similar to their input (1 - cosine)",
+    "angular": "Gromov et al.: the contiguous span of blocks with the smallest angular distance across it",
+    "sleb": "SLEB: repeatedly remove the block whose removal raises calibration perplexity least",
+    "block-ppl": "Shortened LLaMA: blocks whose single removal raises calibration perplexity least",
+    "block-taylor": "Shortened LLaMA: blocks with the smallest sum |w x dL/dw|",
+    "block-random": "random blocks (seeded): the baseline",
+    "block-last": "the last blocks: the baseline",
+}
+WIDTH_METHODS = {
+    "activation": "Minitron: channels / heads with the least activation energy",
+    "wanda-sp": "structured Wanda: sum of |W| x input norm over the channel's output-projection column",
+    "flap": "FLAP: input fluctuation x squared column norm, removed mean added back as a bias",
+    "taylor": "LLM-Pruner: first-order Taylor estimate sum |w x dL/dw| over the channel's weights",
+}
+PARTS = ("mlp", "heads", "kv-heads")
+
+
+@dataclass
+class StructuredStage:
+    """Remove blocks (`method` in DEPTH_METHODS) or width (`method` in WIDTH_METHODS, `part` mlp|heads|kv-heads).
+
+    The amount is one of: `sparsity` (fraction of the blocks / channels / heads), `size` (blocks to remove, or the
+    channels / heads per layer to keep), `param_fraction` (fraction of the model's parameters to remove)."""
+
+    method: str
+    part: str = "blocks"
+    sparsity: float | None = None
+    size: int | None = None
+    param_fraction: float | None = None
+    bias_compensation: bool | None = None  # default: on for flap
+    span: bool = False  # angular: remove one contiguous span (always true for angular)
+    seed: int = 0
+    gradient_samples: int = 32
+
+    @property
+    def is_depth(self) -> bool:
+        return self.method in DEPTH_METHODS
+
+    @property
+    def compensate(self) -> bool:
+        return self.bias_compensation if self.bias_compensation is not None else self.method == "flap"
+
+
+@dataclass
+class StructuredResult:
+    stage: str
+    removed: dict[str, object] = field(default_factory=dict)
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- sizes
+
+
+def _units(adapter: ModelAdapter, part: str) -> tuple[int, int]:
+    """(units per layer or in the model, parameters per unit)."""
+    layer = adapter.layers[0]
+    hidden = _get(layer, adapter.attention_linears[0]).in_features
+    if part == "blocks":
+        return len(adapter.layers), sum(p.numel() for p in layer.parameters())
+    layers = len(adapter.layers)
+    if part == "mlp":
+        *inputs, output = (_get(layer, n) for n in adapter.mlp_linears)
+        return output.in_features, layers * (sum(lin.in_features for lin in inputs) + output.out_features)
+    head_dim = adapter.head_dim
+    per_head = 2 * head_dim * hidden  # a query head: its q rows and o columns
+    if part == "heads":
+        return adapter.num_heads, layers * per_head
+    per_group = adapter.num_heads // adapter.num_kv_heads
+    return adapter.num_kv_heads, layers * (per_group * per_head + 2 * head_dim * hidden)
+
+
+def removal_count(adapter: ModelAdapter, stage: StructuredStage) -> int:
+    """How many blocks to remove, or how many channels / heads each layer loses; one-line errors if impossible."""
+    total, per_unit = _units(adapter, stage.part)
+    noun = {"blocks": "blocks", "mlp": "MLP channels per layer", "heads": "query heads per layer",
+            "kv-heads": "key/value heads per layer"}[stage.part]
+    if stage.size is not None:
+        remove = stage.size if stage.is_depth else total - stage.size
+        if not 0 < remove < total:
+            what = f"remove {stage.size} of {total}" if stage.is_depth else f"keep {stage.size} of {total}"
+            what += f" {noun}"
+            raise PrunekitError(f"cannot {what}: give a number from 1 to {total - 1}")
+    else:
+        fraction = stage.sparsity if stage.sparsity is not None else stage.param_fraction
+        if fraction is None:
+            raise PrunekitError("say how much to remove: a sparsity (fraction), a size, or a parameter fraction")
+        if stage.sparsity is not None:
+            remove = round(fraction * total)
+        else:
+            parameters = sum(p.numel() for p in adapter.model.parameters())
+            remove = round(fraction * parameters / per_unit)
+        if remove <= 0:
+            raise PrunekitError(f"removing {fraction:g} rounds to 0 of {total} {noun}: ask for more")
+        if remove >= total:
+            raise PrunekitError(f"removing {fraction:g} would remove all {total} {noun}: ask for less")
+    if stage.part == "heads" and (adapter.num_heads - remove) % adapter.num_kv_heads:
+        kv = adapter.num_kv_heads
+        options = ", ".join(str(h) for h in range(kv, adapter.num_heads, kv))
+        raise PrunekitError(
+            f"{adapter.num_heads - remove} query heads cannot be shared evenly by {kv} key/value heads: keep a "
+            f"multiple of {kv} ({options}), or remove whole key/value groups (part kv-heads)"
+        )
+    return remove
+
+
+# ---------------------------------------------------------------- score cache
+
+
+def fingerprint(adapter: ModelAdapter, windows: torch.Tensor, *parts: object) -> str:
+    """A key for scores: the layer shapes, a strided sample of every weight, the calibration tokens, the method."""
+    digest = hashlib.sha256()
+    for name, p in adapter.model.named_parameters():
+        flat = p.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
+        digest.update(f"{name}{tuple(p.shape)}".encode())
+        digest.update(sample.numpy().tobytes())
+    digest.update(windows.cpu().numpy().tobytes())
+    digest.update(repr(parts).encode())
+    return digest.hexdigest()[:24]
+
+
+class ScoreCache:
+    """Scores on disk under <cache>/scores, one safetensors file per key; `enabled=False` turns it off."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.hits: list[str] = []
+
+    def get_or_compute(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        path = cache_dir() / "scores" / f"{key}.safetensors"
+        if self.enabled and path.exists():
+            self.hits.append(key)
+            return load_file(path)
+        scores = compute()
+        if self.enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".partial")
+            save_file({k: v.contiguous().cpu() for k, v in scores.items()}, tmp)
+            tmp.replace(path)
+        return scores
+
+
+# ---------------------------------------------------------------- dense passes
+
+
+def _dense_pass(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, batch_size: int,
+                visit: Callable[[int, nn.Module, list[torch.Tensor], list[torch.Tensor]], None]) -> None:
+    """Run the calibration windows through the layers one at a time; visit(index, layer, inputs, outputs)."""
+    model = adapter.model
+    home = next(model.parameters()).device
+    prefix = adapter.layers_path + "."
+    outside = [t for n, t in [*model.named_parameters(), *model.named_buffers()] if not n.startswith(prefix)]
+    _move(outside, device)
+    try:
+        captured = capture_layer_inputs(adapter, list(windows.split(batch_size)), device)
+    finally:
+        _move(outside, home)
+    hidden = captured.hidden
+    for index, layer in enumerate(adapter.layers):
+        layer.to(device)
+        outputs = [_forward(layer, h, call) for h, call in zip(hidden, captured.calls[index], strict=True)]
+        visit(index, layer, hidden, outputs)
+        layer.to(home)
+        hidden = outputs
+
+
+@contextmanager
+def _channel_statistics(linears: dict[int, nn.Linear]) -> Iterator[dict[int, ChannelStats]]:
+    stats: dict[int, ChannelStats] = {}
+
+    def hook_for(index: int) -> Callable:
+        def hook(_module: nn.Module, args: tuple) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            s = stats.setdefault(index, ChannelStats(torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
+                                                     torch.zeros(x.shape[1], dtype=torch.float64, device=x.device), 0))
+            s.total += x.sum(dim=0)
+            s.squares += x.square().sum(dim=0)
+            s.tokens += x.shape[0]
+        return hook
+
+    handles = [lin.register_forward_pre_hook(hook_for(i)) for i, lin in linears.items()]
+    try:
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def output_projection_statistics(adapter: ModelAdapter, part: str, windows: torch.Tensor, device: torch.device,
+                                 batch_size: int) -> list[ChannelStats]:
+    """Per layer: the statistics of the input of the MLP's (part mlp) or attention's output projection."""
+    name = (adapter.mlp_linears if part == "mlp" else adapter.attention_linears)[-1]
+    with _channel_statistics({i: _get(layer, name) for i, layer in enumerate(adapter.layers)}) as collected:
+        _dense_pass(adapter, windows, device, batch_size, lambda *_: None)
+    return [ChannelStats(s.total.cpu(), s.squares.cpu(), s.tokens) for _, s in sorted(collected.items())]
+
+
+def similarity_profile(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, batch_size: int,
+                       span: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(block influence per block, angular distance d(h_l, h_{l+span}) per start l), averaged over tokens.
+
+    h_l is the input of block l (h_L the last block's output); only the last span+1 of them are kept."""
+    count = len(adapter.layers)
+    influence = torch.zeros(count, dtype=torch.float64)
+    angular = torch.zeros(count - span + 1, dtype=torch.float64)
+    recent: deque[list[torch.Tensor]] = deque(maxlen=span + 1)
+
+    def mean(metric: Callable, a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+        return float(torch.cat([metric(x, y) for x, y in zip(a, b, strict=True)]).double().mean())
+
+    def visit(index: int, _layer: nn.Module, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+        influence[index] = mean(depth.block_influence, inputs, outputs)
+        if index == 0:
+            recent.append(inputs)
+        recent.append(outputs)
+        if len(recent) == span + 1:
+            angular[index + 1 - span] = mean(depth.angular_distance, recent[0], recent[-1])
+
+    _dense_pass(adapter, windows, device, batch_size, visit)
+    return influence, angular
+
+
+@contextmanager
+def _without_blocks(adapter: ModelAdapter, drop: set[int]) -> Iterator[None]:
+    """The model with some blocks skipped (the ModuleList swapped; the model reads its layers from it)."""
+    path = adapter.layers_path
+    original = adapter.layers
+    surgery._set(adapter.model, path, nn.ModuleList(m for i, m in enumerate(original) if i not in drop))
+    try:
+        yield
+    finally:
+        surgery._set(adapter.model, path, original)
+
+
+@torch.no_grad()
+def calibration_nll(model: nn.Module, windows: torch.Tensor, device: torch.device, batch_size: int) -> float:
+    """Mean next-token negative log-likelihood over the calibration windows."""
+    total, count = 0.0, 0
+    for ids in windows.split(batch_size):
+        ids = ids.to(device)
+        logits = model(input_ids=ids, use_cache=False).logits
+        total += float(nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(),
+                                                   reduction="sum"))
+        count += ids[:, 1:].numel()
+    return total / count
+
+
+def perplexity_ranking(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, batch_size: int,
+                       removed: list[int], on_step: Callable[[], None] | None = None) -> torch.Tensor:
+    """Calibration perplexity of the model without each remaining block (and without `removed`); removed: inf."""
+    model = adapter.model
+    home = next(model.parameters()).device
+    scores = torch.full((len(adapter.layers),), math.inf, dtype=torch.float64)
+    model.to(device)
+    try:
+        for block in range(len(adapter.layers)):
+            if block in removed:
+                continue
+            with _without_blocks(adapter, {*removed, block}):
+                scores[block] = math.exp(calibration_nll(model, windows, device, batch_size))
+            if on_step:
+                on_step()
+    finally:
+        model.to(home)
+    return scores
+
+
+def linear_gradients(adapter: ModelAdapter, names: tuple[str, ...], windows: torch.Tensor, device: torch.device,
+                     samples: int) -> dict[str, torch.Tensor]:
+    """dLoss/dW summed over `samples` calibration windows, for the named linears of every layer ('3.mlp.up_proj')."""
+    linears = {f"{i}.{n}": _get(layer, n) for i, layer in enumerate(adapter.layers) for n in names}
+    return gradient_norms(adapter.model, linears, windows[:samples], device, summed=True)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def run_structured(adapter: ModelAdapter, stage: StructuredStage, windows: torch.Tensor, device: torch.device,
+                   batch_size: int = 8, cache: ScoreCache | None = None,
+                   on_step: Callable[[str], None] | None = None) -> StructuredResult:
+    """Score, choose and remove; the model is edited in place and its config rewritten."""
+    cache = cache or ScoreCache()
+    step = on_step or (lambda _message: None)
+    with torch.no_grad():
+        if stage.is_depth:
+            return _prune_depth(adapter, stage, windows, device, batch_size, cache, step)
+        return _prune_width(adapter, stage, windows, device, batch_size, cache, step)
+
+
+def _prune_depth(adapter: ModelAdapter, stage: StructuredStage, windows: torch.Tensor, device: torch.device,
+                 batch_size: int, cache: ScoreCache, step: Callable[[str], None]) -> StructuredResult:
+    count = removal_count(adapter, stage)
+    total = len(adapter.layers)
+    result = StructuredResult(f"{stage.method}: remove {count} of {total} blocks")
+    method = stage.method
+
+    def key(*parts: object) -> str:
+        return fingerprint(adapter, windows, method, *parts)
+
+    if method == "block-random":
+        drop = depth.random_blocks(count, total, stage.seed)
+    elif method == "block-last":
+        drop = depth.last_blocks(count, total)
+    elif method in ("block-influence", "angular"):
+        span = count if method == "angular" else 1
+        step(f"{method}: hidden-state similarity over {len(windows)} windows")
+        scores = cache.get_or_compute(key(span), lambda: dict(zip(
+            ("influence", "angular"), similarity_profile(adapter, windows, device, batch_size, span), strict=True)))
+        if method == "angular":
+            result.scores["angular_distance_by_start"] = scores["angular"].tolist()
+            drop = depth.best_span(scores["angular"].tolist(), count)
+        else:
+            result.scores["block_influence"] = scores["influence"].tolist()
+            drop = depth.lowest(scores["influence"].tolist(), count)
+    elif method == "block-ppl":
+        step(f"block-ppl: calibration perplexity without each of {total} blocks")
+        scores = cache.get_or_compute(key(), lambda: {"ppl": perplexity_ranking(adapter, windows, device,
+                                                                                 batch_size, [])})
+        result.scores["perplexity_without_block"] = scores["ppl"].tolist()
+        drop = depth.lowest(scores["ppl"].tolist(), count)
+    elif method == "sleb":
+        drop = _sleb(adapter, windows, device, batch_size, count, cache, key(), step, result)
+    else:  # block-taylor
+        step(f"block-taylor: gradients over {min(stage.gradient_samples, len(windows))} windows")
+
+        def compute() -> dict[str, torch.Tensor]:
+            grads = linear_gradients(adapter, adapter.linear_names, windows, device, stage.gradient_samples)
+            return {"taylor": torch.tensor([
+                sum(float((_get(layer, n).weight.double() * grads[f"{i}.{n}"].double()).abs().sum())
+                    for n in adapter.linear_names) for i, layer in enumerate(adapter.layers)])}
+
+        scores = cache.get_or_compute(key(stage.gradient_samples), compute)
+        result.scores["block_taylor"] = scores["taylor"].tolist()
+        drop = depth.lowest(scores["taylor"].tolist(), count)
+    result.removed = {"blocks": drop, "layers_before": total, "layers_after": total - len(drop)}
+    surgery.remove_layers(adapter, set(drop))
+    return result
+
+
+def _sleb(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, batch_size: int, count: int,
+          cache: ScoreCache, key: str, step: Callable[[str], None], result: StructuredResult) -> list[int]:
+    """Greedy removal; the order is cached and a longer request extends a cached shorter one."""
+    path_key = f"{key}-order"
+    order: list[int] = []
+    cached = cache.get_or_compute(path_key, lambda: {"order": torch.zeros(0, dtype=torch.long)})
+    order = cached["order"].tolist()[:count]
+    perplexities: list[float] = []
+    while len(order) < count:
+        step(f"sleb: choosing block {len(order) + 1} of {count} ({len(adapter.layers) - len(order)} candidates)")
+        scores = perplexity_ranking(adapter, windows, device, batch_size, order)
+        best = int(torch.argmin(scores))
+        order.append(best)
+        perplexities.append(float(scores[best]))
+    if cache.enabled and len(order) > len(cached["order"]):
+        cache_path = cache_dir() / "scores" / f"{path_key}.safetensors"
+        save_file({"order": torch.tensor(order, dtype=torch.long)}, cache_path)
+    result.scores["removal_order"] = [float(i) for i in order]
+    if perplexities:
+        result.scores["calibration_ppl_after_each_removal"] = perplexities
+    return sorted(order)
+
+
+def _prune_width(adapter: ModelAdapter, stage: StructuredStage, windows: torch.Tensor, device: torch.device,
+                 batch_size: int, cache: ScoreCache, step: Callable[[str], None]) -> StructuredResult:
+    part = stage.part
+    if part != "mlp" and adapter.head_dim_field is None:
+        surgery.set_heads(adapter, 0, 0, 0)  # raises the one-line error for this family
+    remove = removal_count(adapter, stage)
+    layers = adapter.layers
+    attention = part != "mlp"
+    names = adapter.attention_linears if attention else adapter.mlp_linears
+    total, _ = _units(adapter, part)
+    result = StructuredResult(f"{stage.method} on {part}: keep {total - remove} of {total} per layer")
+    head_dim = adapter.head_dim
+    heads, kv_heads = adapter.num_heads, adapter.num_kv_heads
+    if stage.compensate:
+        surgery.enable_output_bias(adapter, "attention" if attention else "mlp")  # fails early if impossible
+    key = fingerprint(adapter, windows, stage.method, "attention" if attention else "mlp", stage.gradient_samples)
+
+    def compute() -> dict[str, torch.Tensor]:
+        stats: list[ChannelStats] = []
+        if stage.method != "taylor" or stage.compensate:
+            step(f"{stage.method}: input statistics of {names[-1]} over {len(windows)} windows")
+            stats = output_projection_statistics(adapter, part, windows, device, batch_size)
+        grads: dict[str, torch.Tensor] = {}
+        if stage.method == "taylor":
+            step(f"taylor: gradients over {min(stage.gradient_samples, len(windows))} windows")
+            grads = linear_gradients(adapter, names, windows, device, stage.gradient_samples)
+        out: dict[str, torch.Tensor] = {}
+        for i, layer in enumerate(layers):
+            out[f"{i}.score"], extra = _channel_scores(adapter, stage.method, i, layer, names, stats, grads)
+            if extra is not None:
+                out[f"{i}.kv_score"] = extra
+            if stats:
+                out[f"{i}.mean"] = stats[i].mean
+        return out
+
+    scores = cache.get_or_compute(key, compute)
+    for i, layer in enumerate(layers):
+        channel = scores[f"{i}.score"]
+        if part == "mlp":
+            keep = width.keep_highest(channel, total - remove)
+            keep_kv = None
+            kept_channels = keep
+        else:
+            head_scores = width.group_sums(channel, head_dim)
+            if part == "heads":
+                keep = width.keep_within_groups(head_scores, kv_heads, (heads - remove) // kv_heads)
+                keep_kv = torch.arange(kv_heads)
+            else:
+                per_group = heads // kv_heads
+                group_scores = width.group_sums(head_scores, per_group)
+                if f"{i}.kv_score" in scores:
+                    group_scores = group_scores + scores[f"{i}.kv_score"]
+                keep_kv = width.keep_highest(group_scores, kv_heads - remove)
+                keep = (keep_kv.unsqueeze(1) * per_group + torch.arange(per_group)).flatten()
+            kept_channels = surgery._head_rows(keep, head_dim)
+        if stage.compensate:
+            removed = torch.ones(len(channel), dtype=torch.bool)
+            removed[kept_channels] = False
+            out_weight = _get(layer, names[-1]).weight
+            mean = scores[f"{i}.mean"]
+            bias = out_weight.double()[:, removed.to(out_weight.device)].cpu() @ mean[removed]
+            surgery.add_output_bias(adapter, layer, "attention" if attention else "mlp", bias)
+        if part == "mlp":
+            surgery.shrink_mlp(adapter, layer, keep)
+        else:
+            surgery.shrink_attention(adapter, layer, keep, keep_kv, head_dim)
+        result.removed.setdefault("kept_per_layer", []).append(keep.tolist())
+    if part == "mlp":
+        surgery.set_mlp_width(adapter, total - remove)
+    elif part == "heads":
+        surgery.set_heads(adapter, heads - remove, kv_heads, head_dim)
+    else:
+        surgery.set_heads(adapter, heads // kv_heads * (kv_heads - remove), kv_heads - remove, head_dim)
+    if cache.hits and cache.hits[-1] == key:
+        result.notes.append("scores reused from the cache (same weights, calibration tokens and method)")
+    if stage.compensate:
+        result.notes.append(f"bias compensation: removed channels' mean output added to {names[-1]}'s bias")
+    result.removed["per_layer_before"] = total
+    result.removed["per_layer_after"] = total - remove
+    return result
+
+
+def _channel_scores(adapter: ModelAdapter, method: str, index: int, layer: nn.Module, names: tuple[str, ...],
+                    stats: list[ChannelStats], grads: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-channel scores of one layer (and, for Taylor on attention, per-KV-head scores of k/v's rows)."""
+    out_weight = _get(layer, names[-1]).weight.detach().cpu()
+    if method == "activation":
+        return width.activation_scores(stats[index]), None
+    if method == "wanda-sp":
+        return width.wanda_sp_scores(out_weight, stats[index]), None
+    if method == "flap":
+        return width.flap_scores(out_weight, stats[index]), None
+    grad = {n: grads[f"{index}.{n}"].cpu() for n in names}
+    weight = {n: _get(layer, n).weight.detach().cpu() for n in names}
+    if names == adapter.mlp_linears:
+        inputs = list(names[:-1])
+        return width.taylor_scores(out_weight, grad[names[-1]], [weight[n] for n in inputs],
+                                   [grad[n] for n in inputs]), None
+    q, k, v, out = names
+    channel = width.taylor_scores(weight[out], grad[out], [weight[q]], [grad[q]])
+    kv_channel = sum((weight[n].double() * grad[n].double()).abs().sum(dim=1) for n in (k, v))
+    return channel, width.group_sums(kv_channel, adapter.head_dim)

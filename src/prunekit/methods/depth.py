@@ -1,0 +1,52 @@
+"""Depth pruning: which whole decoder blocks to remove. Pure functions on hidden states and scores.
+
+- Block influence (ShortGPT, Men et al. 2024): 1 - cos(block input, block output), averaged over tokens; the
+  blocks that change their input least go first.
+- Angular distance (Gromov et al. 2024): arccos(cos(h_l, h_{l+n})) / pi between the input of block l and the input
+  of block l+n, averaged over tokens; the contiguous span of n blocks with the smallest distance goes.
+- SLEB (Song et al. 2024) and perplexity ranking (Kim et al. 2024, Shortened LLaMA) rank blocks by the calibration
+  perplexity of the model without them; Taylor ranking (also Shortened LLaMA) by sum |w * dL/dw| over a block.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def token_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity per token of two [..., hidden] tensors, in float32."""
+    a, b = a.float().reshape(-1, a.shape[-1]), b.float().reshape(-1, b.shape[-1])
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1, eps=1e-8)
+
+
+def block_influence(block_input: torch.Tensor, block_output: torch.Tensor) -> torch.Tensor:
+    """Per-token 1 - cos(input, output) of one block (ShortGPT's BI); average it over tokens."""
+    return 1.0 - token_cosine(block_input, block_output)
+
+
+def angular_distance(h_start: torch.Tensor, h_end: torch.Tensor) -> torch.Tensor:
+    """Per-token angular distance arccos(cos) / pi between hidden states n blocks apart (Gromov et al.)."""
+    return torch.arccos(token_cosine(h_start, h_end).clamp(-1.0, 1.0)) / math.pi
+
+
+def lowest(scores: list[float], count: int) -> list[int]:
+    """Indices of the `count` lowest scores (ties: the earlier index), in ascending index order."""
+    order = sorted(range(len(scores)), key=lambda i: (scores[i], i))
+    return sorted(order[:count])
+
+
+def best_span(distances: list[float], span: int) -> list[int]:
+    """Blocks l..l+span-1 for the start l with the smallest angular distance; distances[l] = d(h_l, h_{l+span})."""
+    start = lowest(distances, 1)[0]
+    return list(range(start, start + span))
+
+
+def random_blocks(count: int, total: int, seed: int) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return sorted(torch.randperm(total, generator=generator)[:count].tolist())
+
+
+def last_blocks(count: int, total: int) -> list[int]:
+    return list(range(total - count, total))
