@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -159,17 +160,28 @@ class ScoreCache:
         self.enabled = enabled
         self.hits: list[str] = []
 
-    def get_or_compute(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        path = cache_dir() / "scores" / f"{key}.safetensors"
-        if self.enabled and path.exists():
-            self.hits.append(key)
-            return load_file(path)
-        scores = compute()
+    def _path(self, key: str) -> Path:
+        return cache_dir() / "scores" / f"{key}.safetensors"
+
+    def load(self, key: str) -> dict[str, torch.Tensor] | None:
+        if not (self.enabled and self._path(key).exists()):
+            return None
+        self.hits.append(key)
+        return load_file(self._path(key))
+
+    def save(self, key: str, scores: dict[str, torch.Tensor]) -> None:
         if self.enabled:
+            path = self._path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".partial")
             save_file({k: v.contiguous().cpu() for k, v in scores.items()}, tmp)
             tmp.replace(path)
+
+    def get_or_compute(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        scores = self.load(key)
+        if scores is None:
+            scores = compute()
+            self.save(key, scores)
         return scores
 
 
@@ -372,11 +384,9 @@ def _prune_depth(adapter: ModelAdapter, stage: StructuredStage, windows: torch.T
 
 def _sleb(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, batch_size: int, count: int,
           cache: ScoreCache, key: str, step: Callable[[str], None], result: StructuredResult) -> list[int]:
-    """Greedy removal; the order is cached and a longer request extends a cached shorter one."""
-    path_key = f"{key}-order"
-    order: list[int] = []
-    cached = cache.get_or_compute(path_key, lambda: {"order": torch.zeros(0, dtype=torch.long)})
-    order = cached["order"].tolist()[:count]
+    """Greedy removal; the order is cached, and a longer request extends a cached shorter one."""
+    cached = cache.load(key)
+    order: list[int] = cached["order"].tolist()[:count] if cached else []
     perplexities: list[float] = []
     while len(order) < count:
         step(f"sleb: choosing block {len(order) + 1} of {count} ({len(adapter.layers) - len(order)} candidates)")
@@ -384,9 +394,8 @@ def _sleb(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, ba
         best = int(torch.argmin(scores))
         order.append(best)
         perplexities.append(float(scores[best]))
-    if cache.enabled and len(order) > len(cached["order"]):
-        cache_path = cache_dir() / "scores" / f"{path_key}.safetensors"
-        save_file({"order": torch.tensor(order, dtype=torch.long)}, cache_path)
+    if cached is None or len(order) > len(cached["order"]):
+        cache.save(key, {"order": torch.tensor(order, dtype=torch.long)})
     result.scores["removal_order"] = [float(i) for i in order]
     if perplexities:
         result.scores["calibration_ppl_after_each_removal"] = perplexities

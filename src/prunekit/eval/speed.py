@@ -46,6 +46,7 @@ from rich.table import Table
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
+from prunekit.api import count_parameters, versions
 from prunekit.errors import PrunekitError
 from prunekit.models.loading import DTYPES, compute_dtype, resolve_device, resolve_source
 
@@ -129,11 +130,6 @@ def decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[torch.
     _sync(device)
     seconds = time.perf_counter() - start
     return torch.cat(tokens, dim=1).cpu(), seconds
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Parameters of the model; `parameters()` yields a tied weight once, so it is counted once."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def _peak_rss_bytes() -> int:
@@ -418,8 +414,6 @@ def ratios(model: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 def _environment(device: torch.device, records: list[dict[str, Any]]) -> dict[str, Any]:
-    from prunekit.api import versions
-
     return {"device": str(device), "device_name": records[0]["device_name"], "threads": records[0]["threads"],
             "cpu_count": os.cpu_count(), "platform": platform.platform(), "versions": versions()}
 

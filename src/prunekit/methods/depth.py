@@ -3,7 +3,8 @@
 - Block influence (ShortGPT, Men et al. 2024): 1 - cos(block input, block output), averaged over tokens; the
   blocks that change their input least go first.
 - Angular distance (Gromov et al. 2024): arccos(cos(h_l, h_{l+n})) / pi between the input of block l and the input
-  of block l+n, averaged over tokens; the contiguous span of n blocks with the smallest distance goes.
+  of block l+n, averaged over all tokens (the paper reads the last token only; every token is a larger sample of
+  the same quantity); the contiguous span of n blocks with the smallest distance goes.
 - SLEB (Song et al. 2024) and perplexity ranking (Kim et al. 2024, Shortened LLaMA) rank blocks by the calibration
   perplexity of the model without them; Taylor ranking (also Shortened LLaMA) by sum |w * dL/dw| over a block.
 """
