@@ -17,6 +17,12 @@ def _set(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(_get(root, parent) if parent else root, name, module)
 
 
+def per_layer_fields(config: object, count: int) -> dict[str, list]:
+    """Config lists with one entry per decoder layer, such as Gemma's and Qwen's `layer_types`."""
+    return {name: value for name, value in vars(config).items()
+            if isinstance(value, list) and len(value) == count and not name.startswith("_")}
+
+
 def remove_layers(adapter: ModelAdapter, drop: set[int]) -> None:
     """Remove decoder layers; per-layer config lists follow, and the kept layers are renumbered for the KV cache."""
     config = adapter.config
@@ -30,10 +36,8 @@ def remove_layers(adapter: ModelAdapter, drop: set[int]) -> None:
         for module in layer.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
                 module.layer_idx = new_index
-    for name, value in list(vars(config).items()):
-        # Per-layer lists such as Gemma's and Qwen's `layer_types` keep the entries of the kept layers.
-        if isinstance(value, list) and len(value) == count and not name.startswith("_"):
-            setattr(config, name, [value[i] for i in keep])
+    for name, value in per_layer_fields(config, count).items():
+        setattr(config, name, [value[i] for i in keep])
     config.num_hidden_layers = len(keep)
     if hasattr(config, "max_window_layers"):  # Qwen2: layers below this index use full attention
         config.max_window_layers = sum(1 for i in keep if i < config.max_window_layers)
