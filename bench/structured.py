@@ -5,7 +5,8 @@ and what the smaller models gain in speed, in one run.
         [--skip-speed] [--threads N]
 
 Fidelity: every method prunes a fresh copy of the dense model with the same calibration windows (Wikipedia
-calibration split) and is scored on the same held-out windows (16 x 1024, evaluation split). Depth: remove
+calibration split; SLEB, which runs about blocks x layers / 2 forward passes, the first --sleb-samples of them,
+cut to --sleb-seq-len tokens) and is scored on the same held-out windows (16 x 1024, evaluation split). Depth: remove
 round(blocks x layers) blocks by block influence, angular distance, SLEB, perplexity and Taylor ranking, against
 the last blocks and random blocks (mean over seeds). Width: remove a fraction of every MLP's channels (and one
 query head per KV group) by FLAP with and without bias compensation, Wanda-sp, activation energy and Taylor.
@@ -54,6 +55,9 @@ def main() -> None:
     parser.add_argument("--mlp", type=float, default=0.25, help="fraction of MLP channels removed")
     parser.add_argument("--calib-samples", type=int, default=16)
     parser.add_argument("--calib-seq-len", type=int, default=512)
+    parser.add_argument("--sleb-samples", type=int, default=4,
+                        help="calibration windows SLEB uses (it runs ~blocks x layers / 2 forwards; default 4)")
+    parser.add_argument("--sleb-seq-len", type=int, default=256)
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the random-block baseline")
     parser.add_argument("--only", default="", help="comma-separated substrings: run only matching jobs")
     parser.add_argument("--skip-speed", action="store_true")
@@ -84,11 +88,15 @@ def main() -> None:
     for name, stage in jobs:
         model = copy.deepcopy(dense)
         started = time.perf_counter()
-        result = prunekit.prune(model, stages=[stage], calibration=calibration, cache_scores=False)
+        windows = calibration
+        if stage["method"] == "sleb":
+            windows = calibration[: args.sleb_samples, : args.sleb_seq_len]
+        result = prunekit.prune(model, stages=[stage], calibration=windows, cache_scores=False)
         seconds = time.perf_counter() - started
         ppl = prunekit.evaluate(model, tokenizer, evaluation, name).perplexity
         removed = result.structured[0].removed
-        rows.append({"job": name, "stage": stage, "parameters": count_parameters(model), "perplexity": ppl,
+        rows.append({"job": name, "stage": stage, "calibration": list(windows.shape),
+                     "parameters": count_parameters(model), "perplexity": ppl,
                      "seconds": seconds, "removed": removed.get("blocks", removed.get("per_layer_after"))})
         console.log(f"{name}: ppl {ppl:.2f}, {rows[-1]['parameters']:,} parameters, {seconds:.0f} s")
         if name.startswith(("block-influence", f"flap mlp {args.mlp:g}")) and "no bias" not in name:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from prunekit.errors import PrunekitError
+
+if TYPE_CHECKING:
+    from prunekit.data.train import TrainConfig
 
 app = typer.Typer(
     help="Prune Hugging Face causal LMs layer by layer and measure what it costs. "
@@ -346,6 +349,123 @@ def bench(
         print(json.dumps(result, indent=2))
     else:
         stdout.print(render_table(result))
+
+
+data_app = typer.Typer(help="Data pruning for labelled datasets: score examples, keep a subset, run pruning-rate "
+                       "experiments.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+DatasetArg = Annotated[
+    str, typer.Argument(help="cifar10-test (offline, 10,000 images) | digits (scikit-learn) | an image folder (one "
+                        "subfolder per class) | a .npz with x, y (and ids) | hf:NAME[:CONFIG][@SPLIT].",
+                        show_default=False),
+]
+
+
+def _train_options(epochs: int, batch_size: int, lr: float | None, threads: int | None) -> TrainConfig:
+    from prunekit.data.train import TrainConfig
+
+    settings = {"epochs": epochs, "batch_size": batch_size, "num_threads": threads}
+    return TrainConfig(**settings, **({"lr": lr} if lr is not None else {}))
+
+
+@data_app.command("prune")
+def data_prune(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist).")] = ...,
+    score: Annotated[str, typer.Option(help="el2n | forgetting | aum | entropy | random (higher = harder).")] = "el2n",
+    keep: Annotated[float, typer.Option(help="Fraction of examples kept, in (0, 1].")] = 0.5,
+    strategy: Annotated[str, typer.Option(help="hardest | easiest | middle | random | ccs.")] = "hardest",
+    class_balanced: Annotated[bool, typer.Option(help="Per-class quotas proportional to class sizes.")] = False,
+    ccs_beta: Annotated[float, typer.Option(help="CCS: fraction of hardest examples dropped first.")] = 0.1,
+    epochs: Annotated[int, typer.Option(help="Epochs of each scoring training run.")] = 10,
+    runs: Annotated[int, typer.Option(help="Scoring runs (EL2N is averaged over them).")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (one-cycle).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (1 is faster on a busy machine).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the selection.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Score every example of DATASET by training dynamics (a small model trained on all of it) and keep a subset.
+
+    Writes scores.parquet (id, score, label, kept), kept.parquet and summary.json. Example:
+
+      prunekit data prune cifar10-test --score el2n --keep 0.3 --strategy ccs --out out/cifar-ccs30
+    """
+    from prunekit.data.experiment import DYNAMICS_SCORES, ExperimentConfig, score_examples
+    from prunekit.data.scores import random_scores
+    from prunekit.data.select import select
+    from prunekit.data.selection_io import write_selection
+    from prunekit.data.sources import load_dataset_spec
+    from prunekit.models.saving import check_output_free
+
+    if score not in (*DYNAMICS_SCORES, "random"):
+        raise PrunekitError(f"unknown score {score!r}: use {', '.join(DYNAMICS_SCORES)} or random")
+    check_output_free(out, overwrite)
+    data = load_dataset_spec(dataset)
+    if score == "random":
+        values = random_scores(len(data), seed)
+    else:
+        config = ExperimentConfig(train=_train_options(epochs, batch_size, lr, threads), score_runs=runs)
+        values = score_examples(data, config, say=stdout.print)[0][score]
+    kept = select(values, keep, strategy, labels=data.labels, seed=seed, class_balanced=class_balanced,
+                  ccs_beta=ccs_beta)
+    summary = {"dataset": dataset, "score": score, "strategy": strategy, "class_balanced": class_balanced,
+               "seed": seed, "scoring": {"epochs": epochs, "runs": runs} if score != "random" else None}
+    write_selection(out, data.ids, values, kept, data.labels, summary, overwrite=overwrite)
+    stdout.print(f"kept {len(kept)} of {len(data)} examples ({strategy} by {score}) -> {out}")
+
+
+@data_app.command("experiment")
+def data_experiment(
+    dataset: DatasetArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist).")] = ...,
+    methods: Annotated[
+        str, typer.Option(help="Comma-separated: random, SCORE (keeps the hardest), SCORE-easy, SCORE-middle, "
+                          "ccs-SCORE, each optionally +kd (distilled from a model trained on all the data); "
+                          "SCORE: el2n, forgetting, aum, entropy.")
+    ] = "random,random+kd,el2n,ccs-el2n,forgetting,aum",
+    fractions: Annotated[str, typer.Option(help="Kept fractions.")] = "0.7,0.5,0.3,0.1",
+    seeds: Annotated[str, typer.Option(help="Seeds per (method, fraction).")] = "0,1,2",
+    eval_size: Annotated[float, typer.Option(help="Held-out part: a count, or a fraction if < 1.")] = 2000,
+    split_seed: Annotated[int, typer.Option(help="Seed of the train/eval split.")] = 0,
+    epochs: Annotated[int, typer.Option(help="Epochs of every training run (scoring and subsets).")] = 10,
+    score_runs: Annotated[int, typer.Option(help="Scoring runs on the full training part.")] = 2,
+    batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (one-cycle).")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (1 is faster on a busy machine).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Train on subsets chosen by each method at each kept fraction, over seeds; evaluate on a held-out split.
+
+    Writes results.json, accuracy.png (accuracy vs kept fraction per method) and report.html. Example:
+
+      prunekit data experiment cifar10-test --eval-size 2000 --out out/cifar-experiment
+    """
+    from prunekit.data.experiment import ExperimentConfig, run_experiment, table_rows, write_report
+    from prunekit.data.sources import load_dataset_spec
+    from prunekit.models.saving import check_output_free
+
+    check_output_free(out, overwrite)
+    try:
+        config = ExperimentConfig(fractions=tuple(float(f) for f in fractions.split(",")),
+                                  seeds=tuple(int(s) for s in seeds.split(",")),
+                                  methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                                  train=_train_options(epochs, batch_size, lr, threads), score_runs=score_runs)
+    except ValueError as e:
+        raise PrunekitError(f"--fractions and --seeds take comma-separated numbers: {e}") from None
+    data = load_dataset_spec(dataset)
+    train_data, eval_data = data.split(int(eval_size) if eval_size >= 1 else eval_size, seed=split_seed)
+    result = run_experiment(train_data, eval_data, config, say=stdout.print)
+    write_report(result, out, overwrite=overwrite)
+    header, rows = table_rows(result)
+    table = Table(title=f"held-out accuracy (%), mean ± std over seeds; full data "
+                  f"{100 * result['full_data_accuracy']:.1f}%")
+    for column in header:
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
+    stdout.print(f"report: {out / 'report.html'}")
 
 
 def main() -> None:
