@@ -372,7 +372,10 @@ def _train_options(epochs: int, batch_size: int, lr: float | None, threads: int 
 def data_prune(
     dataset: DatasetArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist).")] = ...,
-    score: Annotated[str, typer.Option(help="el2n | forgetting | aum | entropy | random (higher = harder).")] = "el2n",
+    score: Annotated[
+        str, typer.Option(help="el2n | forgetting | aum | entropy | prototype (distance to the nearest k-means "
+                          "centroid of MobileNetV2 features, or of the features themselves) | random; higher = harder.")
+    ] = "el2n",
     keep: Annotated[float, typer.Option(help="Fraction of examples kept, in (0, 1].")] = 0.5,
     strategy: Annotated[str, typer.Option(help="hardest | easiest | middle | random | ccs.")] = "hardest",
     class_balanced: Annotated[bool, typer.Option(help="Per-class quotas proportional to class sizes.")] = False,
@@ -391,26 +394,28 @@ def data_prune(
 
       prunekit data prune cifar10-test --score el2n --keep 0.3 --strategy ccs --out out/cifar-ccs30
     """
-    from prunekit.data.experiment import DYNAMICS_SCORES, ExperimentConfig, score_examples
-    from prunekit.data.scores import random_scores
+    from prunekit.data.experiment import DYNAMICS_SCORES, ExperimentConfig, default_embeddings, score_examples
+    from prunekit.data.scores import prototype_distance, random_scores
     from prunekit.data.select import select
     from prunekit.data.selection_io import write_selection
     from prunekit.data.sources import load_dataset_spec
     from prunekit.models.saving import check_output_free
 
-    if score not in (*DYNAMICS_SCORES, "random"):
-        raise PrunekitError(f"unknown score {score!r}: use {', '.join(DYNAMICS_SCORES)} or random")
+    if score not in (*DYNAMICS_SCORES, "prototype", "random"):
+        raise PrunekitError(f"unknown score {score!r}: use {', '.join(DYNAMICS_SCORES)}, prototype or random")
     check_output_free(out, overwrite)
     data = load_dataset_spec(dataset)
     if score == "random":
         values = random_scores(len(data), seed)
+    elif score == "prototype":
+        values = prototype_distance(default_embeddings(data), clusters=max(2, data.num_classes), seed=seed)
     else:
         config = ExperimentConfig(train=_train_options(epochs, batch_size, lr, threads), score_runs=runs)
         values = score_examples(data, config, say=stdout.print)[0][score]
     kept = select(values, keep, strategy, labels=data.labels, seed=seed, class_balanced=class_balanced,
                   ccs_beta=ccs_beta)
     summary = {"dataset": dataset, "score": score, "strategy": strategy, "class_balanced": class_balanced,
-               "seed": seed, "scoring": {"epochs": epochs, "runs": runs} if score != "random" else None}
+               "seed": seed, "scoring": {"epochs": epochs, "runs": runs} if score in DYNAMICS_SCORES else None}
     write_selection(out, data.ids, values, kept, data.labels, summary, overwrite=overwrite)
     stdout.print(f"kept {len(kept)} of {len(data)} examples ({strategy} by {score}) -> {out}")
 
@@ -422,7 +427,7 @@ def data_experiment(
     methods: Annotated[
         str, typer.Option(help="Comma-separated: random, SCORE (keeps the hardest), SCORE-easy, SCORE-middle, "
                           "ccs-SCORE, each optionally +kd (distilled from a model trained on all the data); "
-                          "SCORE: el2n, forgetting, aum, entropy.")
+                          "SCORE: el2n, forgetting, aum, entropy, prototype.")
     ] = "random,random+kd,el2n,ccs-el2n,forgetting,aum",
     fractions: Annotated[str, typer.Option(help="Kept fractions.")] = "0.7,0.5,0.3,0.1",
     seeds: Annotated[str, typer.Option(help="Seeds per (method, fraction).")] = "0,1,2",

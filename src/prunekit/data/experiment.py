@@ -91,6 +91,15 @@ def make_model(data: LabelledData, seed: int) -> nn.Module:
     return mlp(data.inputs[0].numel(), data.num_classes, seed=seed)
 
 
+def default_embeddings(data: LabelledData) -> torch.Tensor:
+    """ImageNet MobileNetV2 features for images; feature vectors are their own embedding."""
+    if data.is_image:
+        from prunekit.data.embed import image_embeddings
+
+        return image_embeddings(data)
+    return data.inputs.reshape(len(data), -1).double()
+
+
 def score_examples(data: LabelledData, config: ExperimentConfig, embeddings: torch.Tensor | None = None,
                    say: Callable[[str], None] = print) -> tuple[dict[str, torch.Tensor], nn.Module, float]:
     """All scores of the training examples (in data order), run 0's model, and the seconds it took."""
@@ -120,7 +129,8 @@ def run_experiment(train_data: LabelledData, eval_data: LabelledData, config: Ex
     """Scores, then every (method, fraction, seed) run; returns a JSON-serialisable result."""
     methods = [SelectionMethod.parse(m) for m in config.methods]
     if any(m.score == "prototype" for m in methods) and embeddings is None:
-        raise PrunekitError("the prototype score needs embeddings: pass --embeddings or drop prototype methods")
+        say("prototype score: embedding the training examples")
+        embeddings = default_embeddings(train_data)
     scores, teacher, score_seconds = score_examples(train_data, config, embeddings, say)
     full_accuracy = evaluate(teacher, eval_data)
     say(f"full data: {full_accuracy:.2%} on {len(eval_data)} held-out examples (scoring took {score_seconds:.0f} s)")

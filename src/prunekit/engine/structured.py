@@ -451,7 +451,8 @@ def _prune_width(adapter: ModelAdapter, stage: StructuredStage, windows: torch.T
     heads, kv_heads = adapter.num_heads, adapter.num_kv_heads
     if stage.compensate:
         surgery.enable_output_bias(adapter, "attention" if attention else "mlp")  # fails early if impossible
-    key = fingerprint(adapter, windows, stage.method, "attention" if attention else "mlp", stage.gradient_samples)
+    key = fingerprint(adapter, windows, stage.method, "attention" if attention else "mlp", stage.gradient_samples,
+                      stage.compensate)
 
     def compute() -> dict[str, torch.Tensor]:
         stats: list[ChannelStats] = []

@@ -1,0 +1,1 @@
+"""Data pruning for labelled datasets: sources, training-dynamics scores, selectors, a small trainer, experiments."""
