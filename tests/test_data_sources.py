@@ -209,8 +209,6 @@ def test_mobilenet_architecture_matches_torchvision_keys() -> None:
 def test_mobilenet_weights_and_image_embeddings() -> None:
     from prunekit.data import embed
 
-    if not _cached(embed.MOBILENET_PACKAGE):
-        pytest.skip("MobileNetV2 weights are not cached (prunekit fetches them on first use)")
     data = sources.cifar10_test().subset(torch.arange(0, 10_000, 50))  # 200 images, 20 per class
     vectors = embed.image_embeddings(data)
     assert vectors.shape == (200, 1280) and bool(torch.isfinite(vectors).all()) and bool((vectors >= 0).all())

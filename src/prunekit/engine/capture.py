@@ -31,20 +31,26 @@ class CapturedInputs:
     calls: list[list[LayerCall]] = field(default_factory=list)  # calls[layer][batch]
 
 
-class _Recorder(nn.Module):
-    def __init__(self, layer: nn.Module, sink: list[LayerCall], keep_hidden: list[torch.Tensor] | None) -> None:
+class LayerStandIn(nn.Module):
+    """Takes a decoder layer's place in the model for one pass. The layer is stored unregistered (the stand-in
+    owns no parameters), yet its attributes, such as Gemma's `attention_type`, stay reachable."""
+
+    def __init__(self, layer: nn.Module) -> None:
         super().__init__()
-        # Stored unregistered: the recorder owns no parameters, yet attributes such as Gemma's `attention_type`
-        # stay reachable through __getattr__.
         object.__setattr__(self, "layer", layer)
-        self.sink = sink
-        self.keep_hidden = keep_hidden
 
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.layer, name)
+
+
+class _Recorder(LayerStandIn):
+    def __init__(self, layer: nn.Module, sink: list[LayerCall], keep_hidden: list[torch.Tensor] | None) -> None:
+        super().__init__(layer)
+        self.sink = sink
+        self.keep_hidden = keep_hidden
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if args:

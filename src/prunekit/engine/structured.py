@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from prunekit.assets.cache import cache_dir
-from prunekit.engine.capture import capture_layer_inputs
+from prunekit.engine.capture import LayerStandIn, capture_layer_inputs
 from prunekit.engine.gradients import gradient_norms
 from prunekit.engine.layerwise import _forward, _move
 from prunekit.errors import PrunekitError
@@ -265,19 +265,12 @@ def similarity_profile(adapter: ModelAdapter, windows: torch.Tensor, device: tor
     return influence, angular
 
 
-class _Replay(nn.Module):
+class _Replay(LayerStandIn):
     """Stands in for the blocks already run: hands the model their cached output, one batch per call."""
 
     def __init__(self, layer: nn.Module, hidden: list[torch.Tensor]) -> None:
-        super().__init__()
-        object.__setattr__(self, "layer", layer)  # unregistered: attributes such as `attention_type` stay reachable
+        super().__init__(layer)
         self.queue = list(hidden)
-
-    def __getattr__(self, name: str) -> object:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(self.layer, name)
 
     def forward(self, *_args: object, **_kwargs: object) -> torch.Tensor:
         return self.queue.pop(0)
