@@ -173,6 +173,20 @@ def _move(tensors: list[torch.Tensor], device: torch.device) -> None:
             t.data = t.data.to(device)
 
 
+def capture_on_device(adapter: ModelAdapter, windows: torch.Tensor, batch_size: int, device: torch.device,
+                      home: torch.device) -> CapturedInputs:
+    """Capture every layer's inputs with everything outside the decoder layers (embeddings, rotary tables, norms)
+    moved to the device for the pass, and back to `home` after it."""
+    prefix = adapter.layers_path + "."
+    outside = [t for n, t in chain(adapter.model.named_parameters(), adapter.model.named_buffers())
+               if not n.startswith(prefix)]
+    _move(outside, device)
+    try:
+        return capture_layer_inputs(adapter, list(windows.split(batch_size)), device)
+    finally:
+        _move(outside, home)
+
+
 @torch.no_grad()
 def prune_layerwise(
     adapter: ModelAdapter,
@@ -198,16 +212,10 @@ def prune_layerwise(
             )
     needs_data = any(s.needs_calibration for s in stages)
     layers = adapter.layers
-    # Everything outside the decoder layers (embeddings, rotary tables, norms) goes to the device for the capture.
-    prefix = adapter.layers_path + "."
-    outside = [t for n, t in chain(adapter.model.named_parameters(), adapter.model.named_buffers())
-               if not n.startswith(prefix)]
     captured = CapturedInputs()
     if needs_data:
         with timed("capture"):
-            _move(outside, device)
-            captured = capture_layer_inputs(adapter, list(calibration.split(batch_size)), device)
-            _move(outside, store.home)
+            captured = capture_on_device(adapter, calibration, batch_size, device, store.home)
     gradients: dict[str, torch.Tensor] = {}  # of the dense model, for every linear a gradient stage selects
     gradient_stages = [s for s in stages if s.impl.needs_gradients]
     if gradient_stages:

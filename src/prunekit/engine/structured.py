@@ -23,7 +23,7 @@ from torch import nn
 from prunekit.assets.cache import cache_dir
 from prunekit.engine.capture import LayerStandIn, capture_layer_inputs
 from prunekit.engine.gradients import gradient_norms
-from prunekit.engine.layerwise import _forward, _move
+from prunekit.engine.layerwise import _forward, capture_on_device
 from prunekit.errors import PrunekitError
 from prunekit.methods import depth, width
 from prunekit.methods.width import ChannelStats
@@ -191,15 +191,8 @@ class ScoreCache:
 def _dense_pass(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, batch_size: int,
                 visit: Callable[[int, nn.Module, list[torch.Tensor], list[torch.Tensor]], None]) -> None:
     """Run the calibration windows through the layers one at a time; visit(index, layer, inputs, outputs)."""
-    model = adapter.model
-    home = next(model.parameters()).device
-    prefix = adapter.layers_path + "."
-    outside = [t for n, t in [*model.named_parameters(), *model.named_buffers()] if not n.startswith(prefix)]
-    _move(outside, device)
-    try:
-        captured = capture_layer_inputs(adapter, list(windows.split(batch_size)), device)
-    finally:
-        _move(outside, home)
+    home = next(adapter.model.parameters()).device
+    captured = capture_on_device(adapter, windows, batch_size, device, home)
     hidden = captured.hidden
     for index, layer in enumerate(adapter.layers):
         layer.to(device)

@@ -29,7 +29,6 @@ import inspect
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,9 +45,9 @@ from rich.table import Table
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from prunekit.api import count_parameters, versions
+from prunekit.api import count_parameters, peak_rss_bytes, versions
 from prunekit.errors import PrunekitError
-from prunekit.models.loading import DTYPES, compute_dtype, resolve_device, resolve_source
+from prunekit.models.loading import DTYPES, compute_dtype, first_line, resolve_device, resolve_source
 
 RESULT_VERSION = 1
 
@@ -132,11 +131,6 @@ def decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[torch.
     return torch.cat(tokens, dim=1).cpu(), seconds
 
 
-def _peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux KiB
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -155,7 +149,7 @@ class _Bench:
         torch.manual_seed(job["seed"])
         if job["threads"] is not None:
             torch.set_num_threads(job["threads"])
-        self.baseline_rss = _peak_rss_bytes()
+        self.baseline_rss = peak_rss_bytes()
         self.device = torch.device(job["device"])
         self.model = AutoModelForCausalLM.from_pretrained(
             job["where"], dtype=DTYPES[job["dtype"]], trust_remote_code=job["trust_remote_code"],
@@ -177,7 +171,7 @@ class _Bench:
 
     def memory(self) -> dict[str, int | None]:
         gpu = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-        return {"peak_rss_bytes": _peak_rss_bytes(), "baseline_rss_bytes": self.baseline_rss, "peak_gpu_bytes": gpu}
+        return {"peak_rss_bytes": peak_rss_bytes(), "baseline_rss_bytes": self.baseline_rss, "peak_gpu_bytes": gpu}
 
 
 def _reply(stream: IO[str], message: dict[str, Any]) -> None:
@@ -200,7 +194,7 @@ def worker(job: dict[str, Any]) -> None:
                 return
     except Exception as e:  # noqa: BLE001 - any failure goes back to the parent as one line
         traceback.print_exc()
-        _reply(replies, {"error": _first_line(e)})
+        _reply(replies, {"error": first_line(e)})
 
 
 # ---- scheduling, in the parent process ----
@@ -315,7 +309,7 @@ def _read_target(spec: str, config: SpeedConfig, device: torch.device) -> _Targe
     try:
         model_config = AutoConfig.from_pretrained(where, trust_remote_code=config.trust_remote_code)
     except Exception as e:  # noqa: BLE001 - transformers raises many types for unreadable configs
-        raise PrunekitError(f"could not read the config of {spec!r}: {_first_line(e)}") from None
+        raise PrunekitError(f"could not read the config of {spec!r}: {first_line(e)}") from None
     dtype = compute_dtype(config.dtype, device, _saved_dtype(model_config))
     return _Target(spec, where, model_config, str(dtype).removeprefix("torch."))
 
@@ -501,11 +495,6 @@ def render_table(result: dict[str, Any]) -> Table:
     for i, model in enumerate(result["models"]):
         table.add_row(*_row(model, batch_sizes, i == 0))
     return table
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def main() -> None:

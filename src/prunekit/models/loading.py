@@ -71,7 +71,7 @@ def local_checkpoint(spec: str) -> Path:
             where = snapshot_download(where, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja",
                                                              "*.tiktoken"])
         except Exception as e:  # noqa: BLE001
-            raise PrunekitError(f"could not download {spec!r}: {_first_line(e)} (offline? pass a local directory)"
+            raise PrunekitError(f"could not download {spec!r}: {first_line(e)} (offline? pass a local directory)"
                                 ) from None
     directory = Path(where)
     if not any(directory.glob("*.safetensors")):
@@ -89,7 +89,7 @@ def load_config_and_tokenizer(
     except Exception as e:  # noqa: BLE001
         hint = "" if Path(where).is_dir() else (
             " (offline? pass a local directory, a .gguf file or an offline model from `prunekit models`)")
-        raise PrunekitError(f"could not read the config of {spec!r}: {_first_line(e)}{hint}") from None
+        raise PrunekitError(f"could not read the config of {spec!r}: {first_line(e)}{hint}") from None
     adapter_class_for(config.model_type)
     saved_dtype = getattr(config, "dtype", None) or torch.float32
     if isinstance(saved_dtype, str):
@@ -97,7 +97,7 @@ def load_config_and_tokenizer(
     try:
         tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001
-        raise PrunekitError(f"could not load the tokenizer of {spec!r}: {_first_line(e)}") from None
+        raise PrunekitError(f"could not load the tokenizer of {spec!r}: {first_line(e)}") from None
     return config, tokenizer, saved_dtype
 
 
@@ -136,11 +136,11 @@ def load_model(
             use_safetensors=None if allow_pickle else True,
         )
     except Exception as e:  # noqa: BLE001 - corrupt files and hub failures surface as many exception types
-        raise PrunekitError(f"could not load model {spec!r}: {_first_line(e)}") from None
+        raise PrunekitError(f"could not load model {spec!r}: {first_line(e)}") from None
     model.eval()
     return LoadedModel(model, tokenizer, spec, local, saved_dtype)
 
 
-def _first_line(error: Exception) -> str:
+def first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
