@@ -6,7 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 from test_cli import assert_one_line_error, run_cli
 
-from prunekit.data.experiment import SelectionMethod
+from prunekit.data.experiment import ExperimentConfig, SelectionMethod, run_experiment
+from prunekit.data.sources import digits
+from prunekit.data.train import TrainConfig
 from prunekit.errors import PrunekitError
 
 
@@ -49,3 +51,15 @@ def test_data_experiment_command_writes_table_plot_and_report(tmp_path, capsys, 
                for r in result["runs"])
     assert (out / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     assert "<table>" in (out / "report.html").read_text() and "keep 0.5" in stdout
+
+
+def test_experiment_results_do_not_depend_on_the_number_of_worker_processes():
+    train_data, eval_data = digits().split(0.25, seed=0)
+    config = ExperimentConfig(fractions=(0.3,), seeds=(0, 1), methods=("random", "ccs-el2n+kd"),
+                              train=TrainConfig(epochs=2), score_runs=1)
+    results = [run_experiment(train_data, eval_data, ExperimentConfig(**{**vars(config), "workers": workers}),
+                              say=lambda _: None) for workers in (1, 2)]
+    assert [(r["method"], r["seed"], r["accuracy"]) for r in results[0]["runs"]] == [
+        (r["method"], r["seed"], r["accuracy"]) for r in results[1]["runs"]]
+    with pytest.raises(PrunekitError, match="workers=0"):
+        ExperimentConfig(workers=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -351,8 +352,10 @@ def bench(
         stdout.print(render_table(result))
 
 
-data_app = typer.Typer(help="Data pruning for labelled datasets: score examples, keep a subset, run pruning-rate "
-                       "experiments.", no_args_is_help=True)
+data_app = typer.Typer(help="Data pruning. Labelled datasets: score examples, keep a subset, run pruning-rate "
+                       "experiments (prune, experiment). Text corpora: semantic dedup, perplexity filter, recipes "
+                       "with cluster quotas and D4, locally or on Ray (dedup, ppl-filter, prune --recipe).",
+                       no_args_is_help=True)
 app.add_typer(data_app, name="data")
 DatasetArg = Annotated[
     str, typer.Argument(help="cifar10-test (offline, 10,000 images) | digits (scikit-learn) | an image folder (one "
@@ -364,14 +367,23 @@ DatasetArg = Annotated[
 def _train_options(epochs: int, batch_size: int, lr: float | None, threads: int | None) -> TrainConfig:
     from prunekit.data.train import TrainConfig
 
-    settings = {"epochs": epochs, "batch_size": batch_size, "num_threads": threads}
-    return TrainConfig(**settings, **({"lr": lr} if lr is not None else {}))
+    given = {"lr": lr, "num_threads": threads}
+    return TrainConfig(epochs=epochs, batch_size=batch_size, **{k: v for k, v in given.items() if v is not None})
 
 
 @data_app.command("prune")
 def data_prune(
-    dataset: DatasetArg,
+    dataset: Annotated[
+        str | None, typer.Argument(help="cifar10-test (offline, 10,000 images) | digits (scikit-learn) | an image "
+                                   "folder (one subfolder per class) | a .npz with x, y (and ids) | "
+                                   "hf:NAME[:CONFIG][@SPLIT]. With --recipe: the text corpus (or the recipe's input).",
+                                   show_default=False)
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist).")] = ...,
+    recipe: Annotated[
+        Path | None, typer.Option(help="A text-corpus recipe (YAML: input, executor, steps); see `prunekit data "
+                                  "dedup --help` for the outputs.")
+    ] = None,
     score: Annotated[
         str, typer.Option(help="el2n | forgetting | aum | entropy | prototype (distance to the nearest k-means "
                           "centroid of MobileNetV2 features, or of the features themselves) | random; higher = harder.")
@@ -384,16 +396,34 @@ def data_prune(
     runs: Annotated[int, typer.Option(help="Scoring runs (EL2N is averaged over them).")] = 2,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (one-cycle).")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (1 is faster on a busy machine).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads per training (default 1: these models gain little from more).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the selection.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
-    """Score every example of DATASET by training dynamics (a small model trained on all of it) and keep a subset.
+    """Score every example of DATASET by training dynamics (a small model trained on all of it) and keep a subset;
+    or, with --recipe, run a text-corpus pipeline.
 
-    Writes scores.parquet (id, score, label, kept), kept.parquet and summary.json. Example:
+    Writes scores.parquet (id, score, label, kept), kept.parquet and summary.json. Examples:
 
       prunekit data prune cifar10-test --score el2n --keep 0.3 --strategy ccs --out out/cifar-ccs30
+
+      prunekit data prune corpus.jsonl --recipe data.yaml --out out/corpus-pruned
     """
+    if recipe is not None:
+        from prunekit.corpus.recipe import load_recipe
+
+        plan = load_recipe(recipe)
+        source = dataset or plan.input
+        if source is None:
+            raise PrunekitError(f"no corpus: give it as the argument or as `input:` in {recipe}")
+        _run_corpus(source, plan.build(), out, text_column=plan.text_column, id_column=plan.id_column,
+                    executor=plan.executor, ray_address=plan.ray_address, output_format=plan.output_format,
+                    overwrite=overwrite)
+        return
+    if dataset is None:
+        raise PrunekitError("no dataset: give one (e.g. cifar10-test), or --recipe for a text corpus")
     from prunekit.data.experiment import DYNAMICS_SCORES, ExperimentConfig, default_embeddings, score_examples
     from prunekit.data.scores import prototype_distance, random_scores
     from prunekit.data.select import select
@@ -420,6 +450,111 @@ def data_prune(
     stdout.print(f"kept {len(kept)} of {len(data)} examples ({strategy} by {score}) -> {out}")
 
 
+CorpusArg = Annotated[
+    str, typer.Argument(help="A .jsonl or .parquet file, a folder of them, a datasets save_to_disk folder, or "
+                        "hf:NAME[:CONFIG][@SPLIT].", show_default=False),
+]
+TextColumnOption = Annotated[str, typer.Option(help="Column holding the text.")]
+IdColumnOption = Annotated[str | None, typer.Option(help="Column of unique ids (default: row numbers).")]
+ExecutorOption = Annotated[str, typer.Option(help="local (streaming, one machine) | ray (Ray Data).")]
+RayAddressOption = Annotated[
+    str | None, typer.Option(help="Ray cluster to join (HOST:PORT); default: start a local one.")
+]
+FormatOption = Annotated[str, typer.Option("--format", help="Output of the kept rows: parquet | jsonl.")]
+WorkDirOption = Annotated[
+    Path | None, typer.Option(help="Where finished steps are kept for resuming (default: OUT.work).")
+]
+
+
+def _run_corpus(source: str, steps: list, out: Path, *, text_column: str, id_column: str | None, executor: str,
+                ray_address: str | None, output_format: str, overwrite: bool, work_dir: Path | None = None) -> None:
+    from prunekit.corpus.pipeline import run_pipeline
+
+    result = run_pipeline(source, steps, out, text_column=text_column, id_column=id_column, executor=executor,
+                          ray_address=ray_address, output_format=output_format, overwrite=overwrite,
+                          work_dir=work_dir, say=stdout.print)
+    table = Table(title=f"{source}: kept {result.kept} of {result.rows} rows in {result.seconds:.1f} s "
+                  f"({result.rows / max(result.seconds, 1e-9):.0f} rows/s)")
+    for column in ("step", "rows in", "kept", "dropped", "seconds"):
+        table.add_column(column, justify="left" if column == "step" else "right")
+    for record in result.steps[1:]:
+        dropped = ", ".join(f"{n} {reason}" for reason, n in record["dropped"].items()) or "0"
+        table.add_row(record["step"], str(record["rows"]), str(record["kept"]), dropped, f"{record['seconds']:.1f}")
+    stdout.print(table)
+    stdout.print(f"kept rows: {out / f'kept.{output_format}'}; every dropped id with its reason: "
+                 f"{out / 'excluded.parquet'}")
+
+
+@data_app.command("dedup")
+def data_dedup(
+    corpus: CorpusArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist).")] = ...,
+    epsilon: Annotated[float, typer.Option(help="Rows with cosine similarity > 1 - epsilon to an earlier row of "
+                                           "their cluster are duplicates.")] = 0.05,
+    clusters: Annotated[int | None, typer.Option(help="k-means clusters (default: about sqrt(rows)).")] = None,
+    model: Annotated[str, typer.Option(help="Sentence embedding model (offline: all-minilm-l6-v2).")
+                     ] = "all-minilm-l6-v2",
+    embedding_column: Annotated[
+        str | None, typer.Option(help="Use this column's vectors instead of embedding the text.")
+    ] = None,
+    text_column: TextColumnOption = "text",
+    id_column: IdColumnOption = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    output_format: FormatOption = "parquet",
+    work_dir: WorkDirOption = None,
+    seed: Annotated[int, typer.Option(help="Seed of the k-means fit.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Semantic deduplication (SemDeDup): embed, cluster with k-means, drop near-duplicates within each cluster.
+
+    Writes kept.parquet (or kept.jsonl), excluded.parquet (every dropped id, its reason, similarity and the id it
+    duplicates) and summary.json. Finished steps are kept in OUT.work: a rerun (another --epsilon too) skips them.
+
+      prunekit data dedup corpus.jsonl --epsilon 0.05 --out out/corpus-dedup
+    """
+    from prunekit.corpus.embed import EmbedStep
+    from prunekit.corpus.recipe import dedup_steps
+    from prunekit.corpus.step import EMBEDDING
+
+    if embedding_column not in (None, EMBEDDING):
+        raise PrunekitError(f"--embedding-column {embedding_column!r}: name the column {EMBEDDING!r} in the input "
+                            "(other names are not supported yet)")
+    steps = ([] if embedding_column else [EmbedStep(model=model)]) + dedup_steps(epsilon, clusters, seed)
+    _run_corpus(corpus, steps, out, text_column=text_column, id_column=id_column, executor=executor,
+                ray_address=ray_address, output_format=output_format, overwrite=overwrite, work_dir=work_dir)
+
+
+@data_app.command("ppl-filter")
+def data_ppl_filter(
+    corpus: CorpusArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist).")] = ...,
+    keep: Annotated[float, typer.Option(help="Fraction of documents kept, in (0, 1].")] = 0.7,
+    keep_from: Annotated[str, typer.Option(help="lowest (cleanest text) | middle | highest perplexity.")
+                         ] = "lowest",
+    model: Annotated[str, typer.Option(help="Reference causal LM (offline name, directory, .gguf or hub id).")
+                     ] = "smollm2-135m",
+    max_tokens: Annotated[int, typer.Option(help="Tokens scored per document (the rest is cut).")] = 512,
+    text_column: TextColumnOption = "text",
+    id_column: IdColumnOption = None,
+    executor: ExecutorOption = "local",
+    ray_address: RayAddressOption = None,
+    output_format: FormatOption = "parquet",
+    work_dir: WorkDirOption = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Score every document's perplexity under a small reference LM and keep a fraction of them.
+
+      prunekit data ppl-filter corpus.jsonl --keep 0.7 --out out/corpus-ppl70
+    """
+    from prunekit.corpus.perplexity import PerplexityStep
+    from prunekit.corpus.select import ScoreFilter
+
+    steps = [PerplexityStep(model=model, max_tokens=max_tokens), ScoreFilter("perplexity", keep, keep_from)]
+    _run_corpus(corpus, steps, out, text_column=text_column, id_column=id_column, executor=executor,
+                ray_address=ray_address, output_format=output_format, overwrite=overwrite, work_dir=work_dir)
+
+
 @data_app.command("experiment")
 def data_experiment(
     dataset: DatasetArg,
@@ -428,7 +563,7 @@ def data_experiment(
         str, typer.Option(help="Comma-separated: random, SCORE (keeps the hardest), SCORE-easy, SCORE-middle, "
                           "ccs-SCORE, each optionally +kd (distilled from a model trained on all the data); "
                           "SCORE: el2n, forgetting, aum, entropy, prototype.")
-    ] = "random,random+kd,el2n,ccs-el2n,forgetting,aum",
+    ] = "random,random+kd,el2n,ccs-el2n,ccs-aum,forgetting",
     fractions: Annotated[str, typer.Option(help="Kept fractions.")] = "0.7,0.5,0.3,0.1",
     seeds: Annotated[str, typer.Option(help="Seeds per (method, fraction).")] = "0,1,2",
     eval_size: Annotated[float, typer.Option(help="Held-out part: a count, or a fraction if < 1.")] = 2000,
@@ -437,7 +572,12 @@ def data_experiment(
     score_runs: Annotated[int, typer.Option(help="Scoring runs on the full training part.")] = 2,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (one-cycle).")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (1 is faster on a busy machine).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads per training (default 1: these models gain little from more).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Subset trainings run in parallel processes (default: one per CPU core; results do not depend on it)."
+    )] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Train on subsets chosen by each method at each kept fraction, over seeds; evaluate on a held-out split.
@@ -455,7 +595,8 @@ def data_experiment(
         config = ExperimentConfig(fractions=tuple(float(f) for f in fractions.split(",")),
                                   seeds=tuple(int(s) for s in seeds.split(",")),
                                   methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
-                                  train=_train_options(epochs, batch_size, lr, threads), score_runs=score_runs)
+                                  train=_train_options(epochs, batch_size, lr, threads), score_runs=score_runs,
+                                  workers=workers or os.cpu_count() or 1)
     except ValueError as e:
         raise PrunekitError(f"--fractions and --seeds take comma-separated numbers: {e}") from None
     data = load_dataset_spec(dataset)

@@ -161,32 +161,45 @@ def minilm_folder() -> Path:
     return folder
 
 
+DEFAULT_TEXT_MODEL = "all-minilm-l6-v2"
+
+
 @functools.cache
-def _minilm() -> tuple[nn.Module, object]:
+def _sentence_model(name: str) -> tuple[nn.Module, object, int]:
+    """(model, tokenizer, max tokens): the offline all-MiniLM-L6-v2, or any encoder folder or hub id."""
     from transformers import AutoModel, AutoTokenizer
 
-    folder = minilm_folder()
-    return AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    if name.lower() == DEFAULT_TEXT_MODEL:
+        where, max_tokens = str(minilm_folder()), MINILM_MAX_TOKENS
+    else:
+        where, max_tokens = str(Path(name).expanduser()) if Path(name).expanduser().exists() else name, 512
+    try:
+        model, tokenizer = AutoModel.from_pretrained(where).eval(), AutoTokenizer.from_pretrained(where)
+    except Exception as e:  # noqa: BLE001 - missing files and hub failures surface as many types
+        raise PrunekitError(f"could not load the sentence model {name!r}: {str(e).strip().splitlines()[0]} "
+                            f"(offline? use {DEFAULT_TEXT_MODEL} or a local folder)") from None
+    return model, tokenizer, min(max_tokens, getattr(tokenizer, "model_max_length", max_tokens) or max_tokens)
 
 
 @torch.inference_mode()
-def text_embeddings(texts: list[str], batch_size: int = 64, num_threads: int | None = 1) -> torch.Tensor:
-    """all-MiniLM-L6-v2 sentence embeddings [N, 384]: mean of the token states over the attention mask, L2
-    normalised. Texts are cut at 256 tokens, as the model was trained."""
+def text_embeddings(texts: list[str], batch_size: int = 64, num_threads: int | None = 1,
+                    model: str = DEFAULT_TEXT_MODEL) -> torch.Tensor:
+    """Sentence embeddings [N, dim] (all-MiniLM-L6-v2 by default: 384): mean of the token states over the
+    attention mask, L2 normalised. Texts are cut at the model's length (256 tokens for MiniLM, as it was trained)."""
     if not all(isinstance(t, str) for t in texts):
         raise PrunekitError("text embeddings need a list of strings")
-    model, tokenizer = _minilm()
+    encoder, tokenizer, max_tokens = _sentence_model(model)
     # Batches of similar length waste little on padding; the original order is restored at the end.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out = torch.empty(len(texts), TEXT_EMBEDDING_DIM)
+    out = torch.empty(len(texts), encoder.config.hidden_size)
     with torch_threads(num_threads):
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             batch = tokenizer(
-                [texts[i] for i in index], padding=True, truncation=True, max_length=MINILM_MAX_TOKENS,
+                [texts[i] for i in index], padding=True, truncation=True, max_length=max_tokens,
                 return_tensors="pt",
             )
-            states = model(**batch).last_hidden_state
+            states = encoder(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
             pooled = (states * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
             out[index] = F.normalize(pooled, dim=-1)

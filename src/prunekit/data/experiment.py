@@ -17,9 +17,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import multiprocessing
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -69,12 +71,14 @@ class SelectionMethod:
 class ExperimentConfig:
     fractions: tuple[float, ...] = (0.7, 0.5, 0.3, 0.1)
     seeds: tuple[int, ...] = (0, 1, 2)
-    methods: tuple[str, ...] = ("random", "random+kd", "el2n", "ccs-el2n", "forgetting", "aum")
+    # ccs-aum is the pairing the CCS paper uses by default.
+    methods: tuple[str, ...] = ("random", "random+kd", "el2n", "ccs-el2n", "ccs-aum", "forgetting")
     train: TrainConfig = field(default_factory=TrainConfig)
     score_runs: int = 2  # scoring trainings on the full training part (EL2N averages over them)
     prototype_clusters: int = 10
     ccs_beta: float = 0.1
     kd_alpha: float = 0.5  # +kd methods: weight of the distillation term (temperature: train.kd_temperature)
+    workers: int = 1  # subset trainings run in this many processes (each seeded: results do not depend on it)
 
     def __post_init__(self) -> None:
         for fraction in self.fractions:
@@ -82,6 +86,8 @@ class ExperimentConfig:
                 raise PrunekitError(f"kept fraction {fraction:g} is outside (0, 1]: e.g. 0.7,0.5,0.3,0.1")
         if self.score_runs < 1:
             raise PrunekitError("score runs must be at least 1")
+        if self.workers < 1:
+            raise PrunekitError(f"workers={self.workers}: pass 1 or more processes")
 
 
 def make_model(data: LabelledData, seed: int) -> nn.Module:
@@ -134,24 +140,63 @@ def run_experiment(train_data: LabelledData, eval_data: LabelledData, config: Ex
     scores, teacher, score_seconds = score_examples(train_data, config, embeddings, say)
     full_accuracy = evaluate(teacher, eval_data)
     say(f"full data: {full_accuracy:.2%} on {len(eval_data)} held-out examples (scoring took {score_seconds:.0f} s)")
+    context = _SubsetRuns(train_data, eval_data, teacher, scores, config)
+    jobs = [(method, fraction, seed) for fraction in config.fractions for method in methods for seed in config.seeds]
     runs = []
-    for fraction in config.fractions:
-        for method in methods:
-            for seed in config.seeds:
-                values = scores[method.score] if method.score else random_scores(len(train_data), seed)
-                kept = select(values, fraction, "random" if method.score is None else method.strategy,
-                              labels=train_data.labels, seed=seed, ccs_beta=config.ccs_beta)
-                started = time.perf_counter()
-                settings = replace(config.train, seed=seed, kd_alpha=config.kd_alpha if method.distill else 0.0)
-                model = train(make_model(train_data, seed), train_data.subset(kept), settings,
-                              teacher=teacher if method.distill else None)
-                accuracy = evaluate(model, eval_data)
-                runs.append({"method": method.name, "fraction": fraction, "seed": seed, "kept": len(kept),
-                             "accuracy": accuracy, "seconds": time.perf_counter() - started})
-                say(f"{method.name} keep {fraction:g} seed {seed}: {accuracy:.2%}")
+    if config.workers == 1:
+        for job in jobs:
+            runs.append(context.run(*job))
+            _say_run(runs[-1], say)
+    else:
+        spawn = multiprocessing.get_context("spawn")  # forking a process that already ran OpenMP can hang
+        with ProcessPoolExecutor(config.workers, mp_context=spawn, initializer=_start_worker,
+                                 initargs=(context,)) as pool:
+            for run in pool.map(_run_in_worker, jobs):
+                runs.append(run)
+                _say_run(run, say)
     return {"dataset": train_data.name, "train_examples": len(train_data), "eval_examples": len(eval_data),
             "config": {**asdict(config), "train": asdict(config.train)}, "full_data_accuracy": full_accuracy,
             "score_seconds": score_seconds, "runs": runs, "summary": summarize(runs)}
+
+
+@dataclass
+class _SubsetRuns:
+    """Everything one subset training needs; sent once to every worker process."""
+
+    train_data: LabelledData
+    eval_data: LabelledData
+    teacher: nn.Module
+    scores: dict[str, torch.Tensor]
+    config: ExperimentConfig
+
+    def run(self, method: SelectionMethod, fraction: float, seed: int) -> dict:
+        config = self.config
+        values = self.scores[method.score] if method.score else random_scores(len(self.train_data), seed)
+        kept = select(values, fraction, "random" if method.score is None else method.strategy,
+                      labels=self.train_data.labels, seed=seed, ccs_beta=config.ccs_beta)
+        started = time.perf_counter()
+        settings = replace(config.train, seed=seed, kd_alpha=config.kd_alpha if method.distill else 0.0)
+        model = train(make_model(self.train_data, seed), self.train_data.subset(kept), settings,
+                      teacher=self.teacher if method.distill else None)
+        return {"method": method.name, "fraction": fraction, "seed": seed, "kept": len(kept),
+                "accuracy": evaluate(model, self.eval_data), "seconds": time.perf_counter() - started}
+
+
+_worker_context: _SubsetRuns | None = None
+
+
+def _start_worker(context: _SubsetRuns) -> None:
+    global _worker_context
+    _worker_context = context
+
+
+def _run_in_worker(job: tuple[SelectionMethod, float, int]) -> dict:
+    assert _worker_context is not None
+    return _worker_context.run(*job)
+
+
+def _say_run(run: dict, say: Callable[[str], None]) -> None:
+    say(f"{run['method']} keep {run['fraction']:g} seed {run['seed']}: {run['accuracy']:.2%}")
 
 
 def summarize(runs: list[dict]) -> list[dict]:

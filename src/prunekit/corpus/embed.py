@@ -1,0 +1,24 @@
+"""Sentence embeddings of the text column (all-MiniLM-L6-v2 offline by default, or any encoder)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from prunekit.corpus.step import EMBEDDING, TEXT, Step, embedding_array, with_column
+
+
+@dataclass
+class EmbedStep(Step):
+    name = "embed"
+    model: str = "all-minilm-l6-v2"
+    batch_size: int = 64
+
+    def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from prunekit.data.embed import text_embeddings
+
+        for batch in batches:
+            vectors = text_embeddings(batch.column(TEXT).to_pylist(), self.batch_size, model=self.model)
+            yield with_column(batch, EMBEDDING, embedding_array(vectors.numpy()))

@@ -1,0 +1,88 @@
+"""Perplexity of every document under a small reference causal LM ("Perplexed by Perplexity", "When Less is More").
+
+Documents are cut at `max_tokens`, sorted by length and batched so padding stays small (length bucketing); a BOS
+(or EOS) token is put first when the tokenizer adds none, so even the first token is scored.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from prunekit.corpus.step import TEXT, Step, with_column
+from prunekit.errors import PrunekitError
+
+PERPLEXITY = "perplexity"
+
+
+@torch.inference_mode()
+def text_perplexities(model: nn.Module, tokenizer: object, texts: list[str], max_tokens: int = 512,
+                      batch_tokens: int = 8192) -> np.ndarray:
+    """exp(mean negative log-likelihood) of each text's tokens; NaN for a text with no tokens."""
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    encoded = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
+    sequences = [ids if (start is None or (ids and ids[0] == start)) else [start, *ids][:max_tokens]
+                 for ids in encoded]
+    out = np.full(len(texts), np.nan)
+    order = sorted(range(len(texts)), key=lambda i: len(sequences[i]))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    position = 0
+    while position < len(order):
+        longest = max(len(sequences[order[position]]), 1)
+        count = max(1, batch_tokens // longest)
+        index = order[position : position + count]
+        # The group's longest member sets the padding; members are sorted, so the last one is the longest.
+        longest = max(len(sequences[i]) for i in index)
+        position += len(index)
+        index = [i for i in index if len(sequences[i]) >= 2]
+        if not index:
+            continue
+        ids = torch.full((len(index), longest), pad, dtype=torch.long)
+        mask = torch.zeros((len(index), longest), dtype=torch.long)
+        for row, i in enumerate(index):
+            ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
+            mask[row, : len(sequences[i])] = 1
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        losses = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        scored = mask[:, 1:].float()
+        mean = (losses * scored).sum(1) / scored.sum(1)
+        out[index] = torch.exp(mean).numpy()
+    return out
+
+
+@functools.cache
+def _reference_model(spec: str, dtype: str) -> tuple[nn.Module, object]:
+    from prunekit.models.loading import load_model
+
+    loaded = load_model(spec, dtype=dtype, device="cpu")
+    return loaded.model, loaded.tokenizer
+
+
+@dataclass
+class PerplexityStep(Step):
+    """Adds `perplexity` (float64; null for a document with fewer than two tokens)."""
+
+    name = "perplexity"
+    model: str = "smollm2-135m"
+    max_tokens: int = 512
+    batch_tokens: int = 8192
+    dtype: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 2:
+            raise PrunekitError(f"max_tokens={self.max_tokens}: perplexity needs at least 2 tokens per document")
+
+    def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        model, tokenizer = _reference_model(self.model, self.dtype)
+        for batch in batches:
+            values = text_perplexities(model, tokenizer, batch.column(TEXT).to_pylist(), self.max_tokens,
+                                       self.batch_tokens)
+            yield with_column(batch, PERPLEXITY, pa.array(values, pa.float64(), from_pandas=True))
+

@@ -1,0 +1,114 @@
+"""Corpus recipes: the steps by name, presets (dedup, D4) and the YAML file of `prunekit data prune --recipe`.
+
+    input: corpus.jsonl          # or give it on the command line
+    text_column: text
+    executor: local              # or ray (ray_address: HOST:PORT to join a running cluster)
+    output_format: parquet       # or jsonl
+    steps:
+      - embed: {model: all-minilm-l6-v2}
+      - cluster: {clusters: 100}
+      - semdedup: {}
+      - dedup-filter: {epsilon: 0.05}
+      - perplexity: {model: smollm2-135m}
+      - score-filter: {column: perplexity, keep: 0.8, keep_from: lowest}
+      - quotas: {keep: 0.5}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from prunekit.corpus.cluster import CENTROID_DISTANCE, ClusterStep
+from prunekit.corpus.embed import EmbedStep
+from prunekit.corpus.perplexity import PerplexityStep
+from prunekit.corpus.quotas import ComplexityQuotaStep
+from prunekit.corpus.select import DuplicateFilter, ScoreFilter, ThresholdFilter
+from prunekit.corpus.semdedup import SemDedupStep
+from prunekit.corpus.step import Step
+from prunekit.errors import PrunekitError
+
+STEPS: dict[str, type[Step]] = {
+    "embed": EmbedStep,
+    "perplexity": PerplexityStep,
+    "cluster": ClusterStep,
+    "semdedup": SemDedupStep,
+    "dedup-filter": DuplicateFilter,
+    "score-filter": ScoreFilter,
+    "threshold-filter": ThresholdFilter,
+    "quotas": ComplexityQuotaStep,
+}
+PRESETS = ("dedup", "d4")
+
+
+def dedup_steps(epsilon: float = 0.05, clusters: int | None = None, seed: int = 0) -> list[Step]:
+    """SemDeDup: cluster, similarity to earlier members, drop above 1 - epsilon."""
+    return [ClusterStep(clusters=clusters, seed=seed), SemDedupStep(), DuplicateFilter(epsilon)]
+
+
+def d4_steps(epsilon: float = 0.05, keep: float = 0.5, clusters: int | None = None, seed: int = 0) -> list[Step]:
+    """D4 (Tirumala et al. 2023): SemDeDup, then cluster again and keep the `keep` fraction of what is left that is
+    farthest from its centroid (the self-supervised prototype metric)."""
+    return [*dedup_steps(epsilon, clusters, seed), ClusterStep(clusters=clusters, seed=seed + 1),
+            ScoreFilter(column=CENTROID_DISTANCE, keep=keep, keep_from="highest")]
+
+
+def build_step(name: str, settings: dict | None) -> list[Step]:
+    """One step (or a preset's steps) from its recipe name and settings; one-line errors for bad ones."""
+    settings = dict(settings or {})
+    if name in PRESETS:
+        factory = {"dedup": dedup_steps, "d4": d4_steps}[name]
+        try:
+            return factory(**settings)
+        except TypeError:
+            raise PrunekitError(f"{name}: unknown setting in {sorted(settings)}; it takes "
+                                f"{', '.join(factory.__code__.co_varnames[: factory.__code__.co_argcount])}") from None
+    if name not in STEPS:
+        raise PrunekitError(f"unknown corpus step {name!r}: use one of {', '.join([*STEPS, *PRESETS])}")
+    step_class = STEPS[name]
+    allowed = [f.name for f in dataclasses.fields(step_class) if not f.name.startswith("_")]
+    unknown = sorted(set(settings) - set(allowed))
+    if unknown:
+        raise PrunekitError(f"{name}: {', '.join(unknown)} is not a setting of this step; it takes "
+                            f"{', '.join(allowed) or 'no settings'}")
+    return [step_class(**settings)]
+
+
+class CorpusRecipe(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | None = None
+    text_column: str = "text"
+    id_column: str | None = None
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    output_format: Literal["parquet", "jsonl"] = "parquet"
+    steps: list[dict[str, dict | None]]
+
+    def build(self) -> list[Step]:
+        steps: list[Step] = []
+        for entry in self.steps:
+            if len(entry) != 1:
+                raise PrunekitError(f"recipe step {entry}: write each step as `- NAME: {{settings}}`, one per item")
+            (name, settings), = entry.items()
+            steps.extend(build_step(name, settings))
+        if not steps:
+            raise PrunekitError("the recipe has no steps")
+        return steps
+
+
+def load_recipe(path: Path) -> CorpusRecipe:
+    if not path.is_file():
+        raise PrunekitError(f"recipe {path} not found")
+    try:
+        return CorpusRecipe.model_validate(yaml.safe_load(path.read_text()) or {})
+    except yaml.YAMLError as e:
+        raise PrunekitError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except ValidationError as e:
+        error = e.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "recipe"
+        raise PrunekitError(f"{path}: {where}: {error['msg']}") from None
