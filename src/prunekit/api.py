@@ -8,10 +8,11 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -46,6 +47,9 @@ from prunekit.recipe import (
 )
 from prunekit.text.sources import load_texts
 from prunekit.text.tokens import calibration_windows, evaluation_windows, token_stream
+
+if TYPE_CHECKING:
+    from prunekit.recovery.finetune import RecoveryConfig
 
 
 @dataclass
@@ -354,4 +358,39 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
         report["notes"].append("streamed: perplexity skipped (it needs the whole model); run `prunekit eval` on it")
         (tmp / "prunekit.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
+    return report
+
+
+def recover_model(model: str, out: Path, config: RecoveryConfig, teacher: str | None = None,
+                  evaluation: EvaluationConfig | None = None, work_dir: Path | None = None,
+                  overwrite: bool = False, say: Callable[[str], None] = print) -> dict:
+    """Load a pruned model, fine-tune it (prunekit.recovery), save it with its zeros intact; returns the report.
+
+    Perplexity is measured before and after on the held-out split when `evaluation` is given (and on the teacher)."""
+    from prunekit.recovery.finetune import check_teacher, recover
+
+    check_output_free(out, overwrite, inputs=(Path(model),) if Path(model).exists() else ())
+    loaded = load_model(model, "float32", "cpu")
+    dense = load_model(teacher, "float32", "cpu") if teacher else None
+    if dense is not None:
+        check_teacher(loaded.tokenizer, dense.tokenizer, loaded.model.config.vocab_size,
+                      dense.model.config.vocab_size)
+    scores: dict[str, Any] = {}
+    if evaluation is not None:
+        scores["before"] = evaluate(loaded.model, loaded.tokenizer, evaluation, "perplexity before").to_dict()
+        if dense is not None:
+            scores["teacher"] = evaluate(dense.model, dense.tokenizer, evaluation, "perplexity teacher").to_dict()
+    work = (work_dir or out.with_name(f"{out.name}.work")).expanduser()
+    merged, section = recover(loaded.model, loaded.tokenizer, config, work,
+                              dense.model if dense is not None else None, say)
+    loaded.model = merged
+    if evaluation is not None:
+        scores["after"] = evaluate(merged, loaded.tokenizer, evaluation, "perplexity after").to_dict()
+    parameters = count_parameters(merged)
+    zeros = sum(int((p == 0).sum()) for p in merged.parameters())
+    report = {"prunekit_version": prunekit.__version__, "versions": versions(), "model": model,
+              "teacher": teacher, "recovery": section, "perplexity": scores, "parameters": parameters,
+              "zero_parameters": zeros}
+    save(loaded, out, report, overwrite=overwrite)
+    shutil.rmtree(work, ignore_errors=True)  # the checkpoint is only for resuming an unfinished run
     return report

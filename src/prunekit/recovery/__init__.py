@@ -1,0 +1,2 @@
+"""Recovery after pruning: LoRA fine-tuning or distillation from the dense model, merged back with the sparsity
+mask re-applied."""
