@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU build of PyTorch by default (a GPU machine whose Python already has torch keeps its own, see below).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench bench-structured bench-peers bench-vs-llmcompressor clean
+.PHONY: setup demo test lint bench bench-structured bench-corpus bench-peers bench-vs-llmcompressor clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,10 @@ bench: setup
 
 bench-structured: setup
 	$(BIN)/python bench/structured.py
+
+bench-corpus: setup
+	$(BIN)/python bench/corpus_quality.py
+	$(BIN)/python bench/data_scale.py
 
 # llm-compressor pins an older transformers, so the side-by-side benchmark runs it from its own venv.
 bench-peers: bench/.venv-peers/.installed
