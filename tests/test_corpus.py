@@ -241,3 +241,26 @@ def test_reads_jsonl_parquet_and_saved_hf_datasets_with_the_same_ids(tmp_path):
         assert table.column("text").to_pylist()[2] == "text number 2"
     numbered = pa.Table.from_batches(list(read_corpus(tmp_path / "a.jsonl", "body", batch_size=3)))
     assert numbered.column("id").to_pylist() == list(range(7))  # row numbers across batches
+
+
+def test_perplexity_batches_stay_within_the_token_budget(tokenizer):
+    from conftest import make_text, tiny_model
+
+    model = tiny_model("llama").eval()
+    shapes = []
+    model.register_forward_hook(lambda module, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)),
+                                with_kwargs=True)
+    texts = [make_text(3, seed=i) for i in range(40)] + [make_text(60, seed=100 + i) for i in range(3)]
+    values = text_perplexities(model, tokenizer, texts, max_tokens=64, batch_tokens=128)
+    assert all(rows * length <= 128 for rows, length in shapes) and sum(r for r, _ in shapes) == len(texts)
+    assert np.isfinite(values).all()
+
+
+def test_jsonl_fields_get_one_schema_for_the_whole_file(tmp_path):
+    rows = [{"text": "a"}, {"text": "b", "score": 1}, {"text": "c", "score": 2.5}, {"text": "d", "score": None}]
+    (tmp_path / "mixed.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    table = pa.Table.from_batches(list(read_corpus(tmp_path / "mixed.jsonl", batch_size=2)))
+    assert table.column("score").to_pylist() == [None, 1.0, 2.5, None]
+    (tmp_path / "bad.jsonl").write_text('{"text": "a", "x": 1}\n{"text": "b", "x": "one"}\n')
+    with pytest.raises(PrunekitError, match="incompatible types"):
+        list(read_corpus(tmp_path / "bad.jsonl"))

@@ -15,10 +15,12 @@ class EmbedStep(Step):
     name = "embed"
     model: str = "all-minilm-l6-v2"
     batch_size: int = 64
+    threads: int | None = None  # torch threads per process (None: torch's default, one per core)
 
     def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from prunekit.data.embed import text_embeddings
 
         for batch in batches:
-            vectors = text_embeddings(batch.column(TEXT).to_pylist(), self.batch_size, model=self.model)
+            vectors = text_embeddings(batch.column(TEXT).to_pylist(), self.batch_size, self.threads,
+                                      model=self.model)
             yield with_column(batch, EMBEDDING, embedding_array(vectors.numpy()))

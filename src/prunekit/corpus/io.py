@@ -77,6 +77,21 @@ def _raw_batches(source: str, batch_size: int) -> Iterator[pa.RecordBatch]:
 
 
 def _json_batches(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
+    """Two passes: the first settles one schema for the whole file (every key, types unified: an int column that
+    later holds floats becomes float), the second yields batches in it (missing keys are null)."""
+    schema = None
+    for rows in _json_rows(path, batch_size):
+        try:
+            found = pa.RecordBatch.from_pylist(rows).schema
+            schema = found if schema is None else pa.unify_schemas([schema, found], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise PrunekitError(f"{path}: a field holds values of incompatible types ({e}): make each field one "
+                                "type") from None
+    for rows in _json_rows(path, batch_size):
+        yield pa.RecordBatch.from_pylist(rows, schema=schema)
+
+
+def _json_rows(path: Path, batch_size: int) -> Iterator[list[dict]]:
     rows: list[dict] = []
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -90,10 +105,10 @@ def _json_batches(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
                 raise PrunekitError(f"{path}:{number}: a JSON line must be an object with a text field")
             rows.append(row)
             if len(rows) == batch_size:
-                yield pa.RecordBatch.from_pylist(rows)
+                yield rows
                 rows = []
     if rows:
-        yield pa.RecordBatch.from_pylist(rows)
+        yield rows
 
 
 def _hf_batches(spec: str, batch_size: int) -> Iterator[pa.RecordBatch]:

@@ -24,7 +24,7 @@ PERPLEXITY = "perplexity"
 
 @torch.inference_mode()
 def text_perplexities(model: nn.Module, tokenizer: object, texts: list[str], max_tokens: int = 512,
-                      batch_tokens: int = 8192) -> np.ndarray:
+                      batch_tokens: int = 4096) -> np.ndarray:
     """exp(mean negative log-likelihood) of each text's tokens; NaN for a text with no tokens."""
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     encoded = tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_tokens)["input_ids"]
@@ -35,12 +35,14 @@ def text_perplexities(model: nn.Module, tokenizer: object, texts: list[str], max
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     position = 0
     while position < len(order):
-        longest = max(len(sequences[order[position]]), 1)
-        count = max(1, batch_tokens // longest)
+        # Members are sorted by length, so the last one added sets the padding: grow while rows x it fits.
+        count = 1
+        while (position + count < len(order)
+               and (count + 1) * len(sequences[order[position + count]]) <= batch_tokens):
+            count += 1
         index = order[position : position + count]
-        # The group's longest member sets the padding; members are sorted, so the last one is the longest.
-        longest = max(len(sequences[i]) for i in index)
-        position += len(index)
+        longest = len(sequences[index[-1]])
+        position += count
         index = [i for i in index if len(sequences[i]) >= 2]
         if not index:
             continue
@@ -72,7 +74,7 @@ class PerplexityStep(Step):
     name = "perplexity"
     model: str = "smollm2-135m"
     max_tokens: int = 512
-    batch_tokens: int = 8192
+    batch_tokens: int = 4096
     dtype: str = "auto"
 
     def __post_init__(self) -> None:

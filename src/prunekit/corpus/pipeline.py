@@ -113,7 +113,8 @@ def _run_steps(source: str | Path, steps: list[Step], work: Path, runner: _Local
         previous = stage
         fingerprint = hashlib.sha256(f"{fingerprint}/{step.fingerprint()}".encode()).hexdigest()[:16]
         stage = work / f"{number:02d}-{step.name}"
-        if _complete(stage, fingerprint):
+        skipped = _complete(stage, fingerprint)
+        if skipped:
             say(f"{step.name}: done earlier, skipped ({stage / 'COMPLETE'})")
         elif _marker(previous)["kept"] == 0:
             say(f"{step.name}: no rows left, skipped")
@@ -126,7 +127,8 @@ def _run_steps(source: str | Path, steps: list[Step], work: Path, runner: _Local
                        step.settings())
         marker = _marker(stage)
         records.append({"step": step.name, "stage": stage.name, "rows": marker["rows"], "kept": marker["kept"],
-                        "dropped": marker["dropped"], "seconds": marker["seconds"], "settings": step.settings()})
+                        "dropped": marker["dropped"], "seconds": marker["seconds"], "skipped": skipped,
+                        "settings": step.settings()})
     return stage, rows, records
 
 
