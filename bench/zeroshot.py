@@ -1,13 +1,14 @@
 """Zero-shot multiple-choice accuracy of a real model, dense and pruned, on BIG-bench tasks.
 
     .venv/bin/python bench/zeroshot.py [--model smollm2-135m] [--tasks social_iqa,goal_inference] [--limit 300]
-        [--methods magnitude,wanda] [--sparsity 0.5] [--seed 0] [--batch-size 16] [--threads N]
+        [--methods magnitude,wanda] [--sparsity 0.5] [--seed 0] [--batch-size 16] [--threads N] [--prompt plain]
 
 Each method prunes the dense weights in memory (unstructured, every decoder linear, default calibration: 128 x 512
 tokens of the Wikipedia calibration split, drawn once and shared). Every model is scored on the same `limit`
 examples per task (a shuffle seeded with `seed`), the way lm-evaluation-harness scores multiple-choice tasks (see
-prunekit.eval.zeroshot). Prints a table with 95% intervals (normal approximation) and writes
-bench/results/zeroshot.json.
+prunekit.eval.zeroshot), with BIG-bench inputs as they are (`--prompt plain`) or in BIG-bench's own Q:/A: format
+with the choices listed (`--prompt bigbench`, as lm-evaluation-harness's bigbench tasks see them). Prints a table
+with 95% intervals (normal approximation) and writes bench/results/zeroshot.json (zeroshot_bigbench_prompt.json).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 import prunekit
-from prunekit.eval.zeroshot import ZeroShotResult, evaluate_tasks
+from prunekit.eval.zeroshot import PROMPTS, ZeroShotResult, evaluate_tasks
 
 
 def main() -> None:
@@ -33,8 +34,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16, help="sequences (example x choice) per forward pass")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "zeroshot.json")
+    parser.add_argument("--prompt", choices=PROMPTS, default="plain", help="how BIG-bench inputs become contexts")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    suffix = "" if args.prompt == "plain" else f"_{args.prompt}_prompt"
+    out = args.out or Path(__file__).parent / "results" / f"zeroshot{suffix}.json"
     if args.threads:
         torch.set_num_threads(args.threads)
     tasks, limit = args.tasks.split(","), args.limit or None
@@ -42,7 +46,11 @@ def main() -> None:
     loaded = prunekit.load_model(args.model)
     model, tokenizer = loaded.model, loaded.tokenizer
     dense_state = {k: v.clone() for k, v in model.state_dict().items()}
-    groups = [_rows("dense", 0.0, 0.0, evaluate_tasks(model, tokenizer, tasks, limit, args.seed, args.batch_size))]
+
+    def evaluate() -> list[ZeroShotResult]:
+        return evaluate_tasks(model, tokenizer, tasks, limit, args.seed, args.batch_size, prompt=args.prompt)
+
+    groups = [_rows("dense", 0.0, 0.0, evaluate())]
     methods = [m for m in args.methods.split(",") if m]
     calibration = prunekit.calibration_data(model, tokenizer, seed=args.seed) if methods else None
     for method in methods:
@@ -51,21 +59,21 @@ def main() -> None:
         pruned = prunekit.prune(model, tokenizer, method=method, sparsity=args.sparsity, calibration=calibration,
                                 seed=args.seed)
         seconds = time.perf_counter() - started
-        results = evaluate_tasks(model, tokenizer, tasks, limit, args.seed, args.batch_size)
-        groups.append(_rows(f"{method} {args.sparsity:.0%}", pruned.sparsity, seconds, results))
+        groups.append(_rows(f"{method} {args.sparsity:.0%}", pruned.sparsity, seconds, evaluate()))
     rows = [r for group in groups for r in group]
 
-    _print_table(args.model, rows)
+    _print_table(f"{args.model}, prompt {args.prompt}", rows)
     checks = _ordering(rows, tasks, [f"{m} {args.sparsity:.0%}" for m in methods])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
-        "model": args.model, "tasks": tasks, "limit": limit, "seed": args.seed, "batch_size": args.batch_size,
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "model": args.model, "tasks": tasks, "prompt": args.prompt, "limit": limit, "seed": args.seed,
+        "batch_size": args.batch_size,
         "threads": torch.get_num_threads(), "sparsity": args.sparsity, "calibration": "128 x 512 Wikipedia tokens",
         "interval": "95% normal approximation: acc +- 1.96 x sample standard error, clipped to [0, 1]",
         "rows": rows, "checks": checks,
         "versions": {"torch": torch.__version__, "prunekit": prunekit.__version__},
     }, indent=2))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 def _rows(model: str, sparsity: float, prune_seconds: float, results: list[ZeroShotResult]) -> list[dict]:

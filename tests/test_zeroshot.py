@@ -318,20 +318,32 @@ def bigbench_cache(tmp_path, monkeypatch) -> Path:
     return cache
 
 
-def test_bigbench_tasks_are_formatted_as_bigbench_formats_them(bigbench_cache):
-    task = load_task("social_iqa")
+def test_bigbench_prompt_is_bigbench_own_format(bigbench_cache):
+    task = load_task("social_iqa", prompt="bigbench")
     assert len(task.examples) == 2  # the duplicate is dropped, as BIG-bench does
     order = np.random.RandomState(42).permutation(["Eat", "Rest", "Sleep"])  # BIG-bench's fixed order
     assert task.examples[0] == Example(
         "Q: Tracy went home. What does Tracy need to do? " + "".join(f"\n  choice: {c}" for c in order) + "\nA:",
         ("Sleep", "Eat", "Rest"), (2,))
     assert task.examples[1].choices == ("happy", "sad", "tired")  # choices are stripped
-    goal = load_task("goal_inference")
+    goal = load_task("goal_inference", prompt="bigbench")
     assert goal.examples[0].context.startswith("Q: The most reasonable goal of 'Boil water' is \n  choice: ")
+    physics = load_task("bigbench:physics", prompt="bigbench")
+    # the task's prefixes replace the defaults; it asks for no listed choices
+    assert physics.examples[0].context == "Identify the formula.\n\n\nProblem: A drop in a field.\nFormula:"
+
+
+def test_plain_prompt_is_the_input_with_the_task_own_prefixes(bigbench_cache):
+    social = load_task("social_iqa")
+    assert [e.context for e in social.examples] == ["Tracy went home. What does Tracy need to do?",
+                                                    "Riley sang. How does Riley feel?"]
+    assert load_task("goal_inference").examples[0].context == "The most reasonable goal of 'Boil water' is"
     physics = load_task("bigbench:physics")
     # prefixes are used; all keys with the top score are correct; an example with no correct choice is dropped
     assert physics.examples == (Example("Identify the formula.\n\n\nProblem: A drop in a field.\nFormula:",
                                         ("F = q * E", "a = v / t", "p = m v"), (0, 2)),)
+    with pytest.raises(PrunekitError, match="unknown prompt 'fancy': use plain or bigbench"):
+        load_task("social_iqa", prompt="fancy")
 
 
 def test_bigbench_index_lists_multiple_choice_tasks_only(bigbench_cache):
@@ -352,7 +364,8 @@ def test_unknown_bigbench_task_lists_the_available_ones(bigbench_cache):
 def test_bigbench_examples_without_appended_choices():
     data = {"append_choices_to_input": False,
             "examples": [{"input": "Is it so?", "target_scores": {"yes": 1, "no": 0}}]}
-    assert bigbench_examples(data) == [Example("Q: Is it so?\nA:", ("yes", "no"), (0,))]
+    assert bigbench_examples(data, "bigbench") == [Example("Q: Is it so?\nA:", ("yes", "no"), (0,))]
+    assert bigbench_examples(data) == [Example("Is it so?", ("yes", "no"), (0,))]
 
 
 @pytest.mark.real
@@ -364,4 +377,6 @@ def test_real_bigbench_tasks():
     assert social_sizes.count(3) == 1931 and set(social_sizes) == {2, 3}
     assert goal_sizes.count(4) == 1701 and set(goal_sizes) == {4, 5}
     assert all(len(e.gold) == 1 for e in social.examples + goal.examples)
-    assert social.examples[0].context.startswith("Q: ") and social.examples[0].context.endswith("\nA:")
+    assert social.examples[0].context.endswith("What does Tracy need to do before this?")
+    listed = load_task("social_iqa", prompt="bigbench").examples[0].context
+    assert listed.startswith("Q: Tracy") and "\n  choice: Find somewhere to go" in listed and listed.endswith("\nA:")

@@ -14,11 +14,13 @@ lm_eval/models/huggingface.py, `mean_stderr` in lm_eval/api/metrics.py):
 - stderr: sample standard deviation of the per-example 0/1 scores / sqrt(n); the 95% interval is
   mean +- 1.96 stderr (normal approximation), clipped to [0, 1].
 
-Tasks: BIG-bench JSON tasks from the bigbench sdist, formatted as BIG-bench's JsonTask and the harness's copy of it
-(hails/bigbench) format them: (task_prefix + example_input_prefix + input [+ choices, in BIG-bench's seeded order]
-+ example_output_prefix).strip(), choices = the stripped keys of target_scores, correct = the keys with the highest
-score (BIG-bench's multiple_choice_grade); duplicates dropped. Or a JSONL file of {"context" | "query", "choices",
-"gold"} rows, gold an index, a list of indices or the text of a choice.
+Tasks: BIG-bench JSON tasks from the bigbench sdist: context = (task_prefix + example_input_prefix + input +
+example_output_prefix).strip() with the task's own prefixes (prompt "plain", the default), or BIG-bench's JsonTask
+format as in the harness's copy of BIG-bench, hails/bigbench (prompt "bigbench": default prefixes "Q: " / "A: " and
+the choices listed in the input in BIG-bench's seeded order); choices = the stripped keys of target_scores, correct =
+the keys with the highest score (BIG-bench's multiple_choice_grade; the harness takes the first of them, which is
+the same on every task with a single best key); duplicate examples dropped. Or a JSONL file of {"context" | "query",
+"choices", "gold"} rows, gold an index, a list of indices or the text of a choice.
 """
 
 from __future__ import annotations
