@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from prunekit.corpus.step import ID, TEXT
 from prunekit.errors import PrunekitError
+from prunekit.text.jsonl import json_lines
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 
@@ -93,20 +94,13 @@ def _json_batches(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
 
 def _json_rows(path: Path, batch_size: int) -> Iterator[list[dict]]:
     rows: list[dict] = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise PrunekitError(f"{path}:{number}: not a JSON line ({e.msg}): one JSON object per line") from None
-            if not isinstance(row, dict):
-                raise PrunekitError(f"{path}:{number}: a JSON line must be an object with a text field")
-            rows.append(row)
-            if len(rows) == batch_size:
-                yield rows
-                rows = []
+    for number, row in json_lines(path):
+        if not isinstance(row, dict):
+            raise PrunekitError(f"{path}:{number}: a JSON line must be an object with a text field")
+        rows.append(row)
+        if len(rows) == batch_size:
+            yield rows
+            rows = []
     if rows:
         yield rows
 

@@ -47,6 +47,7 @@ from prunekit.assets.fetch import extract_member, fetch_package
 from prunekit.assets.registry import BIGBENCH
 from prunekit.errors import PrunekitError
 from prunekit.progress import progress_bar
+from prunekit.text.jsonl import json_lines
 
 TARGET_DELIMITER = " "  # the harness's default target_delimiter
 Z95 = 1.959963984540054
@@ -316,15 +317,7 @@ def _bigbench_example(data: dict, raw: dict, bigbench_prompt: bool) -> Example |
 
 def jsonl_examples(path: Path) -> list[Example]:
     """Rows of {"context" (or "query"), "choices", "gold"}: gold an index, a list of indices or a choice's text."""
-    examples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PrunekitError(f"{path}:{number} is not valid JSON: {e}") from None
-        examples.append(_jsonl_example(row, f"{path}:{number}"))
+    examples = [_jsonl_example(row, f"{path}:{number}") for number, row in json_lines(path)]
     if not examples:
         raise PrunekitError(f"{path} holds no examples")
     return examples
