@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU build of PyTorch by default (a GPU machine whose Python already has torch keeps its own, see below).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup demo test lint bench bench-structured bench-corpus bench-peers bench-vs-llmcompressor clean
+.PHONY: setup browser demo test lint bench bench-structured bench-corpus bench-peers bench-vs-llmcompressor clean
 
 setup: $(VENV)/.installed
 
@@ -25,9 +25,24 @@ demo: setup
 	$(BIN)/prunekit prune smollm2-135m --method wanda --sparsity 0.5 --calib-samples 64 \
 		--out out/smollm2-wanda50 --overwrite
 
-test: setup
+# PRUNEKIT_REQUIRE_BROWSER: the HTML report's browser test fails, rather than skips, without Chromium.
+test: setup browser
 	$(BIN)/ruff check src tests bench
-	$(BIN)/python -m pytest
+	PRUNEKIT_REQUIRE_BROWSER=1 $(BIN)/python -m pytest
+
+# Headless Chromium and its driver (Debian packages) for the HTML report's browser test; apt-get update only
+# when the install fails, since the package lists are usually fresh enough.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	chromium chromium-driver
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		if command -v apt-get >/dev/null; then \
+			$(APT_INSTALL) || { $(SUDO) apt-get update -q && $(APT_INSTALL); }; \
+		else \
+			echo "no apt-get here: install chromium and chromedriver yourself for tests/test_report.py"; \
+		fi; \
+	fi
 
 bench: setup
 	$(BIN)/python bench/fidelity.py

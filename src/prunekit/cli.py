@@ -216,6 +216,22 @@ def prune(
     _print_report(report, out)
 
 
+TASKS_HELP = ("Comma-separated zero-shot tasks: social_iqa, goal_inference, step_inference, date_understanding, "
+              "physics, causal_judgment, any bigbench:TASK\\[/SUBTASK], or a .jsonl file of {context, choices, gold}.")
+PROMPT_HELP = "How BIG-bench examples become contexts: plain (the input as is) | bigbench (Q:/A: with the choices)."
+
+
+def _split(values: str) -> list[str]:
+    return [v.strip() for v in values.split(",") if v.strip()]
+
+
+def _floats(values: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in _split(values)]
+    except ValueError:
+        raise PrunekitError(f"{what} must be comma-separated numbers, e.g. 0.3,0.5,0.7; got {values!r}") from None
+
+
 def _overlay(data: dict, section: str, **values: Any) -> None:
     given = {k: v for k, v in values.items() if v is not None}
     if given:
@@ -267,12 +283,23 @@ def evaluate_command(
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Allow code shipped with a model to run.")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Load pickled .bin/.pt weights (they can run code).")] = False,
+    tasks: Annotated[str | None, typer.Option(help=TASKS_HELP)] = None,
+    limit: Annotated[int | None, typer.Option(help="Zero-shot examples per task (a seeded shuffle).  [default: all]")
+                     ] = None,
+    prompt: Annotated[str, typer.Option(help=PROMPT_HELP)] = "plain",
+    seed: Annotated[int, typer.Option(help="Seed of the zero-shot example shuffle.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Evaluate MODEL: perplexity on held-out text, parameter count and sparsity.
+    """Evaluate MODEL: perplexity on held-out text, zero-shot multiple-choice accuracy, parameter count and sparsity.
 
-    Protocol: evaluation documents are tokenized into one stream; PPL_SAMPLES non-overlapping windows of PPL_SEQ_LEN
-    tokens spread evenly over it are scored independently; perplexity = exp(mean NLL of tokens 2..L).
+    Perplexity: evaluation documents are tokenized into one stream; PPL_SAMPLES non-overlapping windows of
+    PPL_SEQ_LEN tokens spread evenly over it are scored independently; perplexity = exp(mean NLL of tokens 2..L).
+
+    Zero-shot (--tasks): each choice is scored by the log-likelihood of its tokens after the context, as
+    lm-evaluation-harness does; acc picks the highest sum, acc_norm the highest sum per character. The 95% interval
+    is acc +- 1.96 standard errors.
+
+      prunekit eval out/smol-wanda50 --tasks goal_inference,social_iqa --limit 300
     """
     from prunekit.api import evaluate
     from prunekit.models.loading import load_model, resolve_device
@@ -286,6 +313,11 @@ def evaluate_command(
     result: dict[str, Any] = {"model": model, "parameters": params, "zero_parameters": zeros}
     if ppl:
         result["perplexity"] = evaluate(loaded.model, loaded.tokenizer, config).to_dict()
+    if tasks:
+        from prunekit.eval.zeroshot import evaluate_tasks
+
+        scores = evaluate_tasks(loaded.model, loaded.tokenizer, _split(tasks), limit, seed, prompt=prompt)
+        result["zeroshot"] = [r.to_dict() for r in scores]
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -295,6 +327,11 @@ def evaluate_command(
     if ppl:
         p = result["perplexity"]
         table.add_row(f"perplexity ({p['samples']} x {p['seq_len']} tokens, {p['source']})", f"{p['perplexity']:.3f}")
+    for r in result.get("zeroshot", []):
+        low, high = r["acc_ci95"]
+        table.add_row(f"{r['task']} acc ({r['examples']} examples, chance {r['chance']:.1%})",
+                      f"{r['acc']:.1%} [{low:.1%}, {high:.1%}]")
+        table.add_row(f"{r['task']} acc_norm", f"{r['acc_norm']:.1%}")
     table.add_row("parameters", f"{params:,}")
     table.add_row("zero parameters", f"{zeros:,} ({zeros / params:.2%})")
     stdout.print(table)
@@ -355,6 +392,93 @@ def recover(
                       f"{section['masked_zeros_before'] / masked:.2%} -> {section['masked_zeros_after'] / masked:.2%}")
     stdout.print(table)
     stdout.print(f"saved: {out}")
+
+
+@app.command()
+def sweep(
+    model: ModelArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (must not exist).")] = ...,
+    methods: Annotated[str, typer.Option(help="Comma-separated: magnitude, wanda, sparsegpt, gradient, gblm.")
+                       ] = "magnitude,wanda,sparsegpt",
+    sparsity: Annotated[str, typer.Option(help="Comma-separated fractions of the weights removed (unstructured "
+                                          "patterns).")] = "0.3,0.5,0.6,0.7",
+    pattern: Annotated[str, typer.Option(help="Comma-separated: unstructured (at every --sparsity) and/or N:M such "
+                                         "as 2:4 (at its own sparsity, N/M).")] = "unstructured",
+    tasks: Annotated[str | None, typer.Option(help=TASKS_HELP + "  [default: none]")] = None,
+    limit: Annotated[int | None, typer.Option(help="Zero-shot examples per task.  [default: all]")] = None,
+    prompt: Annotated[str, typer.Option(help=PROMPT_HELP)] = "plain",
+    ppl: Annotated[bool, typer.Option("--ppl/--no-ppl", help="Measure perplexity at every point.")] = True,
+    eval_text: Annotated[str, typer.Option("--eval-text", help="Held-out text for perplexity.")] = "wikipedia",
+    ppl_samples: Annotated[int, typer.Option(help="Perplexity windows.")] = 16,
+    ppl_seq_len: Annotated[int, typer.Option(help="Tokens per perplexity window.")] = 1024,
+    calib: Annotated[str, typer.Option("--calib", help="Calibration text (see `prunekit prune --help`).")
+                     ] = "wikipedia",
+    calib_samples: Annotated[int, typer.Option(help="Calibration windows.")] = 128,
+    calib_seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
+    save_models: Annotated[bool, typer.Option(help="Also save every pruned model (safetensors) in its point's "
+                                              "folder.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of calibration sampling and the zero-shot shuffle.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
+    trust_remote_code: Annotated[bool, typer.Option(help="Allow code shipped with a model to run.")] = False,
+    allow_pickle: Annotated[bool, typer.Option(help="Load pickled .bin/.pt weights (they can run code).")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Prune MODEL at every method x sparsity (x pattern), evaluate each point the same way, write a results table.
+
+    The model is loaded, calibrated and evaluated dense once; each point starts from the dense weights. OUT gets
+    sweep.json, results.csv and points/NAME/{prunekit.json, recipe.yaml}; `prunekit report OUT` plots it. An
+    interrupted sweep resumes from OUT.partial when rerun with the same settings.
+
+      prunekit sweep smollm2-135m --methods magnitude,wanda,sparsegpt --sparsity 0.3,0.5,0.6,0.7 --out out/sweep
+
+      prunekit sweep smollm2-135m --methods wanda,sparsegpt --pattern 2:4,4:8 --tasks goal_inference --out out/nm
+    """
+    from prunekit.recipe import CalibrationConfig, EvaluationConfig
+    from prunekit.sweep import SweepConfig, results_rows, run_sweep
+
+    config = SweepConfig(
+        model=model, methods=[m.lower() for m in _split(methods)], sparsities=_floats(sparsity, "--sparsity"),
+        patterns=_split(pattern), seed=seed, save_models=save_models, dtype=dtype, device=device,
+        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+        calibration=CalibrationConfig(source=calib, samples=calib_samples, seq_len=calib_seq_len),
+        evaluation=EvaluationConfig(source=eval_text, samples=ppl_samples, seq_len=ppl_seq_len) if ppl else None,
+        tasks=_split(tasks) if tasks else [], limit=limit, prompt=prompt,
+    )
+    result = run_sweep(config, out, overwrite)
+    rows = results_rows(result)
+    table = Table(title=f"{model}: {len(result['points'])} points in {result['seconds']['total']:.0f} s")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("method", "pattern") else "right")
+    for row in rows:
+        table.add_row(*(_cell(row.get(column)) for column in columns))
+    stdout.print(table)
+    stdout.print(f"saved: {out} (results.csv, sweep.json); plot it with `prunekit report {out}`")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories: sweeps (sweep.json), prune or recover outputs "
+                                               "(prunekit.json).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
+    title: Annotated[str | None, typer.Option(help="Page title.  [default: from the runs]")] = None,
+) -> None:
+    """Write one self-contained HTML page (inline SVG plots, no network) comparing RUNS: perplexity and zero-shot
+    accuracy vs sparsity per method, per-layer sparsity, size and time, recoveries, and every recipe.
+
+      prunekit report out/sweep out/smol-wanda50-lora --out report.html
+    """
+    from prunekit.report import write_report
+
+    path = write_report(runs, out, title)
+    stdout.print(f"saved: {path}")
 
 
 @app.command()
@@ -676,7 +800,9 @@ def main() -> None:
     try:
         app()
     except PrunekitError as error:
-        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         Console(stderr=True).print("interrupted: no output was written")

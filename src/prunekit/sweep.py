@@ -1,0 +1,254 @@
+"""A grid of pruning runs (methods x sparsities x patterns) on one model, each point evaluated the same way.
+
+The model is loaded, its calibration windows drawn and the dense model evaluated once; every point starts from a copy
+of the dense weights. Methods prune sequentially (a layer's statistics come from the already-pruned layers before
+it, as in the Wanda and SparseGPT papers), so per-layer statistics differ between points and are recomputed; the
+calibration tokens and the dense evaluation are what is shared.
+
+The sweep writes into `OUT.partial` and renames it to OUT at the end; a point whose prunekit.json is there is not
+rerun, so an interrupted sweep resumes where it stopped when started again with the same settings.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from prunekit.api import (
+    _report,
+    calibration_data,
+    count_parameters,
+    evaluate,
+    peak_rss_bytes,
+    prune,
+    save,
+    versions,
+)
+from prunekit.errors import PrunekitError
+from prunekit.eval.zeroshot import evaluate_tasks, load_task
+from prunekit.methods.patterns import SparsityPattern
+from prunekit.models.loading import LoadedModel, load_model, resolve_device
+from prunekit.models.saving import check_output_free
+from prunekit.progress import console
+from prunekit.recipe import CalibrationConfig, EvaluationConfig, Recipe, StageConfig
+
+SWEEP_VERSION = 1
+SWEEP_FILE = "sweep.json"
+RESULTS_FILE = "results.csv"
+
+
+@dataclass
+class SweepConfig:
+    model: str
+    methods: list[str]
+    sparsities: list[float] = field(default_factory=lambda: [0.5])
+    patterns: list[str] = field(default_factory=lambda: ["unstructured"])
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    evaluation: EvaluationConfig | None = field(default_factory=EvaluationConfig)  # None: no perplexity
+    tasks: list[str] = field(default_factory=list)  # zero-shot tasks (see prunekit.eval.zeroshot.load_task)
+    limit: int | None = None  # zero-shot examples per task
+    prompt: str = "plain"
+    seed: int = 0
+    save_models: bool = False  # also write each pruned model (safetensors) into its point's folder
+    dtype: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+
+    def stages(self) -> list[StageConfig]:
+        """One validated stage per grid point: unstructured at each sparsity, N:M patterns at their own."""
+        if not self.methods:
+            raise PrunekitError("no methods to sweep: pass e.g. --methods magnitude,wanda,sparsegpt")
+        points = []
+        for method in self.methods:
+            for pattern in self.patterns:
+                if SparsityPattern.parse(pattern).is_nm:
+                    points.append(StageConfig.parse({"method": method, "pattern": pattern}))
+                    continue
+                if not self.sparsities:
+                    raise PrunekitError("an unstructured sweep needs sparsities: pass e.g. --sparsity 0.3,0.5,0.7")
+                points += [StageConfig.parse({"method": method, "sparsity": s, "pattern": pattern})
+                           for s in self.sparsities]
+        names = [point_name(p) for p in points]
+        if len(set(names)) != len(names):
+            raise PrunekitError("the sweep lists a point twice: remove the repeated method, sparsity or pattern")
+        return points
+
+    def fingerprint(self) -> dict:
+        """The settings that make two sweeps' points comparable (what a resumed sweep must match)."""
+        return {"model": self.model, "calibration": self.calibration.model_dump(),
+                "evaluation": self.evaluation.model_dump() if self.evaluation else None, "tasks": self.tasks,
+                "limit": self.limit, "prompt": self.prompt, "seed": self.seed, "dtype": self.dtype}
+
+
+def point_name(stage: StageConfig) -> str:
+    pattern = "" if stage.pattern == "unstructured" else f"-{stage.pattern.replace(':', 'of')}"
+    return f"{stage.method}{pattern}-{stage.sparsity:g}"
+
+
+def _work_dir(out: Path, config: SweepConfig) -> Path:
+    """OUT.partial, reused only when it was started with the same settings."""
+    work = out.with_name(f"{out.name}.partial")
+    settings = work / "settings.json"
+    wanted = json.dumps(config.fingerprint(), sort_keys=True)
+    if work.exists():
+        if not settings.exists() or settings.read_text() != wanted:
+            raise PrunekitError(f"{work} holds an unfinished sweep with other settings: delete it or rerun with the "
+                                "same model, calibration, evaluation, tasks and seed")
+        console.log(f"resuming the sweep in {work}")
+    else:
+        work.mkdir(parents=True)
+        settings.write_text(wanted)
+    return work
+
+
+def _evaluate(loaded: LoadedModel, config: SweepConfig, device: torch.device, label: str) -> dict[str, Any]:
+    model, tokenizer = loaded.model, loaded.tokenizer
+    model.to(device)
+    try:
+        ppl = evaluate(model, tokenizer, config.evaluation, f"{label} perplexity") if config.evaluation else None
+        zeroshot = evaluate_tasks(model, tokenizer, config.tasks, config.limit, config.seed,
+                                  prompt=config.prompt) if config.tasks else []
+    finally:
+        model.to("cpu")
+    return {"perplexity": ppl, "zeroshot": [r.to_dict() for r in zeroshot]}
+
+
+def _point_recipe(config: SweepConfig, stage: StageConfig) -> Recipe:
+    evaluation = config.evaluation or EvaluationConfig(ppl=False)
+    return Recipe(model=config.model, seed=config.seed, dtype=config.dtype, device=config.device,
+                  trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
+                  calibration=config.calibration, stages=[stage],
+                  evaluation=evaluation.model_copy(update={"dense": False}))
+
+
+def _run_point(loaded: LoadedModel, dense_state: dict[str, torch.Tensor], windows: torch.Tensor | None,
+               stage: StageConfig, config: SweepConfig, folder: Path, device: torch.device) -> dict:
+    name = point_name(stage)
+    loaded.model.load_state_dict(dense_state)
+    console.log(f"[bold]{name}[/bold]")
+    result = prune(loaded.model, loaded.tokenizer, stages=[stage], calibration=windows, seed=config.seed,
+                   device=config.device, batch_size=config.calibration.batch_size)
+    scores = _evaluate(loaded, config, device, name)
+    parameters = count_parameters(loaded.model)
+    zeros = sum(int((p == 0).sum()) for p in loaded.model.parameters())
+    recipe = _point_recipe(config, stage)
+    report = _report(recipe, result, parameters, zeros, None, scores["perplexity"],
+                     {"prune": round(result.seconds, 2)})
+    report["zeroshot"] = scores["zeroshot"]
+    partial = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if config.save_models:
+        save(loaded, partial, report, recipe)
+    else:
+        partial.mkdir(parents=True)
+        (partial / "prunekit.json").write_text(json.dumps(report, indent=2) + "\n")
+        (partial / "recipe.yaml").write_text(recipe.to_yaml())
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(partial, folder)
+    return report
+
+
+def _point_row(stage: StageConfig, report: dict, folder: str) -> dict:
+    ppl = report["perplexity"]["pruned"]
+    return {"method": stage.method, "sparsity": stage.sparsity, "pattern": stage.pattern,
+            "perplexity": ppl["perplexity"] if ppl else None, "zeroshot": report.get("zeroshot", []),
+            "prune_seconds": report["seconds"]["prune"], "decoder_linear_sparsity": report["decoder_linear_sparsity"],
+            "parameters": report["parameters"], "zero_parameters": report["zero_parameters"],
+            "report": f"{folder}/prunekit.json"}
+
+
+def results_rows(sweep: dict) -> list[dict]:
+    """The sweep as flat rows (dense first): one per point, a column per metric and zero-shot task."""
+    dense = sweep["dense"]
+    points = [{"method": "dense", "sparsity": 0.0, "pattern": "", "perplexity": dense["perplexity"],
+               "zeroshot": dense["zeroshot"], "prune_seconds": 0.0, "decoder_linear_sparsity": 0.0},
+              *sweep["points"]]
+    rows = []
+    for p in points:
+        row = {k: p[k] for k in ("method", "pattern", "sparsity", "decoder_linear_sparsity", "perplexity",
+                                 "prune_seconds")}
+        for r in p["zeroshot"]:
+            row[f"{r['task']} acc"] = r["acc"]
+            row[f"{r['task']} acc_norm"] = r["acc_norm"]
+        rows.append(row)
+    return rows
+
+
+def _write_results(work: Path, sweep: dict) -> None:
+    (work / SWEEP_FILE).write_text(json.dumps(sweep, indent=2) + "\n")
+    rows = results_rows(sweep)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (work / RESULTS_FILE).open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def run_sweep(config: SweepConfig, out: Path, overwrite: bool = False) -> dict:
+    """Run every point of the grid; write OUT/sweep.json, OUT/results.csv and OUT/points/NAME/{prunekit.json,
+    recipe.yaml} (+ the model with save_models). Returns the sweep.json content."""
+    started = time.perf_counter()
+    out = out.expanduser()
+    local_input = Path(config.model).expanduser()
+    check_output_free(out, overwrite, (local_input,) if local_input.exists() else ())
+    stages = config.stages()  # every point is validated before any work
+    for task in config.tasks:
+        load_task(task, config.prompt)
+    work = _work_dir(out, config)
+    with console.status(f"loading {config.model}"):
+        loaded = load_model(config.model, config.dtype, config.device, config.trust_remote_code, config.allow_pickle)
+    device = resolve_device(config.device)
+    windows = None
+    if any(s.to_stage().needs_calibration for s in stages):
+        windows = calibration_data(loaded.model, loaded.tokenizer, config.calibration, config.seed)
+    dense_file = work / "dense.json"
+    if dense_file.exists():
+        dense = json.loads(dense_file.read_text())
+    else:
+        scores = _evaluate(loaded, config, device, "dense")
+        ppl = scores["perplexity"]
+        dense = {"perplexity": ppl.perplexity if ppl else None, "zeroshot": scores["zeroshot"],
+                 "parameters": count_parameters(loaded.model),
+                 "zero_parameters": sum(int((p == 0).sum()) for p in loaded.model.parameters())}
+        dense_file.write_text(json.dumps(dense, indent=2) + "\n")
+    dense_state = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
+    points = []
+    for index, stage in enumerate(stages, 1):
+        folder = f"points/{point_name(stage)}"
+        done = work / folder / "prunekit.json"
+        console.log(f"point {index}/{len(stages)}")
+        report = (json.loads(done.read_text()) if done.exists()
+                  else _run_point(loaded, dense_state, windows, stage, config, work / folder, device))
+        points.append(_point_row(stage, report, folder))
+    sweep = {
+        "prunekit_sweep_version": SWEEP_VERSION,
+        "versions": versions(),
+        "model": config.model,
+        "methods": config.methods,
+        "sparsities": config.sparsities,
+        "patterns": config.patterns,
+        "seed": config.seed,
+        "calibration": config.calibration.model_dump(),
+        "perplexity_protocol": config.evaluation.model_dump() if config.evaluation else None,
+        "zeroshot_protocol": {"tasks": config.tasks, "limit": config.limit, "prompt": config.prompt,
+                              "seed": config.seed} if config.tasks else None,
+        "dense": dense,
+        "points": points,
+        "seconds": {"total": round(time.perf_counter() - started, 2)},
+        "peak_rss_bytes": peak_rss_bytes(),
+    }
+    _write_results(work, sweep)
+    if out.exists():  # overwrite was allowed by check_output_free
+        shutil.rmtree(out)
+    os.replace(work, out)
+    return sweep
+
