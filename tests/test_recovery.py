@@ -55,6 +55,7 @@ def test_recovery_trains_and_keeps_exactly_the_zeros(sparse_model_dir, tiny_mode
     assert not any("lora" in key for key in after.state_dict())
     section = report["recovery"]
     assert section["masked_zeros_after"] == section["masked_zeros_before"] > 0.49 * section["masked_weights"]
+    assert report["decoder_linear_sparsity"]["after"] == report["decoder_linear_sparsity"]["before"] > 0.49
     assert len(section["losses"]) == 4
     assert json.loads((out / "prunekit.json").read_text())["recovery"]["method"] == method
     assert not (tmp_path / "recovered.work").exists()

@@ -154,6 +154,12 @@ def prune(
     return PruneResult(_matrix_sparsity(adapter, notes), time.perf_counter() - start, dict(phases), structured)
 
 
+def decoder_linear_sparsity(model: nn.Module) -> float:
+    """Fraction of zeros over all linears of the decoder layers (what a prune's sparsity target counts)."""
+    matrices = _matrix_sparsity(adapter_for(model), {})
+    return sum(m.zeros for m in matrices) / max(1, sum(m.numel for m in matrices))
+
+
 def _matrix_sparsity(adapter: ModelAdapter, notes: dict[str, list[str]]) -> list[MatrixSparsity]:
     """Zeros per linear of the decoder layers as the model is now."""
     return [MatrixSparsity(f"layers.{i}.{name}", int((lin.weight == 0).sum()), lin.weight.numel(),
@@ -381,6 +387,7 @@ def recover_model(model: str, out: Path, config: RecoveryConfig, teacher: str | 
         if dense is not None:
             scores["teacher"] = evaluate(dense.model, dense.tokenizer, evaluation, "perplexity teacher").to_dict()
     work = (work_dir or out.with_name(f"{out.name}.work")).expanduser()
+    sparsity_before = decoder_linear_sparsity(loaded.model)
     merged, section = recover(loaded.model, loaded.tokenizer, config, work,
                               dense.model if dense is not None else None, say)
     loaded.model = merged
@@ -390,7 +397,8 @@ def recover_model(model: str, out: Path, config: RecoveryConfig, teacher: str | 
     zeros = sum(int((p == 0).sum()) for p in merged.parameters())
     report = {"prunekit_version": prunekit.__version__, "versions": versions(), "model": model,
               "teacher": teacher, "recovery": section, "perplexity": scores, "parameters": parameters,
-              "zero_parameters": zeros}
+              "zero_parameters": zeros, "decoder_linear_sparsity": {"before": sparsity_before,
+                                                                    "after": decoder_linear_sparsity(merged)}}
     save(loaded, out, report, overwrite=overwrite)
     shutil.rmtree(work, ignore_errors=True)  # the checkpoint is only for resuming an unfinished run
     return report

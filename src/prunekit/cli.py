@@ -386,10 +386,11 @@ def recover(
     for name, result in report["perplexity"].items():
         table.add_row(f"perplexity {name}", f"{result['perplexity']:.3f}")
     table.add_row("loss (first 10 / last 10 steps)", f"{section['loss_first_10']:.3f} / {section['loss_last_10']:.3f}")
-    masked = section["masked_weights"]
-    if masked:
-        table.add_row("sparsity of the pruned matrices, before -> after",
-                      f"{section['masked_zeros_before'] / masked:.2%} -> {section['masked_zeros_after'] / masked:.2%}")
+    sparsity = report["decoder_linear_sparsity"]
+    table.add_row("sparsity of the decoder linears, before -> after",
+                  f"{sparsity['before']:.2%} -> {sparsity['after']:.2%}")
+    table.add_row("zeros kept (every linear that had zeros)",
+                  f"{section['masked_zeros_after']:,} of {section['masked_zeros_before']:,}")
     stdout.print(table)
     stdout.print(f"saved: {out}")
 

@@ -192,7 +192,13 @@ def _recovery_row(r: Recovery) -> list[str]:
     kept = DASH if not known else "all" if before == after else f"{integer(after)} of {integer(before)}"
     return [escape(r.run), escape(r.model), escape(str(r.teacher or DASH)), escape(str(c.get("method", DASH))),
             integer(c.get("steps")), seconds(c.get("seconds")), measured("before"), measured("after"),
-            measured("teacher"), f"{decimal(first, 3)} &rarr; {decimal(last, 3)}", kept]
+            measured("teacher"), f"{decimal(first, 3)} &rarr; {decimal(last, 3)}", _sparsity_change(r), kept]
+
+
+def _sparsity_change(r: Recovery) -> str:
+    sparsity = r.decoder_linear_sparsity or {}
+    before, after = number(sparsity.get("before")), number(sparsity.get("after"))
+    return DASH if before is None or after is None else f"{before:.2%} &rarr; {after:.2%}"
 
 
 def _recovery(runs: Sequence[Run]) -> str:
@@ -200,8 +206,8 @@ def _recovery(runs: Sequence[Run]) -> str:
     if not recoveries:
         return ""
     header = ["run", "model", "teacher", "method", "steps", "time", "perplexity before", "after", "teacher",
-              "loss first 10 &rarr; last 10", "masked zeros kept"]
-    out = ["<h2>Recovery</h2>", table(header, [_recovery_row(r) for r in recoveries], set(range(4, 11)))]
+              "loss first 10 &rarr; last 10", "decoder sparsity", "zeros kept"]
+    out = ["<h2>Recovery</h2>", table(header, [_recovery_row(r) for r in recoveries], set(range(4, 12)))]
     svg = plots.loss_plot(recoveries)
     if svg:
         out.append(figure("recovery-loss", svg, "Recovery fine-tuning: training loss at each step."))

@@ -63,6 +63,7 @@ class Recovery:
     perplexity: dict  # before / teacher / after, each a perplexity result or absent
     parameters: int | None = None
     zero_parameters: int | None = None
+    decoder_linear_sparsity: dict | None = None  # before / after
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,8 @@ def _recovery_run(path: Path, label: str, report: dict) -> Run:
     measured = next((p for p in perplexity.values() if isinstance(p, dict)), {})
     recovery = Recovery(run=label, model=model, teacher=report.get("teacher"), config=config, perplexity=perplexity,
                         parameters=_integer(report.get("parameters")),
-                        zero_parameters=_integer(report.get("zero_parameters")))
+                        zero_parameters=_integer(report.get("zero_parameters")),
+                        decoder_linear_sparsity=_section(report, "decoder_linear_sparsity") or None)
     return Run(path=path, label=label, kind="recovery", model=model, version=report.get("prunekit_version"),
                recovery=recovery, seconds=number(config.get("seconds")),
                protocol=protocol_text(measured.get("source"), measured.get("samples"), measured.get("seq_len")))
