@@ -125,6 +125,7 @@ def test_interrupted_sweep_resumes_without_redoing_points(tiny_model_dir, text_f
         (["--pattern", "4:4"], "N:M"),
         (["--tasks", "no_such_task"], "unknown task"),
         (["--methods", "wanda,wanda"], "twice"),
+        (["--methods", "wanda,block-influence"], "prunekit prune --method block-influence"),
     ],
 )
 def test_bad_sweeps_are_one_line_errors(tiny_model_dir, tmp_path, capsys, monkeypatch, flags, fragment):

@@ -62,7 +62,11 @@ class PruneResult:
     @property
     def sparsity(self) -> float:
         """Fraction of zeros over all linears of the decoder layers."""
-        return sum(m.zeros for m in self.matrices) / max(1, sum(m.numel for m in self.matrices))
+        return _zero_fraction(self.matrices)
+
+
+def _zero_fraction(matrices: Sequence[MatrixSparsity]) -> float:
+    return sum(m.zeros for m in matrices) / max(1, sum(m.numel for m in matrices))
 
 
 def _check_seq_len(model: nn.Module, seq_len: int, what: str) -> None:
@@ -156,8 +160,7 @@ def prune(
 
 def decoder_linear_sparsity(model: nn.Module) -> float:
     """Fraction of zeros over all linears of the decoder layers (what a prune's sparsity target counts)."""
-    matrices = _matrix_sparsity(adapter_for(model), {})
-    return sum(m.zeros for m in matrices) / max(1, sum(m.numel for m in matrices))
+    return _zero_fraction(_matrix_sparsity(adapter_for(model), {}))
 
 
 def _matrix_sparsity(adapter: ModelAdapter, notes: dict[str, list[str]]) -> list[MatrixSparsity]:

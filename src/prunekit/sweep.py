@@ -32,8 +32,10 @@ from prunekit.api import (
     save,
     versions,
 )
+from prunekit.engine.structured import DEPTH_METHODS, WIDTH_METHODS
 from prunekit.errors import PrunekitError
 from prunekit.eval.zeroshot import evaluate_tasks, load_task
+from prunekit.methods import METHODS
 from prunekit.methods.patterns import SparsityPattern
 from prunekit.models.loading import LoadedModel, load_model, resolve_device
 from prunekit.models.saving import check_output_free
@@ -67,6 +69,10 @@ class SweepConfig:
         """One validated stage per grid point: unstructured at each sparsity, N:M patterns at their own."""
         if not self.methods:
             raise PrunekitError("no methods to sweep: pass e.g. --methods magnitude,wanda,sparsegpt")
+        structured = [m for m in self.methods if m in (*DEPTH_METHODS, *WIDTH_METHODS)]
+        if structured:
+            raise PrunekitError(f"{', '.join(structured)} removes blocks or channels; a sweep covers weight pruning "
+                                f"({', '.join(METHODS)}): use `prunekit prune --method {structured[0]}` per size")
         points = []
         for method in self.methods:
             for pattern in self.patterns:
