@@ -1,14 +1,15 @@
 """Zero-shot multiple-choice accuracy of a real model, dense and pruned, on BIG-bench tasks.
 
-    .venv/bin/python bench/zeroshot.py [--model smollm2-135m] [--tasks social_iqa,goal_inference] [--limit 300]
-        [--methods magnitude,wanda] [--sparsity 0.5] [--seed 0] [--batch-size 16] [--threads N] [--prompt plain]
+    .venv/bin/python bench/zeroshot.py [--model smollm2-135m] [--tasks goal_inference,step_inference] [--limit 300]
+        [--methods wanda,magnitude] [--sparsity 0.5] [--seed 0] [--batch-size 16] [--threads N] [--prompt plain]
 
 Each method prunes the dense weights in memory (unstructured, every decoder linear, default calibration: 128 x 512
 tokens of the Wikipedia calibration split, drawn once and shared). Every model is scored on the same `limit`
 examples per task (a shuffle seeded with `seed`), the way lm-evaluation-harness scores multiple-choice tasks (see
 prunekit.eval.zeroshot), with BIG-bench inputs as they are (`--prompt plain`) or in BIG-bench's own Q:/A: format
 with the choices listed (`--prompt bigbench`, as lm-evaluation-harness's bigbench tasks see them). Prints a table
-with 95% intervals (normal approximation) and writes bench/results/zeroshot.json (zeroshot_bigbench_prompt.json).
+with 95% intervals (normal approximation), McNemar's exact paired test between models adjacent in the order dense,
+--methods... and writes bench/results/zeroshot.json (zeroshot_bigbench_prompt.json).
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from pathlib import Path
 import torch
 
 import prunekit
-from prunekit.eval.zeroshot import PROMPTS, ZeroShotResult, evaluate_tasks
+from prunekit.eval.zeroshot import PROMPTS, ZeroShotResult, evaluate_tasks, mcnemar
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
-    parser.add_argument("--tasks", default="social_iqa,goal_inference")
+    parser.add_argument("--tasks", default="goal_inference,step_inference")
     parser.add_argument("--limit", type=int, default=300, help="examples per task (0: all)")
-    parser.add_argument("--methods", default="magnitude,wanda")
+    parser.add_argument("--methods", default="wanda,magnitude")
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16, help="sequences (example x choice) per forward pass")
@@ -50,7 +51,8 @@ def main() -> None:
     def evaluate() -> list[ZeroShotResult]:
         return evaluate_tasks(model, tokenizer, tasks, limit, args.seed, args.batch_size, prompt=args.prompt)
 
-    groups = [_rows("dense", 0.0, 0.0, evaluate())]
+    results = {"dense": evaluate()}
+    groups = [_rows("dense", 0.0, 0.0, results["dense"])]
     methods = [m for m in args.methods.split(",") if m]
     calibration = prunekit.calibration_data(model, tokenizer, seed=args.seed) if methods else None
     for method in methods:
@@ -59,18 +61,21 @@ def main() -> None:
         pruned = prunekit.prune(model, tokenizer, method=method, sparsity=args.sparsity, calibration=calibration,
                                 seed=args.seed)
         seconds = time.perf_counter() - started
-        groups.append(_rows(f"{method} {args.sparsity:.0%}", pruned.sparsity, seconds, evaluate()))
+        name = f"{method} {args.sparsity:.0%}"
+        results[name] = evaluate()
+        groups.append(_rows(name, pruned.sparsity, seconds, results[name]))
     rows = [r for group in groups for r in group]
 
     _print_table(f"{args.model}, prompt {args.prompt}", rows)
     checks = _ordering(rows, tasks, [f"{m} {args.sparsity:.0%}" for m in methods])
+    paired = _paired(results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "model": args.model, "tasks": tasks, "prompt": args.prompt, "limit": limit, "seed": args.seed,
         "batch_size": args.batch_size,
         "threads": torch.get_num_threads(), "sparsity": args.sparsity, "calibration": "128 x 512 Wikipedia tokens",
         "interval": "95% normal approximation: acc +- 1.96 x sample standard error, clipped to [0, 1]",
-        "rows": rows, "checks": checks,
+        "rows": rows, "checks": checks, "paired": paired,
         "versions": {"torch": torch.__version__, "prunekit": prunekit.__version__},
     }, indent=2))
     print(f"wrote {out}")
@@ -105,6 +110,19 @@ def _ordering(rows: list[dict], tasks: list[str], pruned: list[str]) -> dict:
             print(f"{task:14s} {metric:8s}: {' >= '.join(f'{m} {scores[m]:.1%}' for m in order)}"
                   f"  (dense >= wanda >= magnitude: {'yes' if holds else 'no'})")
     return checks
+
+
+def _paired(results: dict[str, list[ZeroShotResult]]) -> list[dict]:
+    """McNemar's exact test (acc) for each pair of models adjacent in the listed order, on the shared examples."""
+    names = list(results)
+    out = []
+    print("\npaired (same examples), acc: A-only / B-only right, exact McNemar p")
+    for a, b in zip(names, names[1:], strict=False):
+        for result_a, result_b in zip(results[a], results[b], strict=True):
+            only_a, only_b, p = mcnemar(result_a.hits, result_b.hits)
+            out.append({"task": result_a.task, "a": a, "b": b, "a_only": only_a, "b_only": only_b, "p": p})
+            print(f"{result_a.task:14s} {a} vs {b}: {only_a} / {only_b}, p = {p:.3g}")
+    return out
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ def test_hand_computed_example_end_to_end(tokenizer):
     assert lls == pytest.approx([-2.0, 4 * math.log(p_step)], abs=1e-5)  # -2.0 and -4.82
     result = evaluate_task(Bigram(table), tokenizer, Task("hand", (example,)))
     assert (result.acc, result.acc_norm, result.examples) == (0.0, 1.0, 1)
+    assert result.hits == (0,)  # per example, what acc averages
     assert result.chance == 0.5
 
 
@@ -219,6 +220,19 @@ def test_stderr_is_the_sample_standard_error_and_the_interval_is_normal():
     data = result.to_dict()
     assert data["acc_ci95"] == [low, high] and data["acc_norm"] == 0.5
     assert json.loads(json.dumps(data)) == data
+
+
+def test_mcnemar_counts_discordant_pairs_and_gives_the_exact_binomial_p_value():
+    a = [1, 1, 1, 1, 1, 0, 0, 1, 0, 1]
+    b = [1, 0, 0, 0, 1, 0, 1, 1, 0, 0]
+    only_a, only_b, p = zeroshot.mcnemar(a, b)
+    assert (only_a, only_b) == (4, 1)
+    # By hand: 5 discordant pairs, P(X <= 1 | n=5, 1/2) = (1 + 5) / 32, two-sided: 12 / 32.
+    assert p == pytest.approx(12 / 32)
+    assert zeroshot.mcnemar(a, a) == (0, 0, 1.0)
+    assert zeroshot.mcnemar([1] * 20, [0] * 20)[2] == pytest.approx(2 / 2 ** 20)
+    with pytest.raises(PrunekitError, match="same examples"):
+        zeroshot.mcnemar(a, b[:-1])
 
 
 # --- tasks --------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import re
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,7 @@ class ZeroShotResult:
     acc_norm_stderr: float
     seconds: float
     chance: float = 0.0  # expected acc of a uniform random guess
+    hits: tuple[int, ...] = field(default=(), repr=False)  # acc per example (1 or 0), in example order
 
     def interval(self, metric: str = "acc") -> tuple[float, float]:
         """95% normal-approximation interval of `acc` or `acc_norm`, clipped to [0, 1]."""
@@ -98,8 +99,8 @@ class ZeroShotResult:
         return max(0.0, mean - Z95 * stderr), min(1.0, mean + Z95 * stderr)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "acc_ci95": list(self.interval("acc")),
-                "acc_norm_ci95": list(self.interval("acc_norm"))}
+        fields = {k: v for k, v in asdict(self).items() if k != "hits"}
+        return {**fields, "acc_ci95": list(self.interval("acc")), "acc_norm_ci95": list(self.interval("acc_norm"))}
 
 
 # --- scoring: pure functions of tensors and numbers ---------------------------------------------------------------
@@ -131,6 +132,18 @@ def mean_stderr(values: Sequence[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
 
 
+def mcnemar(hits_a: Sequence[int], hits_b: Sequence[int]) -> tuple[int, int, float]:
+    """Paired comparison of two models on the same examples: (examples only A got right, only B got right, exact
+    two-sided McNemar p-value, i.e. a binomial test of the discordant pairs at 1/2)."""
+    if len(hits_a) != len(hits_b):
+        raise PrunekitError(f"paired comparison needs the same examples: {len(hits_a)} vs {len(hits_b)} results")
+    only_a = sum(1 for a, b in zip(hits_a, hits_b, strict=True) if a and not b)
+    only_b = sum(1 for a, b in zip(hits_a, hits_b, strict=True) if b and not a)
+    n = only_a + only_b
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n if n else 1.0
+    return only_a, only_b, min(1.0, 2 * tail)
+
+
 def summarize(task: str, examples: Sequence[Example], loglikelihoods: Sequence[Sequence[float]],
               seconds: float) -> ZeroShotResult:
     acc, acc_norm = [], []
@@ -139,7 +152,8 @@ def summarize(task: str, examples: Sequence[Example], loglikelihoods: Sequence[S
         acc.append(float(pred in example.gold))
         acc_norm.append(float(pred_norm in example.gold))
     chance = sum(len(e.gold) / len(e.choices) for e in examples) / max(1, len(examples))
-    return ZeroShotResult(task, len(examples), *mean_stderr(acc), *mean_stderr(acc_norm), seconds, chance)
+    return ZeroShotResult(task, len(examples), *mean_stderr(acc), *mean_stderr(acc_norm), seconds, chance,
+                          tuple(int(a) for a in acc))
 
 
 # --- tokenization, the harness's way ------------------------------------------------------------------------------
