@@ -196,6 +196,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_zeros(model: nn.Module) -> int:
+    """Exact zeros over the distinct parameters (as count_parameters counts them)."""
+    return sum(int((p == 0).sum()) for p in model.parameters())
+
+
 def peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux KiB
@@ -305,7 +310,7 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
         model.to("cpu")
         timed("eval_pruned", t0)
     parameters = count_parameters(model)
-    zeros = sum(int((p == 0).sum()) for p in model.parameters())
+    zeros = count_zeros(model)
     report = _report(recipe, result, parameters, zeros, dense, pruned, timings, dense_parameters, model.config)
     with console.status(f"saving to {out}"):
         report["seconds"]["total"] = round(time.perf_counter() - started, 2)
@@ -397,7 +402,7 @@ def recover_model(model: str, out: Path, config: RecoveryConfig, teacher: str | 
     if evaluation is not None:
         scores["after"] = evaluate(merged, loaded.tokenizer, evaluation, "perplexity after").to_dict()
     parameters = count_parameters(merged)
-    zeros = sum(int((p == 0).sum()) for p in merged.parameters())
+    zeros = count_zeros(merged)
     report = {"prunekit_version": prunekit.__version__, "versions": versions(), "model": model,
               "teacher": teacher, "recovery": section, "perplexity": scores, "parameters": parameters,
               "zero_parameters": zeros, "decoder_linear_sparsity": {"before": sparsity_before,

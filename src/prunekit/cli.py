@@ -301,15 +301,15 @@ def evaluate_command(
 
       prunekit eval out/smol-wanda50 --tasks goal_inference,social_iqa --limit 300
     """
-    from prunekit.api import evaluate
+    from prunekit.api import count_parameters, count_zeros, evaluate
     from prunekit.models.loading import load_model, resolve_device
     from prunekit.recipe import EvaluationConfig
 
     config = EvaluationConfig(source=text, text_column=text_column, samples=ppl_samples, seq_len=ppl_seq_len)
     loaded = load_model(model, dtype, device, trust_remote_code, allow_pickle)
     loaded.model.to(resolve_device(device))
-    params = sum(p.numel() for p in loaded.model.parameters())
-    zeros = sum(int((p == 0).sum()) for p in loaded.model.parameters())
+    params = count_parameters(loaded.model)
+    zeros = count_zeros(loaded.model)
     result: dict[str, Any] = {"model": model, "parameters": params, "zero_parameters": zeros}
     if ppl:
         result["perplexity"] = evaluate(loaded.model, loaded.tokenizer, config).to_dict()

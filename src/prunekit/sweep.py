@@ -26,6 +26,7 @@ from prunekit.api import (
     _report,
     calibration_data,
     count_parameters,
+    count_zeros,
     evaluate,
     peak_rss_bytes,
     prune,
@@ -145,7 +146,7 @@ def _run_point(loaded: LoadedModel, dense_state: dict[str, torch.Tensor], window
                    device=config.device, batch_size=config.calibration.batch_size)
     scores = _evaluate(loaded, config, device, name)
     parameters = count_parameters(loaded.model)
-    zeros = sum(int((p == 0).sum()) for p in loaded.model.parameters())
+    zeros = count_zeros(loaded.model)
     recipe = _point_recipe(config, stage)
     report = _report(recipe, result, parameters, zeros, None, scores["perplexity"],
                      {"prune": round(result.seconds, 2)})
@@ -224,7 +225,7 @@ def run_sweep(config: SweepConfig, out: Path, overwrite: bool = False) -> dict:
         ppl = scores["perplexity"]
         dense = {"perplexity": ppl.perplexity if ppl else None, "zeroshot": scores["zeroshot"],
                  "parameters": count_parameters(loaded.model),
-                 "zero_parameters": sum(int((p == 0).sum()) for p in loaded.model.parameters())}
+                 "zero_parameters": count_zeros(loaded.model)}
         dense_file.write_text(json.dumps(dense, indent=2) + "\n")
     dense_state = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
     points = []
