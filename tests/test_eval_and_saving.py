@@ -6,7 +6,7 @@ from conftest import VOCAB, tiny_model
 
 from prunekit.errors import PrunekitError
 from prunekit.eval.perplexity import perplexity
-from prunekit.models.saving import atomic_directory, check_output_free
+from prunekit.outputs import atomic_directory, check_output
 
 
 def test_uniform_model_has_perplexity_equal_to_vocabulary_size():
@@ -52,6 +52,6 @@ def test_atomic_directory_refuses_existing_unless_overwrite(tmp_path):
 
 def test_output_may_not_be_the_input(tmp_path):
     with pytest.raises(PrunekitError, match="overwrite the input"):
-        check_output_free(tmp_path, overwrite=True, inputs=(tmp_path,))
+        check_output(tmp_path, overwrite=True, inputs=(tmp_path,))
     with pytest.raises(PrunekitError, match="overwrite the input"):
-        check_output_free(tmp_path / "model" / "sub", overwrite=True, inputs=(tmp_path / "model",))
+        check_output(tmp_path / "model" / "sub", overwrite=True, inputs=(tmp_path / "model",))

@@ -33,7 +33,7 @@ from prunekit.models.loading import (
     local_checkpoint,
     resolve_device,
 )
-from prunekit.models.saving import atomic_directory, check_output_free
+from prunekit.outputs import atomic_directory, check_output
 from prunekit.models.shards import Checkpoint, ShardWriter
 from prunekit.progress import console, progress_bar
 from prunekit.recipe import (
@@ -269,7 +269,7 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
     """Load, evaluate dense, prune, evaluate pruned, save. Returns the report written to prunekit.json."""
     started = time.perf_counter()
     local_input = Path(recipe.model).expanduser()
-    check_output_free(out, overwrite, (local_input,) if local_input.exists() else ())
+    check_output(out, overwrite, (local_input,) if local_input.exists() else ())
     if recipe.stream:
         return run_streaming(recipe, out, overwrite)
     timings: dict[str, float] = {}
@@ -330,7 +330,7 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
         # Streaming is for memory: one window at a time through a layer (on a CPU about as fast as eight).
         recipe = recipe.model_copy(update={"calibration": recipe.calibration.model_copy(update={"batch_size": 1})})
     directory = local_checkpoint(recipe.model)
-    check_output_free(out, overwrite, (directory,))
+    check_output(out, overwrite, (directory,))
     config, tokenizer, saved_dtype = load_config_and_tokenizer(str(directory), recipe.trust_remote_code)
     device = resolve_device(recipe.device)
     dtype = compute_dtype(recipe.dtype, device, saved_dtype)
@@ -383,7 +383,7 @@ def recover_model(model: str, out: Path, config: RecoveryConfig, teacher: str | 
     Perplexity is measured before and after on the held-out split when `evaluation` is given (and on the teacher)."""
     from prunekit.recovery.finetune import check_teacher, recover
 
-    check_output_free(out, overwrite, inputs=(Path(model),) if Path(model).exists() else ())
+    check_output(out, overwrite, inputs=(Path(model),) if Path(model).exists() else ())
     loaded = load_model(model, "float32", "cpu")
     dense = load_model(teacher, "float32", "cpu") if teacher else None
     if dense is not None:

@@ -612,11 +612,11 @@ def data_prune(
     from prunekit.data.select import select
     from prunekit.data.selection_io import write_selection
     from prunekit.data.sources import load_dataset_spec
-    from prunekit.models.saving import check_output_free
+    from prunekit.outputs import check_output
 
     if score not in (*DYNAMICS_SCORES, "prototype", "random"):
         raise PrunekitError(f"unknown score {score!r}: use {', '.join(DYNAMICS_SCORES)}, prototype or random")
-    check_output_free(out, overwrite)
+    check_output(out, overwrite)
     data = load_dataset_spec(dataset)
     if score == "random":
         values = random_scores(len(data), seed)
@@ -771,9 +771,9 @@ def data_experiment(
     """
     from prunekit.data.experiment import ExperimentConfig, run_experiment, table_rows, write_report
     from prunekit.data.sources import load_dataset_spec
-    from prunekit.models.saving import check_output_free
+    from prunekit.outputs import check_output
 
-    check_output_free(out, overwrite)
+    check_output(out, overwrite)
     try:
         config = ExperimentConfig(fractions=tuple(float(f) for f in fractions.split(",")),
                                   seeds=tuple(int(s) for s in seeds.split(",")),

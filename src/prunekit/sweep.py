@@ -39,7 +39,7 @@ from prunekit.eval.zeroshot import evaluate_tasks, load_task
 from prunekit.methods import METHODS
 from prunekit.methods.patterns import SparsityPattern
 from prunekit.models.loading import LoadedModel, load_model, resolve_device
-from prunekit.models.saving import check_output_free
+from prunekit.outputs import check_output
 from prunekit.progress import console
 from prunekit.recipe import CalibrationConfig, EvaluationConfig, Recipe, StageConfig
 
@@ -206,7 +206,7 @@ def run_sweep(config: SweepConfig, out: Path, overwrite: bool = False) -> dict:
     started = time.perf_counter()
     out = out.expanduser()
     local_input = Path(config.model).expanduser()
-    check_output_free(out, overwrite, (local_input,) if local_input.exists() else ())
+    check_output(out, overwrite, (local_input,) if local_input.exists() else ())
     stages = config.stages()  # every point is validated before any work
     for task in config.tasks:
         load_task(task, config.prompt)

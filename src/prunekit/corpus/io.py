@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from prunekit.corpus.step import ID, TEXT
 from prunekit.errors import PrunekitError
-from prunekit.text.jsonl import json_lines
+from prunekit.files import json_lines
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from prunekit.corpus.io import read_corpus, write_rows
 from prunekit.corpus.step import DROP_COLUMNS, DROP_DETAIL, DROP_REASON, DROP_SCORE, EMBEDDING, ID, Step, groups
 from prunekit.errors import PrunekitError
-from prunekit.models.saving import atomic_directory, check_output_free
+from prunekit.outputs import atomic_directory, check_output
 from prunekit.progress import progress_bar
 
 EXECUTORS = ("local", "ray")
@@ -75,7 +75,7 @@ def run_pipeline(
     if output_format not in ("parquet", "jsonl"):
         raise PrunekitError(f"unknown output format {output_format!r}: use parquet or jsonl")
     source_path = Path(str(source)).expanduser()
-    check_output_free(out, overwrite, inputs=(source_path,) if source_path.exists() else ())
+    check_output(out, overwrite, inputs=(source_path,) if source_path.exists() else ())
     work = (work_dir or out.with_name(f"{out.name}.work")).expanduser()
     runner: _LocalRunner | _RayRunner = _RayRunner(ray_address, batch_size) if executor == "ray" else _LocalRunner(
         batch_size)

@@ -34,7 +34,7 @@ from prunekit.data.select import select
 from prunekit.data.sources import LabelledData
 from prunekit.data.train import TrainConfig, evaluate, mlp, small_cnn, train
 from prunekit.errors import PrunekitError
-from prunekit.models.saving import atomic_directory
+from prunekit.outputs import atomic_directory
 
 DYNAMICS_SCORES = ("el2n", "forgetting", "aum", "entropy")
 SCORES = (*DYNAMICS_SCORES, "prototype")

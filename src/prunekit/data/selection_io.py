@@ -10,7 +10,7 @@ The output directory holds:
   kept) and, with labels, per_class {label: {"kept", "total"}}.
 
 Everything is validated before anything is written, and the files are written into a temporary sibling directory
-renamed into place at the end (`prunekit.models.saving.atomic_directory`), so an interrupted run leaves nothing
+renamed into place at the end (`prunekit.outputs.atomic_directory`), so an interrupted run leaves nothing
 that looks complete.
 """
 
@@ -25,7 +25,7 @@ import torch
 
 from prunekit.data.select import check_ids
 from prunekit.errors import PrunekitError
-from prunekit.models.saving import atomic_directory, check_output_free
+from prunekit.outputs import atomic_directory, check_output
 
 ExampleId = int | str
 
@@ -64,7 +64,7 @@ def write_selection(
     id_type = _check_id_kind(ids)
     scores, kept, labels = _check_selection(len(ids), scores, kept, labels)
     document = _summary_json(selection_summary(scores, kept, labels, summary))
-    check_output_free(out_dir, overwrite)
+    check_output(out_dir, overwrite)
     mask = np.zeros(len(ids), dtype=bool)
     mask[kept.numpy()] = True
     columns = {

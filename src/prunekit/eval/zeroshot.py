@@ -47,7 +47,7 @@ from prunekit.assets.fetch import extract_member, fetch_package
 from prunekit.assets.registry import BIGBENCH
 from prunekit.errors import PrunekitError
 from prunekit.progress import progress_bar
-from prunekit.text.jsonl import json_lines
+from prunekit.files import json_lines
 
 TARGET_DELIMITER = " "  # the harness's default target_delimiter
 Z95 = 1.959963984540054

