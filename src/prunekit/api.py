@@ -33,8 +33,14 @@ from prunekit.models.loading import (
     local_checkpoint,
     resolve_device,
 )
-from prunekit.outputs import atomic_directory, check_output
 from prunekit.models.shards import Checkpoint, ShardWriter
+from prunekit.outputs import (
+    atomic_directory,
+    check_output,
+    check_work_directory,
+    remove_work_directory,
+    work_directory,
+)
 from prunekit.progress import console, progress_bar
 from prunekit.recipe import (
     CalibrationConfig,
@@ -217,10 +223,12 @@ def versions() -> dict[str, str]:
     }
 
 
-def save(loaded: LoadedModel, out: Path, report: dict, recipe: Recipe | None = None, overwrite: bool = False) -> None:
-    """Write model (safetensors, in the checkpoint's own dtype), tokenizer, prunekit.json and recipe.yaml."""
+def save(loaded: LoadedModel, out: Path, report: dict, recipe: Recipe | None = None, overwrite: bool = False,
+         inputs: Sequence[str | Path | None] = ()) -> None:
+    """Write model (safetensors, in the checkpoint's own dtype), tokenizer, prunekit.json and recipe.yaml; never
+    over the model's own directory or the other `inputs`."""
     model = loaded.model
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, inputs=(loaded.local_path, *inputs)) as tmp:
         original = next(model.parameters()).dtype
         model.to(loaded.saved_dtype)
         try:
@@ -383,7 +391,9 @@ def recover_model(model: str, out: Path, config: RecoveryConfig, teacher: str | 
     Perplexity is measured before and after on the held-out split when `evaluation` is given (and on the teacher)."""
     from prunekit.recovery.finetune import check_teacher, recover
 
-    check_output(out, overwrite, inputs=(Path(model),) if Path(model).exists() else ())
+    inputs = (model, teacher)
+    out = check_output(out, overwrite, inputs)
+    work = check_work_directory(work_dir or out.with_name(f"{out.name}.work"), "recover", inputs, output=out)
     loaded = load_model(model, "float32", "cpu")
     dense = load_model(teacher, "float32", "cpu") if teacher else None
     if dense is not None:
@@ -394,8 +404,8 @@ def recover_model(model: str, out: Path, config: RecoveryConfig, teacher: str | 
         scores["before"] = evaluate(loaded.model, loaded.tokenizer, evaluation, "perplexity before").to_dict()
         if dense is not None:
             scores["teacher"] = evaluate(dense.model, dense.tokenizer, evaluation, "perplexity teacher").to_dict()
-    work = (work_dir or out.with_name(f"{out.name}.work")).expanduser()
     sparsity_before = decoder_linear_sparsity(loaded.model)
+    work = work_directory(work, "recover", inputs, output=out)
     merged, section = recover(loaded.model, loaded.tokenizer, config, work,
                               dense.model if dense is not None else None, say)
     loaded.model = merged
@@ -407,6 +417,6 @@ def recover_model(model: str, out: Path, config: RecoveryConfig, teacher: str | 
               "teacher": teacher, "recovery": section, "perplexity": scores, "parameters": parameters,
               "zero_parameters": zeros, "decoder_linear_sparsity": {"before": sparsity_before,
                                                                     "after": decoder_linear_sparsity(merged)}}
-    save(loaded, out, report, overwrite=overwrite)
-    shutil.rmtree(work, ignore_errors=True)  # the checkpoint is only for resuming an unfinished run
+    save(loaded, out, report, overwrite=overwrite, inputs=inputs)
+    remove_work_directory(work)  # the checkpoint is only for resuming an unfinished run; only prunekit's own folder
     return report

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from prunekit.errors import PrunekitError
+from prunekit.recipe import SEED_MAX
 
 if TYPE_CHECKING:
     from prunekit.data.train import TrainConfig
@@ -71,7 +72,7 @@ def fetch(
     for name in names:
         if name.lower() in MODELS:
             stdout.print(f"{name}: {cached_asset(MODELS[name.lower()])}")
-        elif name in TEXTS:
+        elif name.lower() in TEXTS:
             stdout.print(f"{name}: {len(wikipedia_articles('calibration'))} calibration and "
                          f"{len(wikipedia_articles('evaluation'))} evaluation articles")
         else:
@@ -152,7 +153,8 @@ def prune(
     recipe: Annotated[
         Path | None, typer.Option(help="YAML recipe; flags given on the command line override its values.")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for calibration sampling.  [default: 0]")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=SEED_MAX, help="Seed for calibration sampling.  "
+                                             "[default: 0]")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N  [default: auto]")] = None,
     dtype: Annotated[
         str | None, typer.Option(help="auto (float32 on CPU, the checkpoint's on GPU) | float32 | bfloat16 | float16")
@@ -187,7 +189,7 @@ def prune(
 
     data: dict[str, Any] = {}
     if recipe is not None:
-        data = Recipe.from_yaml(recipe).model_dump(exclude_unset=True)
+        data = Recipe.from_yaml(recipe, trust_remote_code, allow_pickle).model_dump(exclude_unset=True)
     elif model is None:
         raise PrunekitError("name a MODEL to prune (see `prunekit models`) or pass --recipe")
     if model is not None:
@@ -284,10 +286,10 @@ def evaluate_command(
     trust_remote_code: Annotated[bool, typer.Option(help="Allow code shipped with a model to run.")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="Load pickled .bin/.pt weights (they can run code).")] = False,
     tasks: Annotated[str | None, typer.Option(help=TASKS_HELP)] = None,
-    limit: Annotated[int | None, typer.Option(help="Zero-shot examples per task (a seeded shuffle).  [default: all]")
-                     ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Zero-shot examples per task (a seeded shuffle).  "
+                                               "[default: all]")] = None,
     prompt: Annotated[str, typer.Option(help=PROMPT_HELP)] = "plain",
-    seed: Annotated[int, typer.Option(help="Seed of the zero-shot example shuffle.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the zero-shot example shuffle.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Evaluate MODEL: perplexity on held-out text, zero-shot multiple-choice accuracy, parameter count and sparsity.
@@ -306,6 +308,11 @@ def evaluate_command(
     from prunekit.recipe import EvaluationConfig
 
     config = EvaluationConfig(source=text, text_column=text_column, samples=ppl_samples, seq_len=ppl_seq_len)
+    if tasks:
+        from prunekit.eval.zeroshot import load_task
+
+        for task in _split(tasks):
+            load_task(task, prompt)  # a bad task name or file fails here, before the model is loaded
     loaded = load_model(model, dtype, device, trust_remote_code, allow_pickle)
     loaded.model.to(resolve_device(device))
     params = count_parameters(loaded.model)
@@ -360,7 +367,7 @@ def recover(
     ppl_seq_len: Annotated[int, typer.Option(help="Tokens per perplexity window.")] = 1024,
     checkpoint_every: Annotated[int, typer.Option(help="Steps between checkpoints (a rerun resumes).")] = 25,
     work_dir: Annotated[Path | None, typer.Option(help="Checkpoint folder (default: OUT.work).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the window order and the adapters.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the window order and the adapters.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Recover a pruned model's quality: LoRA fine-tuning or distillation from the dense model, merged back into the
@@ -406,7 +413,7 @@ def sweep(
     pattern: Annotated[str, typer.Option(help="Comma-separated: unstructured (at every --sparsity) and/or N:M such "
                                          "as 2:4 (at its own sparsity, N/M).")] = "unstructured",
     tasks: Annotated[str | None, typer.Option(help=TASKS_HELP + "  [default: none]")] = None,
-    limit: Annotated[int | None, typer.Option(help="Zero-shot examples per task.  [default: all]")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Zero-shot examples per task.  [default: all]")] = None,
     prompt: Annotated[str, typer.Option(help=PROMPT_HELP)] = "plain",
     ppl: Annotated[bool, typer.Option("--ppl/--no-ppl", help="Measure perplexity at every point.")] = True,
     eval_text: Annotated[str, typer.Option("--eval-text", help="Held-out text for perplexity.")] = "wikipedia",
@@ -418,7 +425,8 @@ def sweep(
     calib_seq_len: Annotated[int, typer.Option(help="Tokens per calibration window.")] = 512,
     save_models: Annotated[bool, typer.Option(help="Also save every pruned model (safetensors) in its point's "
                                               "folder.")] = False,
-    seed: Annotated[int, typer.Option(help="Seed of calibration sampling and the zero-shot shuffle.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of calibration sampling and the zero-shot "
+                                      "shuffle.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     trust_remote_code: Annotated[bool, typer.Option(help="Allow code shipped with a model to run.")] = False,
@@ -470,6 +478,7 @@ def report(
                                                "(prunekit.json).", show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
     title: Annotated[str | None, typer.Option(help="Page title.  [default: from the runs]")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Write one self-contained HTML page (inline SVG plots, no network) comparing RUNS: perplexity and zero-shot
     accuracy vs sparsity per method, per-layer sparsity, size and time, recoveries, and every recipe.
@@ -478,7 +487,7 @@ def report(
     """
     from prunekit.report import write_report
 
-    path = write_report(runs, out, title)
+    path = write_report(runs, out, title, overwrite=overwrite)
     stdout.print(f"saved: {path}")
 
 
@@ -501,7 +510,7 @@ def bench(
     ] = True,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of the random prompt ids.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the random prompt ids.")] = 0,
     trust_remote_code: Annotated[bool, typer.Option(help="Allow code shipped with a model to run.")] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the result as JSON here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
@@ -582,7 +591,7 @@ def data_prune(
     threads: Annotated[
         int | None, typer.Option(help="CPU threads per training (default 1: these models gain little from more).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the selection.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the selection.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Score every example of DATASET by training dynamics (a small model trained on all of it) and keep a subset;
@@ -686,7 +695,7 @@ def data_dedup(
     ray_address: RayAddressOption = None,
     output_format: FormatOption = "parquet",
     work_dir: WorkDirOption = None,
-    seed: Annotated[int, typer.Option(help="Seed of the k-means fit.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the k-means fit.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Semantic deduplication (SemDeDup): embed, cluster with k-means, drop near-duplicates within each cluster.
@@ -750,7 +759,7 @@ def data_experiment(
     fractions: Annotated[str, typer.Option(help="Kept fractions.")] = "0.7,0.5,0.3,0.1",
     seeds: Annotated[str, typer.Option(help="Seeds per (method, fraction).")] = "0,1,2",
     eval_size: Annotated[float, typer.Option(help="Held-out part: a count, or a fraction if < 1.")] = 2000,
-    split_seed: Annotated[int, typer.Option(help="Seed of the train/eval split.")] = 0,
+    split_seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the train/eval split.")] = 0,
     epochs: Annotated[int, typer.Option(help="Epochs of every training run (scoring and subsets).")] = 10,
     score_runs: Annotated[int, typer.Option(help="Scoring runs on the full training part.")] = 2,
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
@@ -759,7 +768,8 @@ def data_experiment(
         int | None, typer.Option(help="CPU threads per training (default 1: these models gain little from more).")
     ] = None,
     workers: Annotated[int | None, typer.Option(
-        help="Subset trainings run in parallel processes (default: one per CPU core; results do not depend on it)."
+        min=1, help="Subset trainings run in parallel processes (default: one per CPU core; results do not depend "
+        "on it)."
     )] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
@@ -798,16 +808,37 @@ def data_experiment(
 
 
 def main() -> None:
-    try:
-        app()
-    except PrunekitError as error:
-        from rich.markup import escape
+    """The `prunekit` entry point: a user error (PrunekitError, or a malformed command line) is one line on stderr
+    and exit code 2; nothing prints a traceback for it."""
+    from typer.exceptions import Abort, Exit, TyperException
 
-        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    errors = Console(stderr=True)
+    try:
+        code = app(standalone_mode=False)
+    except PrunekitError as error:
+        _say_error(errors, str(error))
         sys.exit(2)
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted: no output was written")
+    except TyperException as error:  # typer's own usage errors: unknown option, value of the wrong type
+        if type(error).__name__ == "NoArgsIsHelpError":
+            print(error.format_message())
+            sys.exit(0)
+        context = getattr(error, "ctx", None)
+        command = context.command_path if context is not None else "prunekit"
+        _say_error(errors, f"{error.format_message()} (see `{command} --help`)")
+        sys.exit(2)
+    except Exit as done:
+        sys.exit(done.exit_code)
+    except (KeyboardInterrupt, Abort):
+        errors.print("interrupted: no output was written")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _say_error(console: Console, message: str) -> None:
+    from rich.markup import escape
+
+    line = " ".join(message.split())  # one line, whatever the message held
+    console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

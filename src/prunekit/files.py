@@ -14,6 +14,12 @@ from typing import Any
 from prunekit.errors import PrunekitError
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's message as one line (its type when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def existing_file(path: Path, what: str) -> Path:
     """`path` when it is a readable regular file; otherwise a one-line error naming `what`."""
     path = Path(path).expanduser()
@@ -84,7 +90,7 @@ def read_yaml(path: Path, what: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise PrunekitError(f"{what} {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise PrunekitError(f"{what} {path} is not valid YAML: {first_line(e)}") from None
 
 
 def parquet_file(path: Path, what: str) -> Any:
@@ -96,7 +102,7 @@ def parquet_file(path: Path, what: str) -> Any:
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        raise PrunekitError(f"{what} {path} is not a readable Parquet file ({str(e).splitlines()[0]})") from None
+        raise PrunekitError(f"{what} {path} is not a readable Parquet file ({first_line(e)})") from None
 
 
 def load_safetensors(path: Path, what: str) -> dict:
@@ -108,5 +114,4 @@ def load_safetensors(path: Path, what: str) -> dict:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as e:
-        raise PrunekitError(f"{what} {path} is not a readable safetensors file ({str(e).splitlines()[0]})"
-                            ) from None
+        raise PrunekitError(f"{what} {path} is not a readable safetensors file ({first_line(e)})") from None

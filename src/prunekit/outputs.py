@@ -38,12 +38,13 @@ def _overlaps(a: Path, b: Path) -> bool:
 
 
 def _local_inputs(inputs: Iterable[Path | str | None]) -> list[Path]:
+    """The inputs that are paths: every Path, and the strings that name an existing file (not hub ids)."""
     paths = []
     for item in inputs:
         if item is None or str(item) == "":
             continue
         path = Path(str(item)).expanduser()
-        if path.exists():
+        if isinstance(item, Path) or path.exists():
             paths.append(path)
     return paths
 
@@ -58,8 +59,8 @@ def check_output(out: Path, overwrite: bool = False, inputs: Iterable[Path | str
     target = _resolved(out)
     cache_root = _resolved(cache_dir())
     if not cache and _overlaps(target, cache_root):
-        raise PrunekitError(f"{flag} {out} is inside prunekit's cache {cache_root} (or holds it), whose models every later "
-                            f"run reads: choose another {flag}")
+        raise PrunekitError(f"{flag} {out} is inside prunekit's cache {cache_root} (or holds it), whose models "
+                            f"every later run reads: choose another {flag}")
     for source in _local_inputs(inputs):
         if _overlaps(target, _resolved(source)):
             raise PrunekitError(f"{flag} {out} would overwrite the input {source} (or lies inside or around it): "
@@ -173,13 +174,16 @@ def is_incomplete(directory: Path) -> bool:
 
 
 def check_work_directory(work: Path, kind: str, inputs: Iterable[Path | str | None] = (),
-                         flag: str = "--work-dir") -> Path:
+                         output: Path | None = None, flag: str = "--work-dir") -> Path:
     """Fail unless `work` can be prunekit's work folder of `kind`: new, empty, or one prunekit made for `kind`;
-    never an input, around one, or in the cache."""
+    never an input, around one, around or inside the `output`, or in the cache."""
     work = Path(work).expanduser()
     target = _resolved(work)
     if _overlaps(target, _resolved(cache_dir())):
         raise PrunekitError(f"{flag} {work} is inside prunekit's cache (or holds it): choose another {flag}")
+    if output is not None and _overlaps(target, _resolved(output)):
+        raise PrunekitError(f"{flag} {work} and --out {output} must not lie inside one another: choose another "
+                            f"{flag}")
     for source in _local_inputs(inputs):
         if _overlaps(target, _resolved(source)):
             raise PrunekitError(f"{flag} {work} is the input {source} or lies inside or around it: prunekit "
@@ -197,9 +201,9 @@ def check_work_directory(work: Path, kind: str, inputs: Iterable[Path | str | No
 
 
 def work_directory(work: Path, kind: str, inputs: Iterable[Path | str | None] = (),
-                   flag: str = "--work-dir") -> Path:
+                   output: Path | None = None, flag: str = "--work-dir") -> Path:
     """`check_work_directory`, then create it (with its marker) if needed."""
-    work = check_work_directory(work, kind, inputs, flag)
+    work = check_work_directory(work, kind, inputs, output, flag)
     work.mkdir(parents=True, exist_ok=True)
     if _work_kind(work) is None:
         (work / WORK_MARKER).write_text(json.dumps({"kind": kind}) + "\n")

@@ -21,12 +21,36 @@ from prunekit.assets.registry import DEFAULT_MODEL
 from prunekit.engine.layerwise import PruneStage
 from prunekit.engine.structured import DEPTH_METHODS, PARTS, WIDTH_METHODS, StructuredStage
 from prunekit.errors import PrunekitError
+from prunekit.files import read_yaml
 from prunekit.methods import METHODS, get_method
 from prunekit.methods.patterns import SparsityPattern
 
+SEED_MAX = 2**63 - 1  # torch and numpy generators take 64-bit seeds
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+ONLY_FROM_COMMAND_LINE = ("trust_remote_code", "allow_pickle")  # they let files run code: never from a shared file
+
+
+def one_line(error: ValidationError, what: str = "invalid recipe") -> PrunekitError:
+    """Pydantic's first complaint as a one-line PrunekitError naming the field."""
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"] if p not in ("weights", "structured")) or "recipe"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "not a setting of this stage or section (see `prunekit prune --help` and the README's recipes)"
+    return PrunekitError(f"{what}: {where}: {message}")
+
 
 class _Strict(BaseModel):
+    """Unknown keys are errors, and so is every value outside its range, however the model is built."""
+
     model_config = ConfigDict(extra="forbid")
+
+    def __init__(self, **data: object) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise one_line(e, f"invalid {type(self).__name__.removesuffix('Config').lower() or 'setting'}"
+                           ) from None
 
 
 def _validate(model: type[BaseModel], data: dict) -> BaseModel:
@@ -34,12 +58,7 @@ def _validate(model: type[BaseModel], data: dict) -> BaseModel:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        error = e.errors()[0]
-        where = ".".join(str(p) for p in error["loc"] if p not in ("weights", "structured")) or "recipe"
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "not a setting of this stage or section (see `prunekit prune --help` and the README's recipes)"
-        raise PrunekitError(f"invalid recipe: {where}: {message}") from None
+        raise one_line(e) from None
 
 
 class CalibrationConfig(_Strict):
@@ -63,15 +82,15 @@ class StageConfig(_Strict):
     method: str
     sparsity: float | None = None  # default: 0.5, or what an N:M pattern implies
     pattern: str = "unstructured"
-    targets: list[str] = Field(default_factory=lambda: ["*"])
-    layers: list[int] | None = None
+    targets: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
     allocation: Literal["uniform", "global", "owl"] = "uniform"
     min_density: float = Field(0.05, ge=0, lt=1)  # global: least fraction of weights any matrix keeps
-    owl_m: float = Field(5.0, gt=0)  # owl: outlier threshold, in multiples of a layer's mean score
-    owl_lambda: float = 0.08  # owl: layer sparsities span sparsity +- owl_lambda
+    owl_m: float = Field(5.0, gt=0, allow_inf_nan=False)  # owl: outlier threshold, in multiples of a layer's mean score
+    owl_lambda: float = Field(0.08, allow_inf_nan=False)  # owl: layer sparsities span sparsity +- owl_lambda
     gradient_samples: int = Field(32, gt=0)  # gradient/gblm: calibration windows back-propagated
     block_size: int = 128  # SparseGPT: columns per block
-    damping: float = 0.01  # SparseGPT: dampening as a fraction of the mean Hessian diagonal
+    damping: float = Field(0.01, allow_inf_nan=False)  # SparseGPT: dampening, fraction of the mean Hessian diagonal
 
     @field_validator("method")
     @classmethod
@@ -157,7 +176,7 @@ class StructuredStageConfig(_Strict):
     param_fraction: float | None = Field(None, gt=0, lt=1)
     bias_compensation: bool | None = None  # add removed channels' mean output as a bias; default on for flap
     gradient_samples: int = Field(32, gt=0)  # taylor / block-taylor: calibration windows back-propagated
-    seed: int | None = None  # block-random; default: the recipe's seed
+    seed: Seed | None = None  # block-random; default: the recipe's seed
 
     @field_validator("method")
     @classmethod
@@ -214,8 +233,8 @@ def needs_calibration(stage: StageConfig | StructuredStageConfig) -> bool:
 
 
 class Recipe(_Strict):
-    model: str = DEFAULT_MODEL
-    seed: int = 0
+    model: str = Field(DEFAULT_MODEL, min_length=1)
+    seed: Seed = 0
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
@@ -254,15 +273,18 @@ class Recipe(_Strict):
         return _validate(cls, data)
 
     @classmethod
-    def from_yaml(cls, path: Path) -> Recipe:
-        if not path.exists():
-            raise PrunekitError(f"recipe file {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise PrunekitError(f"recipe file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    def from_yaml(cls, path: Path, trust_remote_code: bool = False, allow_pickle: bool = False) -> Recipe:
+        """The recipe in `path`. The two settings that let a model's files run code come from the arguments (the
+        command line), never from the file: a file that switches one on is refused unless the argument does too."""
+        data = read_yaml(path, "recipe file")
         if not isinstance(data, dict):
             raise PrunekitError(f"recipe file {path} must hold a mapping with at least 'stages'")
+        allowed = {"trust_remote_code": trust_remote_code, "allow_pickle": allow_pickle}
+        for key in ONLY_FROM_COMMAND_LINE:
+            if data.get(key) not in (None, False) and not allowed[key]:
+                raise PrunekitError(f"recipe file {path} sets {key}: {data[key]!r}, which only the command line can "
+                                    f"switch on (it lets the model's files run code): pass --{key.replace('_', '-')}")
+            data[key] = allowed[key]
         return cls.parse(data)
 
     def to_yaml(self) -> str:

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from prunekit.corpus.step import EMBEDDING, ID, Step, embeddings_of, with_column
+from prunekit.corpus.step import CENTROID_DISTANCE, CLUSTER, EMBEDDING, ID, Kind, Step, embeddings_of, with_column
 from prunekit.errors import PrunekitError
 
-CLUSTER = "cluster"
-CENTROID_DISTANCE = "centroid_distance"
+__all__ = ["CENTROID_DISTANCE", "CLUSTER", "ClusterStep", "assign", "fit_centroids", "normalized"]
 
 
 def normalized(vectors: np.ndarray) -> np.ndarray:
@@ -75,10 +74,23 @@ class ClusterStep(Step):
     _centroids: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.clusters is not None and self.clusters < 1:
             raise PrunekitError(f"clusters={self.clusters}: use 1 or more")
         if self.sample_size < 1:
             raise PrunekitError(f"sample_size={self.sample_size}: use 1 or more rows")
+        if self.iterations < 1:
+            raise PrunekitError(f"iterations={self.iterations}: use 1 or more k-means iterations")
+
+    def requires(self) -> dict[str, Kind]:
+        return {EMBEDDING: "vector"}
+
+    def provides(self) -> tuple[str, ...]:
+        return (CLUSTER, CENTROID_DISTANCE)
+
+    def check_rows(self, rows: int) -> None:
+        if self.clusters is not None and self.clusters > rows:
+            raise PrunekitError(f"{self.clusters} clusters for {rows} rows: use at most {rows} clusters")
 
     def fit(self, batches: Iterable[pa.RecordBatch]) -> None:
         hashes, vectors, rows = np.zeros(0, dtype=np.uint64), np.zeros((0, 0), dtype=np.float32), 0

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from prunekit.corpus.cluster import CENTROID_DISTANCE, CLUSTER, normalized
-from prunekit.corpus.step import EMBEDDING, ID, Step, embeddings_of, mark_dropped
+from prunekit.corpus.cluster import normalized
+from prunekit.corpus.step import CENTROID_DISTANCE, CLUSTER, EMBEDDING, ID, Kind, Step, embeddings_of, mark_dropped
 from prunekit.errors import PrunekitError
 
 
@@ -79,6 +79,7 @@ class ComplexityQuotaStep(Step):
     _budgets: dict[int, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 < self.keep <= 1:
             raise PrunekitError(f"keep={self.keep} is outside (0, 1]: the fraction of rows kept")
         if self.temperature <= 0:
@@ -86,6 +87,9 @@ class ComplexityQuotaStep(Step):
                                 "complexity more sharply)")
         if self.neighbors < 1:
             raise PrunekitError(f"neighbors={self.neighbors}: use 1 or more")
+
+    def requires(self) -> dict[str, Kind]:
+        return {CLUSTER: "number", CENTROID_DISTANCE: "number", EMBEDDING: "vector"}
 
     def fit(self, batches: Iterable[pa.RecordBatch]) -> None:
         counts: dict[int, int] = {}

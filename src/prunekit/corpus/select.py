@@ -18,8 +18,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 
-from prunekit.corpus.semdedup import DUP_OF, DUP_SIMILARITY
-from prunekit.corpus.step import ID, Step, mark_dropped
+from prunekit.corpus.step import DUP_OF, DUP_SIMILARITY, ID, Kind, Step, mark_dropped
 from prunekit.errors import PrunekitError
 
 
@@ -36,9 +35,13 @@ class DuplicateFilter(Step):
     epsilon: float = 0.05
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not 0 <= self.epsilon <= 1:
             raise PrunekitError(f"epsilon={self.epsilon} is outside [0, 1]: rows are duplicates when their cosine "
                                 "similarity exceeds 1 - epsilon (e.g. 0.05)")
+
+    def requires(self) -> dict[str, Kind]:
+        return {DUP_SIMILARITY: "number", DUP_OF: "any"}
 
     def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -58,12 +61,16 @@ class ScoreFilter(Step):
     _bounds: tuple | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
+        if self.keep_from not in ("lowest", "highest", "middle"):  # before the type check: a clearer message
+            raise PrunekitError(f"keep_from={self.keep_from!r}: use lowest, highest or middle")
+        super().__post_init__()
         if not 0 < self.keep <= 1:
             raise PrunekitError(f"keep={self.keep} is outside (0, 1]: the fraction of rows kept")
-        if self.keep_from not in ("lowest", "highest", "middle"):
-            raise PrunekitError(f"keep_from={self.keep_from!r}: use lowest, highest or middle")
         self.fit_columns = (ID, self.column)
         self.name = f"{self.column}-filter"
+
+    def requires(self) -> dict[str, Kind]:
+        return {self.column: "number"}
 
     def fit(self, batches: Iterable[pa.RecordBatch]) -> None:
         scores, ids = [], []
@@ -102,9 +109,13 @@ class ThresholdFilter(Step):
     maximum: float | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.minimum is None and self.maximum is None:
             raise PrunekitError("a threshold filter needs a minimum, a maximum or both")
         self.name = f"{self.column}-threshold"
+
+    def requires(self) -> dict[str, Kind]:
+        return {self.column: "number"}
 
     def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         low = -np.inf if self.minimum is None else self.minimum

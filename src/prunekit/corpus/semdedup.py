@@ -15,11 +15,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from prunekit.corpus.cluster import CENTROID_DISTANCE, CLUSTER, normalized
-from prunekit.corpus.step import ID, Step, embeddings_of
+from prunekit.corpus.cluster import normalized
+from prunekit.corpus.step import (
+    CENTROID_DISTANCE,
+    CLUSTER,
+    DUP_OF,
+    DUP_SIMILARITY,
+    EMBEDDING,
+    ID,
+    Kind,
+    Step,
+    embeddings_of,
+)
 
-DUP_SIMILARITY = "dup_similarity"
-DUP_OF = "dup_of"
+__all__ = ["DUP_OF", "DUP_SIMILARITY", "SemDedupStep", "earlier_similarity"]
 
 
 def earlier_similarity(vectors: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
@@ -46,6 +55,12 @@ class SemDedupStep(Step):
 
     name = "semdedup"
     partition = CLUSTER
+
+    def requires(self) -> dict[str, Kind]:
+        return {CLUSTER: "number", CENTROID_DISTANCE: "number", EMBEDDING: "vector"}
+
+    def provides(self) -> tuple[str, ...]:
+        return (DUP_SIMILARITY, DUP_OF)
 
     def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         table = pa.Table.from_batches(list(batches))

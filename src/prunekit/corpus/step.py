@@ -9,6 +9,10 @@ reason into the exclusion log and passes the others on without those three colum
   several.
 - `fit_columns`: columns the step learns from over all rows before `run` (a k-means fit, a quantile); `fit` gets
   batches of those columns only, so it stays cheap however wide the rows are.
+- `requires()` / `provides()`: the columns a step reads (with the kind of values it needs) and adds, so the pipeline
+  checks a whole plan against the input's columns before it writes anything; `check_rows` refuses settings the row
+  count rules out (more clusters than rows).
+- Settings are checked against their type hints when a step is made (`epsilon: "abc"` is a one-line error).
 
 Steps must not depend on row order (sort within a group by a key and the id), so the local and the Ray executor keep
 the same ids.
@@ -16,14 +20,18 @@ the same ids.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
+import typing
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from prunekit.errors import PrunekitError
 
@@ -34,6 +42,15 @@ DROP_REASON = "drop_reason"
 DROP_SCORE = "drop_score"
 DROP_DETAIL = "drop_detail"
 DROP_COLUMNS = (DROP_REASON, DROP_SCORE, DROP_DETAIL)
+# Columns steps add, here so that every step (and the plan check) can name the step that computes one.
+CLUSTER = "cluster"
+CENTROID_DISTANCE = "centroid_distance"
+DUP_SIMILARITY = "dup_similarity"
+DUP_OF = "dup_of"
+PERPLEXITY = "perplexity"
+PRODUCED_BY = {EMBEDDING: "embed", CLUSTER: "cluster", CENTROID_DISTANCE: "cluster", DUP_SIMILARITY: "semdedup",
+               DUP_OF: "semdedup", PERPLEXITY: "perplexity"}
+Kind = Literal["vector", "number", "any"]
 
 
 @dataclass
@@ -43,6 +60,35 @@ class Step:
     name: ClassVar[str] = "step"
     partition: ClassVar[str | None] = None
     fit_columns: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        self._check_types()
+
+    def _check_types(self) -> None:
+        """Coerce each setting to its type hint ("0.5" -> 0.5) or fail in one line naming it."""
+        from pydantic import ValidationError
+
+        model = _settings_model(type(self))
+        values = {name: getattr(self, name) for name in model.model_fields}
+        try:
+            checked = model.model_validate(values)
+        except ValidationError as e:
+            error = e.errors()[0]
+            name = str(error["loc"][0]) if error["loc"] else "settings"
+            raise PrunekitError(f"{self.name}: {name}={values.get(name)!r}: {error['msg'].lower()}") from None
+        for name in model.model_fields:
+            setattr(self, name, getattr(checked, name))
+
+    def requires(self) -> dict[str, Kind]:
+        """Columns `run` reads (beyond id and text) and what they must hold."""
+        return {}
+
+    def provides(self) -> tuple[str, ...]:
+        """Columns `run` adds."""
+        return ()
+
+    def check_rows(self, rows: int) -> None:  # noqa: B027 - most steps work with any number of rows
+        """Fail before the run when `rows` input rows cannot work with these settings."""
 
     def fit(self, batches: Iterable[pa.RecordBatch]) -> None:  # noqa: B027 - most steps learn nothing
         """Learn from all rows (only `fit_columns`) before `run`."""
@@ -57,17 +103,61 @@ class Step:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@functools.cache
+def _settings_model(step_class: type[Step]) -> Any:
+    """A pydantic model of the public dataclass fields of `step_class`, from their type hints."""
+    from pydantic import ConfigDict, create_model
+
+    hints = typing.get_type_hints(step_class)
+    fields = {f.name: (hints[f.name], ...) for f in dataclasses.fields(step_class) if not f.name.startswith("_")}
+    return create_model(f"{step_class.__name__}Settings", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def is_vector_type(kind: pa.DataType) -> bool:
+    return ((pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind))
+            and (pa.types.is_integer(kind.value_type) or pa.types.is_floating(kind.value_type)))
+
+
+def is_number_type(kind: pa.DataType) -> bool:
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+
+
+def check_vectors(batch: pa.RecordBatch | pa.Table, column: str, length: int | None, where: str = "") -> int | None:
+    """The vector length of `column` (`length` when given: the one earlier batches had); a null or a vector of
+    another length is a one-line error naming its row's id and both lengths."""
+    values = batch.column(column)
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if not len(values):
+        return length
+    ids = batch.column(ID) if ID in batch.schema.names else None
+    row_id = (lambda i: ids[i].as_py()) if ids is not None else (lambda i: i)  # noqa: E731
+    prefix = f"{where}: " if where else ""
+    if values.null_count:
+        first = int(np.flatnonzero(~np.asarray(values.is_valid()))[0])
+        raise PrunekitError(f"{prefix}row id {row_id(first)!r} has no {column!r} vector: every row needs one "
+                            "(drop those rows or compute embeddings with an embed step)")
+    lengths = pc.list_value_length(values).to_numpy(zero_copy_only=False)
+    length = int(lengths[0]) if length is None else length
+    bad = np.flatnonzero(lengths != length)
+    if len(bad) or length == 0:
+        first = int(bad[0]) if len(bad) else 0
+        raise PrunekitError(f"{prefix}column {column!r} holds vectors of different lengths: row id "
+                            f"{row_id(first)!r} has {int(lengths[first])} values, earlier rows {length}: every "
+                            "embedding must have the same (non-zero) size")
+    return length
+
+
 def embeddings_of(batch: pa.RecordBatch | pa.Table, column: str = EMBEDDING) -> np.ndarray:
-    """[rows, dim] float32 view of a fixed-size-list column."""
+    """[rows, dim] float32 view of a list column whose vectors share one length (checked, never reshaped)."""
     values = batch.column(column)
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
     if len(values) == 0:
         return np.zeros((0, 0), dtype=np.float32)
+    length = check_vectors(batch, column, None)
     flat = values.flatten().to_numpy(zero_copy_only=False)
-    if len(flat) % len(values):
-        raise PrunekitError(f"column {column!r} holds vectors of different lengths: embeddings must share one size")
-    return flat.reshape(len(values), -1).astype(np.float32, copy=False)
+    return flat.reshape(len(values), length).astype(np.float32, copy=False)
 
 
 def embedding_array(vectors: np.ndarray) -> pa.FixedSizeListArray:

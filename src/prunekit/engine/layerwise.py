@@ -71,6 +71,20 @@ class MatrixSparsity:
         return self.zeros / self.numel
 
 
+def check_selection(adapter: ModelAdapter, stage: PruneStage) -> None:
+    """A stage whose layers or targets select nothing is a mistake, not a no-op."""
+    count = len(adapter.layers)
+    outside = [i for i in stage.layers or () if not 0 <= i < count]
+    if outside:
+        raise PrunekitError(f"{stage.method}: layers {outside} out of range: this model has {count} decoder layers, "
+                            f"numbered 0 to {count - 1}")
+    names = adapter.linear_names
+    unmatched = [t for t in stage.targets if not any(fnmatch.fnmatchcase(n, t) for n in names)]
+    if unmatched:
+        raise PrunekitError(f"{stage.method}: targets {unmatched} match no linear of a decoder layer; its linears are "
+                            f"{', '.join(names)} (globs such as 'mlp.*' work)")
+
+
 def _selected(adapter: ModelAdapter, stage: PruneStage, index: int, layer: nn.Module) -> dict[str, nn.Linear]:
     return {n: lin for n, lin in adapter.linears(layer).items() if stage.selects(index, n)}
 
@@ -205,6 +219,7 @@ def prune_layerwise(
     store = store or LayerStore(adapter, device)
     timed = phases if phases is not None else Phases(device)
     for stage in stages:
+        check_selection(adapter, stage)
         if stage.allocation == "global" and not stage.impl.comparable_across_layers:
             raise PrunekitError(
                 f"global allocation needs scores comparable across layers; {stage.method} scores are not "

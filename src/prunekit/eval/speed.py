@@ -47,7 +47,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from prunekit.api import count_parameters, peak_rss_bytes, versions
 from prunekit.errors import PrunekitError
-from prunekit.models.loading import DTYPES, compute_dtype, first_line, resolve_device, resolve_source
+from prunekit.files import first_line
+from prunekit.models.loading import DTYPES, compute_dtype, resolve_device, resolve_source
 
 RESULT_VERSION = 1
 

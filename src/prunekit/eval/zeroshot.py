@@ -46,8 +46,8 @@ from prunekit.assets.cache import cache_dir
 from prunekit.assets.fetch import extract_member, fetch_package
 from prunekit.assets.registry import BIGBENCH
 from prunekit.errors import PrunekitError
-from prunekit.progress import progress_bar
 from prunekit.files import json_lines
+from prunekit.progress import progress_bar
 
 TARGET_DELIMITER = " "  # the harness's default target_delimiter
 Z95 = 1.959963984540054
@@ -331,7 +331,7 @@ def _bigbench_example(data: dict, raw: dict, bigbench_prompt: bool) -> Example |
 
 def jsonl_examples(path: Path) -> list[Example]:
     """Rows of {"context" (or "query"), "choices", "gold"}: gold an index, a list of indices or a choice's text."""
-    examples = [_jsonl_example(row, f"{path}:{number}") for number, row in json_lines(path)]
+    examples = [_jsonl_example(row, f"{path}:{number}") for number, row in json_lines(path, "task file")]
     if not examples:
         raise PrunekitError(f"{path} holds no examples")
     return examples

@@ -12,6 +12,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 
 from prunekit.assets.registry import MODELS
 from prunekit.errors import PrunekitError
+from prunekit.files import first_line
 from prunekit.models.adapters import adapter_class_for
 from prunekit.models.gguf import cached_asset, cached_gguf
 
@@ -139,8 +140,3 @@ def load_model(
         raise PrunekitError(f"could not load model {spec!r}: {first_line(e)}") from None
     model.eval()
     return LoadedModel(model, tokenizer, spec, local, saved_dtype)
-
-
-def first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -19,12 +19,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from prunekit.errors import PrunekitError
+from prunekit.files import first_line, load_safetensors
 from prunekit.progress import progress_bar
+from prunekit.recipe import SEED_MAX
 from prunekit.recovery.losses import distillation_loss, lm_loss
 from prunekit.recovery.masks import apply_masks, masked_zeros, sparsity_masks
 from prunekit.text.sources import load_texts
@@ -55,17 +57,44 @@ class RecoveryConfig:
             raise PrunekitError(f"unknown recovery method {self.method!r}: use {' or '.join(METHODS)}")
         if isinstance(self.lora_rank, bool) or self.lora_rank < 1:
             raise PrunekitError(f"LoRA rank {self.lora_rank} must be a positive integer (e.g. 8 or 16)")
-        for name in ("steps", "batch_size", "checkpoint_every"):
+        for name in ("steps", "batch_size", "checkpoint_every", "lora_alpha"):
             if getattr(self, name) < 1:
                 raise PrunekitError(f"{name.replace('_', '-')} must be at least 1")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise PrunekitError(f"seed {self.seed} must be between 0 and {SEED_MAX}")
+        if self.warmup < 0:
+            raise PrunekitError("warmup must not be negative")
         if self.seq_len < 2:
             raise PrunekitError("seq-len must be at least 2 tokens")
+        if not (math.isfinite(self.lr) and math.isfinite(self.temperature) and math.isfinite(self.lm_weight)):
+            raise PrunekitError("lr, temperature and lm-weight must be finite numbers")
         if self.lr <= 0 or self.temperature <= 0 or self.lm_weight < 0:
             raise PrunekitError("lr and temperature must be positive, lm-weight not negative")
 
-    def fingerprint(self) -> str:
-        training = {k: v for k, v in asdict(self).items() if k != "checkpoint_every"}
-        return hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:16]
+    def settings(self) -> dict:
+        """The settings a resumed run must share (how often it checkpoints does not change the result)."""
+        return {k: v for k, v in asdict(self).items() if k != "checkpoint_every"}
+
+
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer, names included: which weights these are, whatever their path."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_fingerprint(config: RecoveryConfig, model: nn.Module, teacher: nn.Module | None,
+                    windows: torch.Tensor) -> str:
+    """What a checkpoint is of: the student's and the teacher's weights, the training tokens and every setting. A
+    checkpoint with another fingerprint is never resumed."""
+    digest = hashlib.sha256(json.dumps(config.settings(), sort_keys=True).encode())
+    digest.update(weights_digest(model).encode())
+    digest.update(weights_digest(teacher).encode() if teacher is not None else b"no teacher")
+    digest.update(windows.contiguous().numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 def check_teacher(student: PreTrainedTokenizerBase, teacher: PreTrainedTokenizerBase, student_vocab: int,
@@ -100,7 +129,7 @@ def learning_rate(step: int, config: RecoveryConfig) -> float:
 def recover(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: RecoveryConfig, work: Path,
             teacher: nn.Module | None = None, say: Callable[[str], None] = print) -> tuple[nn.Module, dict]:
     """Fine-tune `model` (in place) and return the merged model and a report section."""
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 
     if config.method == "distill" and teacher is None:
         raise PrunekitError("distillation needs a teacher: pass --teacher (the dense model)")
@@ -109,19 +138,14 @@ def recover(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: Recove
     masks = sparsity_masks(model)
     zeros_before, masked = masked_zeros(model, masks)
     windows = training_windows(tokenizer, config)
+    fingerprint = run_fingerprint(config, model, teacher, windows)
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, bias="none",
                       target_modules="all-linear")
     student = get_peft_model(model, lora)
     trainable = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
     checkpoint = work / "checkpoint"
-    state = _load_checkpoint(checkpoint, config)
-    start, losses = 0, []
-    if state is not None:
-        set_peft_model_state_dict(student, load_file(checkpoint / "adapter.safetensors"))
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        start, losses = state["step"], state["losses"]
-        say(f"resuming from step {start} ({checkpoint})")
+    start, losses = _resume(work, fingerprint, student, optimizer, say)
     student.train()
     if teacher is not None:
         teacher.eval()
@@ -141,7 +165,7 @@ def recover(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: Recove
             losses.append(round(loss.item(), 5))
             bar.update(task, advance=1, description=f"{config.method} loss {sum(losses[-10:]) / len(losses[-10:]):.3f}")
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-                _save_checkpoint(checkpoint, config, step + 1, losses, get_peft_model_state_dict(student),
+                _save_checkpoint(checkpoint, fingerprint, step + 1, losses, get_peft_model_state_dict(student),
                                  optimizer)
     merged = student.merge_and_unload()
     merged.eval()
@@ -171,23 +195,60 @@ def _loss(logits: torch.Tensor, ids: torch.Tensor, teacher: nn.Module | None, co
     return loss + config.lm_weight * lm_loss(logits, ids) if config.lm_weight else loss
 
 
-def _load_checkpoint(folder: Path, config: RecoveryConfig) -> dict | None:
+def _resume(work: Path, fingerprint: str, student: nn.Module, optimizer: torch.optim.Optimizer,
+            say: Callable[[str], None]) -> tuple[int, list[float]]:
+    """(step, losses) of the newest intact checkpoint of this very run, loaded into `student` and `optimizer`;
+    (0, []) when there is none. A corrupt one is said, with the file at fault, and the one before it tried."""
+    from peft import set_peft_model_state_dict
+
+    for folder in (work / "checkpoint", work / "previous"):
+        state = _read_state(folder)
+        if state is None or state.get("fingerprint") != fingerprint:
+            continue
+        adapter_before = {k: v.clone() for k, v in student.state_dict().items() if "lora_" in k}
+        try:
+            adapter = load_safetensors(folder / "adapter.safetensors", "recovery checkpoint")
+            optimizer_state = _load_optimizer(folder / "optimizer.pt")
+            set_peft_model_state_dict(student, adapter)
+            optimizer.load_state_dict(optimizer_state)
+            step, losses = int(state["step"]), [float(x) for x in state["losses"]]
+        except (PrunekitError, KeyError, TypeError, ValueError, RuntimeError) as e:
+            student.load_state_dict(adapter_before, strict=False)  # undo a half-applied adapter
+            say(f"checkpoint {folder} is unusable ({first_line(e)}): "
+                + ("trying the one before it" if folder.name == "checkpoint" else "starting from step 0"))
+            continue
+        say(f"resuming from step {step} ({folder})")
+        return step, losses
+    return 0, []
+
+
+def _read_state(folder: Path) -> dict | None:
     try:
-        state = json.loads((folder / "state.json").read_text())
+        state = json.loads((folder / "state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return state if state.get("fingerprint") == config.fingerprint() else None
+    return state if isinstance(state, dict) else None
 
 
-def _save_checkpoint(folder: Path, config: RecoveryConfig, step: int, losses: list[float],
+def _load_optimizer(path: Path) -> dict:
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated torch file raises one of several types
+        raise PrunekitError(f"{path.name} cannot be read ({first_line(e)})") from None
+
+
+def _save_checkpoint(folder: Path, fingerprint: str, step: int, losses: list[float],
                      adapter: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer) -> None:
-    """Written aside and renamed, so an interrupted save leaves the previous checkpoint intact."""
+    """Written aside and renamed; the checkpoint before it is kept as `previous`, so a damaged newest one still
+    leaves one to resume from."""
     partial = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     save_file({k: v.detach().contiguous() for k, v in adapter.items()}, partial / "adapter.safetensors")
     torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-    (partial / "state.json").write_text(json.dumps({"fingerprint": config.fingerprint(), "step": step,
-                                                    "losses": losses}))
-    shutil.rmtree(folder, ignore_errors=True)
+    (partial / "state.json").write_text(json.dumps({"fingerprint": fingerprint, "step": step, "losses": losses}))
+    previous = folder.with_name("previous")
+    if folder.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        os.replace(folder, previous)
     os.replace(partial, folder)

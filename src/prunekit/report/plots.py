@@ -14,12 +14,15 @@ from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter  # noqa: E402
 
-from prunekit.report.runs import Dense, Point, Recovery, accuracy_interval, layer_sparsity  # noqa: E402
+from prunekit.report.runs import Dense, Point, Recovery, accuracy_interval, layer_sparsity, number  # noqa: E402
 
 Key = tuple[str, str, str]  # (model, method, pattern): the points joined by one line
 COLOURS = plt.get_cmap("tab10").colors
 MAX_BAR_ROWS = 4  # more per-layer rows than this become a heatmap: grouped bars would be too thin to read
-STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3, "svg.fonttype": "path"}
+# Labels come from the runs (method, model, task and directory names), so mathtext is off: a `$` in them is drawn as
+# a `$`, not parsed as TeX (which garbles the text or raises on a bad formula). No formatter here emits mathtext.
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.grid": True, "grid.alpha": 0.3, "svg.fonttype": "path",
+         "text.parse_math": False, "axes.formatter.use_mathtext": False}
 
 
 def svg_text(figure: Figure) -> str:
@@ -243,10 +246,15 @@ def _layer_heatmap(rows: list[tuple[str, dict[int, float]]], layers: list[int]) 
     return figure
 
 
+def _losses(value: object) -> list[float]:
+    """The recorded losses that are finite numbers (a report may hold anything there)."""
+    found = [number(x) for x in value] if isinstance(value, list) else []
+    return [x for x in found if x is not None]
+
+
 def loss_plot(recoveries: Sequence[Recovery]) -> str | None:
     """Training loss per step of each recovery run; None when no run recorded at least two losses."""
-    curves = [(r.run, [float(x) for x in r.config.get("losses") or [] if isinstance(x, (int, float))])
-              for r in recoveries]
+    curves = [(r.run, _losses(r.config.get("losses"))) for r in recoveries]
     curves = [(label, losses) for label, losses in curves if len(losses) >= 2]
     if not curves:
         return None

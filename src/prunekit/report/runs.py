@@ -1,12 +1,17 @@
 """Reading run directories (prune, recover, sweep) into one flat shape the page and the plots share.
 
-Everything here is tolerant of missing optional keys: reports from older or partial runs still render, with a dash
-where a number is missing. What is not tolerated is a directory prunekit did not write, or a format version this
-code does not know; those raise a one-line PrunekitError."""
+Everything here is tolerant of missing optional keys and of values of the wrong type (a string where a number
+belongs, a list where an object does): those count as missing, so reports from older, partial or hand-edited runs
+still render, with a dash where a number is missing. What is not tolerated is a directory prunekit did not write, a
+file that is not UTF-8 or not JSON, or a format version this code does not know; those raise a one-line
+PrunekitError.
+
+Nothing outside the run directories given is read: a file that resolves outside its run directory (an absolute
+`report` path in sweep.json, one with `../`, a symlink pointing out) is left out with a note, so a report made from
+someone else's run cannot embed the reader's own files."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -17,6 +22,7 @@ from typing import Any
 import yaml
 
 from prunekit.errors import PrunekitError
+from prunekit.files import read_json, read_text
 
 READS_VERSION = 1
 Z95 = 1.959964  # two-sided 95% normal quantile, for results that carry a stderr but no interval
@@ -40,6 +46,7 @@ class Point:
     matrices: tuple[dict, ...] = ()
     recipe_text: str | None = None
     error: str | None = None
+    notes: tuple[str, ...] = ()  # what could not be read for it (a recipe.yaml linking outside its run)
 
 
 @dataclass(frozen=True)
@@ -99,20 +106,34 @@ def layer_sparsity(matrices: Iterable[dict]) -> dict[int, float]:
     zeros: dict[int, int] = {}
     numel: dict[int, int] = {}
     for matrix in matrices:
-        index = layer_index(str(matrix.get("name", "")))
-        if index is None or not matrix.get("numel"):
+        counted = _matrix_counts(matrix)
+        if counted is None:
             continue
-        zeros[index] = zeros.get(index, 0) + int(matrix.get("zeros", 0))
-        numel[index] = numel.get(index, 0) + int(matrix["numel"])
+        index, size, zero = counted
+        zeros[index] = zeros.get(index, 0) + zero
+        numel[index] = numel.get(index, 0) + size
     return {i: zeros[i] / numel[i] for i in sorted(numel)}
+
+
+def _matrix_counts(matrix: Any) -> tuple[int, int, int] | None:
+    """(layer, numel, zeros) of one recorded matrix; None for one outside the layers, empty, or not well formed
+    (a name or count of the wrong type, more zeros than weights)."""
+    if not isinstance(matrix, dict) or not isinstance(matrix.get("name"), str):
+        return None
+    index, size, zeros = layer_index(matrix["name"]), _integer(matrix.get("numel")), _integer(matrix.get("zeros"))
+    if index is None or not size or size < 0 or zeros is None or not 0 <= zeros <= size:
+        return None
+    return index, size, zeros
 
 
 def accuracy_interval(result: dict) -> tuple[float, float]:
     """95% interval of a zero-shot `acc`: the one the evaluator recorded, else acc +- 1.96 stderr clipped to [0, 1]."""
     interval = result.get("acc_ci95")
     if isinstance(interval, (list, tuple)) and len(interval) == 2:
-        return float(interval[0]), float(interval[1])
-    acc, stderr = float(result["acc"]), float(result.get("acc_stderr") or 0.0)
+        low, high = number(interval[0]), number(interval[1])
+        if low is not None and high is not None:
+            return low, high
+    acc, stderr = number(result.get("acc")) or 0.0, number(result.get("acc_stderr")) or 0.0
     return max(0.0, acc - Z95 * stderr), min(1.0, acc + Z95 * stderr)
 
 
@@ -126,7 +147,11 @@ def number(value: Any) -> float | None:
     """A finite float, or None for null, missing, NaN or anything non-numeric (a report may hold any of these)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _integer(value: Any) -> int | None:
@@ -134,11 +159,38 @@ def _integer(value: Any) -> int | None:
     return int(value) if value is not None else None
 
 
+def _text(value: Any) -> str | None:
+    """A string field: the string, None when absent or empty; a number or other value is shown as its JSON text."""
+    if value is None or value == "" or isinstance(value, (dict, list)):
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
 def _zeroshot(value: Any) -> tuple[dict, ...]:
-    """Zero-shot results that can be plotted: dicts with a task name and a numeric acc."""
+    """Zero-shot results that can be plotted, cleaned: a task name (string), a numeric acc, and the optional keys
+    the plots read (acc_stderr, acc_ci95, chance, examples) only where they have the right type."""
     if not isinstance(value, list):
         return ()
-    return tuple(r for r in value if isinstance(r, dict) and r.get("task") and number(r.get("acc")) is not None)
+    results = (_zeroshot_result(r) for r in value if isinstance(r, dict))
+    return tuple(r for r in results if r is not None)
+
+
+def _zeroshot_result(raw: dict) -> dict | None:
+    acc = number(raw.get("acc"))
+    if not isinstance(raw.get("task"), str) or not raw["task"] or acc is None:
+        return None
+    result: dict[str, Any] = {"task": raw["task"], "acc": acc, "acc_stderr": number(raw.get("acc_stderr")),
+                              "chance": number(raw.get("chance")), "examples": _integer(raw.get("examples"))}
+    interval = raw.get("acc_ci95")
+    if isinstance(interval, list) and len(interval) == 2 and all(number(x) is not None for x in interval):
+        result["acc_ci95"] = [number(x) for x in interval]
+    return result
+
+
+def _list(data: dict, key: str) -> list:
+    """data[key] when it is a JSON array, else []."""
+    value = data.get(key)
+    return value if isinstance(value, list) else []
 
 
 def _section(data: dict, key: str) -> dict:
@@ -147,20 +199,35 @@ def _section(data: dict, key: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
+def _positive(value: Any) -> float | None:
+    """A perplexity: a finite number above zero (it is at least 1), else None; it goes on a log axis."""
+    value = number(value)
+    return value if value is not None and value > 0 else None
+
+
 def _perplexity(value: Any) -> float | None:
-    return number(value.get("perplexity")) if isinstance(value, dict) else None
+    return _positive(value.get("perplexity")) if isinstance(value, dict) else None
 
 
 # --- reading --------------------------------------------------------------------------------------------------------
 
-def _read_json(path: Path) -> dict:
+def inside(path: Path, root: Path) -> bool:
+    """Whether `path`, with every symlink followed, lies in the directory `root` (also resolved)."""
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise PrunekitError(f"{path} is not valid JSON ({error.msg} at line {error.lineno}); "
-                            "re-run the command that wrote it") from None
-    except OSError as error:
-        raise PrunekitError(f"cannot read {path} ({error.strerror}); check its permissions") from None
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a symlink loop
+        return False
+
+
+def _read_json(path: Path, root: Path) -> dict:
+    """A run's JSON object; `root` is its run directory, outside which nothing is read."""
+    if not inside(path, root):
+        raise PrunekitError(f"{path} links to {path.resolve()}, outside the run directory {root}; the report reads "
+                            "only files inside the run directories given")
+    try:
+        data = read_json(path, "run report")
+    except (ValueError, RecursionError) as error:  # an integer too long to parse, nesting too deep
+        raise PrunekitError(f"run report {path} is not valid JSON ({str(error).splitlines()[0][:80]})") from None
     if not isinstance(data, dict):
         raise PrunekitError(f"{path} does not hold a JSON object; re-run the command that wrote it")
     return data
@@ -173,12 +240,16 @@ def _check_version(path: Path, data: dict, key: str, what: str) -> None:
                             f"this prunekit reads {READS_VERSION}); re-run it with this version")
 
 
-def _recipe_text(directory: Path, recipe: Any) -> str | None:
-    """The recipe as the user would write it: recipe.yaml beside the report, else the report's copy as YAML."""
+def _recipe_text(directory: Path, recipe: Any, root: Path) -> tuple[str | None, str | None]:
+    """The recipe as the user would write it: recipe.yaml beside the report, else the report's copy as YAML; and a
+    note when recipe.yaml was left unread because it links outside the run directory `root`."""
     saved = directory / "recipe.yaml"
-    if saved.is_file():
-        return saved.read_text()
-    return yaml.safe_dump(recipe, sort_keys=False) if isinstance(recipe, dict) else None
+    copy = yaml.safe_dump(recipe, sort_keys=False) if isinstance(recipe, dict) else None
+    if not saved.is_file():
+        return copy, None
+    if not inside(saved, root):
+        return copy, f"{saved} links outside the run directory {root}; not read (the report's copy is shown)"
+    return read_text(saved, "recipe"), None
 
 
 def _stages(report: dict) -> list[dict]:
@@ -188,9 +259,9 @@ def _stages(report: dict) -> list[dict]:
 
 
 def _method_and_pattern(stages: list[dict]) -> tuple[str, str]:
-    methods = [str(s.get("method", "?")) for s in stages]
+    methods = [_text(s.get("method")) or "?" for s in stages]
     # Structured stages have no `pattern`; the part they remove (blocks, heads, ...) plays its role.
-    patterns = [str(s["pattern"]) if "pattern" in s else f"structured {s.get('part') or ''}".strip() for s in stages]
+    patterns = [_text(s.get("pattern")) or f"structured {_text(s.get('part')) or ''}".strip() for s in stages]
     return "+".join(methods) or "unknown", "+".join(dict.fromkeys(patterns)) or "unknown"
 
 
@@ -205,23 +276,24 @@ def _prune_sparsity(report: dict, stages: list[dict]) -> float | None:
     return number(report.get("decoder_linear_sparsity"))
 
 
-def prune_point(report: dict, directory: Path, run: str) -> Point:
-    """The Point of a prune report (format 1); `directory` holds it (for recipe.yaml)."""
+def prune_point(report: dict, directory: Path, run: str, root: Path | None = None) -> Point:
+    """The Point of a prune report (format 1); `directory` holds it (for recipe.yaml), inside the run directory
+    `root` (`directory` itself when not given)."""
     stages = _stages(report)
     method, pattern = _method_and_pattern(stages)
     perplexity = _section(report, "perplexity")
     zeroshot = report.get("zeroshot")
     seconds = _section(report, "seconds")
-    matrices = report.get("matrices") if isinstance(report.get("matrices"), list) else []
+    recipe, note = _recipe_text(directory, report.get("recipe"), root or directory)
     return Point(
-        run=run, model=str(report.get("source_model") or "?"), method=method, pattern=pattern,
+        run=run, model=_text(report.get("source_model")) or "?", method=method, pattern=pattern,
         sparsity=_prune_sparsity(report, stages), perplexity=_perplexity(perplexity.get("pruned")),
         # A pruned model's zero-shot results: a list, or {"pruned": [...], "dense": [...]} when both were measured.
         zeroshot=_zeroshot(zeroshot.get("pruned") if isinstance(zeroshot, dict) else zeroshot),
         parameters=_integer(report.get("parameters")), zero_parameters=_integer(report.get("zero_parameters")),
         prune_seconds=number(seconds.get("prune")), peak_rss_bytes=_integer(report.get("peak_rss_bytes")),
-        matrices=tuple(m for m in matrices if isinstance(m, dict)),
-        recipe_text=_recipe_text(directory, report.get("recipe")),
+        matrices=tuple(m for m in _list(report, "matrices") if isinstance(m, dict)),
+        recipe_text=recipe, notes=(note,) if note else (),
     )
 
 
@@ -237,46 +309,55 @@ def _prune_run(path: Path, label: str, report: dict) -> Run:
                   parameters=_integer(structure.get("dense_parameters")) or point.parameters)
     seconds = _section(report, "seconds")
     versions = _section(report, "versions")
-    notes = report.get("notes") if isinstance(report.get("notes"), list) else []
-    return Run(path=path, label=label, kind="prune", model=point.model, version=versions.get("prunekit"),
+    notes = [str(n) for n in _list(report, "notes")]
+    return Run(path=path, label=label, kind="prune", model=point.model, version=_text(versions.get("prunekit")),
                points=(point,), dense=(dense,) if dense.perplexity is not None or dense.zeroshot else (),
                protocol=protocol_text(measured.get("source"), measured.get("samples"), measured.get("seq_len")),
-               seconds=number(seconds.get("total")), notes=tuple(str(n) for n in notes))
+               seconds=number(seconds.get("total")), notes=(*notes, *point.notes))
 
 
 def _recovery_run(path: Path, label: str, report: dict) -> Run:
     perplexity = _section(report, "perplexity")
     config = _section(report, "recovery")
-    model = str(report.get("model") or "?")
+    model = _text(report.get("model")) or "?"
     measured = next((p for p in perplexity.values() if isinstance(p, dict)), {})
-    recovery = Recovery(run=label, model=model, teacher=report.get("teacher"), config=config, perplexity=perplexity,
+    recovery = Recovery(run=label, model=model, teacher=_text(report.get("teacher")), config=config,
+                        perplexity=perplexity,
                         parameters=_integer(report.get("parameters")),
                         zero_parameters=_integer(report.get("zero_parameters")),
                         decoder_linear_sparsity=_section(report, "decoder_linear_sparsity") or None)
-    return Run(path=path, label=label, kind="recovery", model=model, version=report.get("prunekit_version"),
+    return Run(path=path, label=label, kind="recovery", model=model, version=_text(report.get("prunekit_version")),
                recovery=recovery, seconds=number(config.get("seconds")),
                protocol=protocol_text(measured.get("source"), measured.get("samples"), measured.get("seq_len")))
 
 
 def _linked_report(raw: dict, sweep: Path, label: str) -> tuple[Point | None, str | None]:
-    """The full prune report a sweep point links to, as a Point; or a note saying it is missing."""
-    if not raw.get("report"):
+    """The full prune report a sweep point links to, as a Point; or a note saying it is missing or lies outside the
+    sweep directory (then it is not read)."""
+    link = raw.get("report")
+    if not link:
         return None, None
-    path = sweep / str(raw["report"])
+    where = f"{raw.get('method')} at sparsity {raw.get('sparsity')}: its report {link}"
+    if not isinstance(link, str):
+        return None, f"{where} is not a path"
+    path = sweep / link
+    if not inside(path, sweep):
+        return None, f"{where} lies outside the sweep directory {sweep}; not read"
     if not path.is_file():
-        return None, f"{raw.get('method')} at sparsity {raw.get('sparsity')}: its report {raw['report']} is missing"
-    report = _read_json(path)
+        return None, f"{where} is missing"
+    report = _read_json(path, sweep)
     _check_version(path, report, "prunekit_report_version", "report")
-    return prune_point(report, path.parent, label), None
+    return prune_point(report, path.parent, label, sweep), None
 
 
-def _sweep_point(raw: dict, sweep: Path, label: str, model: str, pattern: str) -> tuple[Point, str | None]:
-    """One sweep point, completed from its full report (matrices, recipe, memory); also a note if that is missing."""
-    method, sparsity = str(raw.get("method") or "?"), number(raw.get("sparsity"))
-    pattern = str(raw.get("pattern") or pattern)
+def _sweep_point(raw: dict, sweep: Path, label: str, model: str, pattern: str) -> Point:
+    """One sweep point, completed from its full report (matrices, recipe, memory); its notes say what could not be
+    read (a missing report, one outside the sweep directory)."""
+    method, sparsity = _text(raw.get("method")) or "?", number(raw.get("sparsity"))
+    pattern = _text(raw.get("pattern")) or pattern
     if raw.get("error"):
         return Point(run=label, model=model, method=method, pattern=pattern, sparsity=sparsity,
-                     error=str(raw["error"])), None
+                     error=str(raw["error"]))
     full, note = _linked_report(raw, sweep, label)
     full = full or Point(run=label, model=model, method=method, pattern=pattern, sparsity=sparsity)
     if sparsity is None:  # an N:M point may leave its target implicit; what was measured stands in for it
@@ -285,37 +366,34 @@ def _sweep_point(raw: dict, sweep: Path, label: str, model: str, pattern: str) -
     # The sweep's own numbers win over the linked report's: they are what the sweep measured and summarised.
     return Point(
         run=label, model=model, method=method, pattern=pattern, sparsity=sparsity,
-        perplexity=number(raw["perplexity"]) if "perplexity" in raw else full.perplexity,
+        perplexity=_positive(raw["perplexity"]) if "perplexity" in raw else full.perplexity,
         zeroshot=_zeroshot(raw["zeroshot"]) if "zeroshot" in raw else full.zeroshot,
         parameters=_integer(raw.get("parameters")) or full.parameters,
         zero_parameters=_integer(raw["zero_parameters"]) if "zero_parameters" in raw else full.zero_parameters,
         prune_seconds=number(raw.get("prune_seconds")) or full.prune_seconds,
         peak_rss_bytes=_integer(raw.get("peak_rss_bytes")) or full.peak_rss_bytes,
-        matrices=full.matrices, recipe_text=full.recipe_text,
-    ), note
+        matrices=full.matrices, recipe_text=full.recipe_text, notes=full.notes + ((note,) if note else ()),
+    )
 
 
 def _sweep_run(path: Path, label: str, sweep: dict) -> Run:
-    model, pattern = str(sweep.get("model") or "?"), str(sweep.get("pattern") or "unstructured")
-    points, notes = [], []
-    for raw in sweep.get("points") or []:
-        if isinstance(raw, dict):
-            point, note = _sweep_point(raw, path, label, model, pattern)
-            points.append(point)
-            notes += [note] if note else []
+    model, pattern = _text(sweep.get("model")) or "?", _text(sweep.get("pattern")) or "unstructured"
+    points = [_sweep_point(raw, path, label, model, pattern) for raw in _list(sweep, "points") if isinstance(raw, dict)]
+    notes = [note for point in points for note in point.notes]
     dense_raw = _section(sweep, "dense")
-    dense = Dense(run=label, model=model, perplexity=number(dense_raw.get("perplexity")),
+    dense = Dense(run=label, model=model, perplexity=_positive(dense_raw.get("perplexity")),
                   zeroshot=_zeroshot(dense_raw.get("zeroshot")), parameters=_integer(dense_raw.get("parameters")),
                   zero_parameters=_integer(dense_raw.get("zero_parameters")))
     protocol = _section(sweep, "perplexity_protocol")
     seconds = _section(sweep, "seconds")
-    return Run(path=path, label=label, kind="sweep", model=model, version=_section(sweep, "versions").get("prunekit"),
+    return Run(path=path, label=label, kind="sweep", model=model,
+               version=_text(_section(sweep, "versions").get("prunekit")),
                points=tuple(points), dense=(dense,) if dense_raw else (),
                protocol=protocol_text(protocol.get("source"), protocol.get("samples"), protocol.get("seq_len")),
                seconds=number(seconds.get("total")), notes=tuple(notes))
 
 
-def _directory(path: Path) -> Path:
+def run_directory(path: Path) -> Path:
     """The run directory; its prunekit.json or sweep.json may be named instead."""
     path = Path(path).expanduser()
     return path.parent if path.is_file() and path.name in ("prunekit.json", "sweep.json") else path
@@ -323,7 +401,7 @@ def _directory(path: Path) -> Path:
 
 def load_run(path: Path, label: str | None = None) -> Run:
     """Read one run directory into a Run."""
-    path = _directory(path)
+    path = run_directory(path)
     if not path.exists():
         raise PrunekitError(f"run directory {path} does not exist; pass the --out directory of a prune, recover or "
                             "sweep run")
@@ -331,11 +409,11 @@ def load_run(path: Path, label: str | None = None) -> Run:
         raise PrunekitError(f"{path} is not a directory; pass the --out directory of a prune, recover or sweep run")
     label = label or path.name
     if (path / "sweep.json").is_file():
-        sweep = _read_json(path / "sweep.json")
+        sweep = _read_json(path / "sweep.json", path)
         _check_version(path / "sweep.json", sweep, "prunekit_sweep_version", "sweep")
         return _sweep_run(path, label, sweep)
     if (path / "prunekit.json").is_file():
-        report = _read_json(path / "prunekit.json")
+        report = _read_json(path / "prunekit.json", path)
         if "prunekit_report_version" in report:
             _check_version(path / "prunekit.json", report, "prunekit_report_version", "report")
             return _prune_run(path, label, report)
@@ -348,7 +426,7 @@ def load_run(path: Path, label: str | None = None) -> Run:
 
 def labels(paths: Sequence[Path]) -> list[str]:
     """Short unique names for the runs: the directory name, with its parent where two names clash."""
-    resolved = [_directory(p).resolve() for p in paths]
+    resolved = [run_directory(p).resolve() for p in paths]
     names = [p.name for p in resolved]
     return [p.name if names.count(p.name) == 1 else f"{p.parent.name}/{p.name}" for p in resolved]
 

@@ -7,7 +7,6 @@ A user-supplied source is used whole for whatever it is passed for; give differe
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +14,7 @@ from prunekit.assets.cache import cache_dir
 from prunekit.assets.fetch import extract_member, fetch_package
 from prunekit.assets.registry import TEXTS
 from prunekit.errors import PrunekitError
+from prunekit.files import first_line, json_lines, parquet_file, read_json, read_text
 
 Split = Literal["calibration", "evaluation"]
 DEFAULT_SOURCE = "wikipedia"
@@ -33,7 +33,7 @@ def wikipedia_articles(split: Split) -> list[str]:
     path = cache_dir() / "text" / "wikipedia.json"
     if not path.exists():
         extract_member(fetch_package(asset.package), asset.member, path)
-    examples = json.loads(path.read_text())["examples"][_ENGLISH_BLOCK]
+    examples = read_json(path, "cached text")["examples"][_ENGLISH_BLOCK]
     articles = list(dict.fromkeys(e["input"] for e in examples))
     return [a for a in articles if evaluation_article(a) == (split == "evaluation")]
 
@@ -65,11 +65,14 @@ def load_texts(source: str | None, split: Split, text_column: str = "text") -> l
 
 def _file_texts(path: Path, column: str) -> list[str]:
     if path.suffix in (".txt", ".md"):
-        return [path.read_text(encoding="utf-8", errors="replace")]
+        return [read_text(path, "text file")]
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+        import pyarrow as pa
 
-        table = pq.read_table(path)
+        try:
+            table = parquet_file(path, "text file").read()
+        except pa.ArrowException as e:
+            raise PrunekitError(f"text file {path} is not a readable Parquet file ({first_line(e)})") from None
         if column not in table.column_names:
             raise PrunekitError(
                 f"{path} has no column {column!r}; its columns are {', '.join(table.column_names)} "
@@ -87,13 +90,9 @@ def _file_texts(path: Path, column: str) -> list[str]:
 
 
 def _json_rows(path: Path) -> list:
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise PrunekitError(f"{path} is not valid JSON{'L' if path.suffix == '.jsonl' else ''}: {e}") from None
+    if path.suffix == ".jsonl":
+        return [row for _, row in json_lines(path, "text file")]
+    data = read_json(path, "text file")
     return data if isinstance(data, list) else [data]
 
 
