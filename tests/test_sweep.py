@@ -94,7 +94,7 @@ def test_interrupted_sweep_resumes_without_redoing_points(tiny_model_dir, text_f
     def failing_after_two(*args, **kwargs):
         if len(calls) == 2:
             raise KeyboardInterrupt
-        calls.append(args[3].method)
+        calls.append(args[4].method)
         return real_point(*args, **kwargs)
 
     monkeypatch.setattr(sweep_module, "_run_point", failing_after_two)
@@ -103,7 +103,7 @@ def test_interrupted_sweep_resumes_without_redoing_points(tiny_model_dir, text_f
         run_sweep(config, out)
     assert not out.exists() and (tmp_path / "sweep.partial" / "points").exists()
     calls.clear()
-    monkeypatch.setattr(sweep_module, "_run_point", lambda *a, **k: (calls.append(a[3].method), real_point(*a, **k))[1])
+    monkeypatch.setattr(sweep_module, "_run_point", lambda *a, **k: (calls.append(a[4].method), real_point(*a, **k))[1])
     resumed = run_sweep(config, out)
     assert len(calls) == 2  # only the two points that had not finished
     fresh = run_sweep(config, tmp_path / "fresh")
@@ -111,7 +111,9 @@ def test_interrupted_sweep_resumes_without_redoing_points(tiny_model_dir, text_f
 
     other = small_config(tiny_model_dir, text_file, task_file, tasks=[], seed=1)
     (tmp_path / "again.partial").mkdir()
+    (tmp_path / "again.partial" / ".prunekit-work").write_text('{"kind": "sweep"}')
     (tmp_path / "again.partial" / "settings.json").write_text("{}")
+    (tmp_path / "again.partial" / "dense.json").write_text("{}")  # a finished result of those other settings
     with pytest.raises(PrunekitError, match="other settings"):
         run_sweep(other, tmp_path / "again")
 

@@ -39,7 +39,6 @@ from prunekit.outputs import (
     check_output,
     check_work_directory,
     remove_work_directory,
-    work_directory,
 )
 from prunekit.progress import console, progress_bar
 from prunekit.recipe import (
@@ -75,7 +74,7 @@ def _zero_fraction(matrices: Sequence[MatrixSparsity]) -> float:
     return sum(m.zeros for m in matrices) / max(1, sum(m.numel for m in matrices))
 
 
-def _check_seq_len(model: nn.Module, seq_len: int, what: str) -> None:
+def check_seq_len(model: nn.Module, seq_len: int, what: str) -> None:
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and seq_len > limit:
         raise PrunekitError(f"{what} sequence length {seq_len} exceeds the model's context of {limit} tokens")
@@ -89,7 +88,7 @@ def calibration_data(
 ) -> torch.Tensor:
     """Seeded calibration windows [samples, seq_len] from the configured source's calibration split."""
     config = config or CalibrationConfig()
-    _check_seq_len(model, config.seq_len, "calibration")
+    check_seq_len(model, config.seq_len, "calibration")
     texts = load_texts(config.source, "calibration", config.text_column)
     return calibration_windows(token_stream(tokenizer, texts), config.samples, config.seq_len, seed)
 
@@ -176,18 +175,26 @@ def _matrix_sparsity(adapter: ModelAdapter, notes: dict[str, list[str]]) -> list
             for i, layer in enumerate(adapter.layers) for name, lin in adapter.linears(layer).items()]
 
 
+def evaluation_data(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: EvaluationConfig) -> torch.Tensor:
+    """The perplexity windows [samples, seq_len] of the configured text's evaluation split."""
+    check_seq_len(model, config.seq_len, "evaluation")
+    texts = load_texts(config.source, "evaluation", config.text_column)
+    return evaluation_windows(token_stream(tokenizer, texts), config.samples, config.seq_len)
+
+
 def evaluate(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
     config: EvaluationConfig | None = None,
     description: str = "perplexity",
     progress: bool = True,
+    windows: torch.Tensor | None = None,
 ) -> PerplexityResult:
-    """Perplexity on the evaluation split of the configured text (see prunekit.eval.perplexity for the protocol)."""
+    """Perplexity on the evaluation split of the configured text (see prunekit.eval.perplexity for the protocol);
+    `windows` from `evaluation_data` when they were drawn already."""
     config = config or EvaluationConfig()
-    _check_seq_len(model, config.seq_len, "evaluation")
-    texts = load_texts(config.source, "evaluation", config.text_column)
-    windows = evaluation_windows(token_stream(tokenizer, texts), config.samples, config.seq_len)
+    if windows is None:
+        windows = evaluation_data(model, tokenizer, config)
     with progress_bar() as bar:
         task = bar.add_task(description, total=len(windows), visible=progress)
         return perplexity(model, windows, config.source, on_batch=lambda d, t: bar.update(task, completed=d))
@@ -292,8 +299,7 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
     device = resolve_device(recipe.device)
     model, tokenizer = loaded.model, loaded.tokenizer
     evaluation = recipe.evaluation
-    if evaluation.ppl:
-        _check_seq_len(model, evaluation.seq_len, "evaluation")
+    eval_windows = evaluation_data(model, tokenizer, evaluation) if evaluation.ppl else None  # bad text fails now
     t0 = time.perf_counter()
     windows = None
     if any(needs_calibration(s) for s in recipe.stages):
@@ -303,7 +309,7 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
     if evaluation.ppl and evaluation.dense:
         t0 = time.perf_counter()
         model.to(device)
-        dense = evaluate(model, tokenizer, evaluation, "dense perplexity")
+        dense = evaluate(model, tokenizer, evaluation, "dense perplexity", windows=eval_windows)
         model.to("cpu")
         timed("eval_dense", t0)
     dense_parameters = count_parameters(model)
@@ -314,7 +320,7 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
     if evaluation.ppl:
         t0 = time.perf_counter()
         model.to(device)
-        pruned = evaluate(model, tokenizer, evaluation, "pruned perplexity")
+        pruned = evaluate(model, tokenizer, evaluation, "pruned perplexity", windows=eval_windows)
         model.to("cpu")
         timed("eval_pruned", t0)
     parameters = count_parameters(model)
@@ -405,7 +411,6 @@ def recover_model(model: str, out: Path, config: RecoveryConfig, teacher: str | 
         if dense is not None:
             scores["teacher"] = evaluate(dense.model, dense.tokenizer, evaluation, "perplexity teacher").to_dict()
     sparsity_before = decoder_linear_sparsity(loaded.model)
-    work = work_directory(work, "recover", inputs, output=out)
     merged, section = recover(loaded.model, loaded.tokenizer, config, work,
                               dense.model if dense is not None else None, say)
     loaded.model = merged

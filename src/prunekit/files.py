@@ -50,13 +50,13 @@ def read_text(path: Path, what: str) -> str:
 def text_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
     """(line number, line) for every line, read lazily; a bad byte names its line."""
     path = existing_file(path, what)
-    number = 0
     try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):  # noqa: B007 - number is read in the except below
-                yield number, line
-    except UnicodeDecodeError as e:
-        raise _not_utf8(path, what, e, number + 1) from None
+        with open(path, "rb") as handle:  # bytes, decoded line by line, so an error knows its line
+            for number, raw in enumerate(handle, 1):
+                try:
+                    yield number, raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise _not_utf8(path, what, e, number) from None
     except OSError as e:
         raise PrunekitError(f"cannot read {what} {path}: {e.strerror or e}") from None
 

@@ -101,7 +101,8 @@ def remove_stale_temporaries(out: Path) -> list[Path]:
         else:
             entry.unlink(missing_ok=True)
         removed.append(entry)
-        console.print(f"removed {entry}, left by an interrupted run" + (f" (process {pid})" if pid else ""))
+        by = f" (process {pid})" if pid else ""
+        console.print(f"removed {entry}, left by an interrupted run{by}", soft_wrap=True)
     return removed
 
 

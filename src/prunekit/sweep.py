@@ -28,20 +28,23 @@ from prunekit.api import (
     count_parameters,
     count_zeros,
     evaluate,
+    evaluation_data,
     peak_rss_bytes,
     prune,
     save,
     versions,
 )
+from prunekit.engine.layerwise import check_selection
 from prunekit.engine.structured import DEPTH_METHODS, WIDTH_METHODS
 from prunekit.errors import PrunekitError
 from prunekit.eval.zeroshot import evaluate_tasks, load_task
 from prunekit.methods import METHODS
 from prunekit.methods.patterns import SparsityPattern
+from prunekit.models.adapters import adapter_for
 from prunekit.models.loading import LoadedModel, load_model, resolve_device
-from prunekit.outputs import check_output
+from prunekit.outputs import WORK_MARKER, check_output, check_work_directory, work_directory
 from prunekit.progress import console
-from prunekit.recipe import CalibrationConfig, EvaluationConfig, Recipe, StageConfig
+from prunekit.recipe import SEED_MAX, CalibrationConfig, EvaluationConfig, Recipe, StageConfig
 
 SWEEP_VERSION = 1
 SWEEP_FILE = "sweep.json"
@@ -65,6 +68,12 @@ class SweepConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise PrunekitError(f"limit {self.limit} must be at least 1 zero-shot example per task")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise PrunekitError(f"seed {self.seed} must be between 0 and {SEED_MAX}")
 
     def stages(self) -> list[StageConfig]:
         """One validated stage per grid point: unstructured at each sparsity, N:M patterns at their own."""
@@ -101,27 +110,44 @@ def point_name(stage: StageConfig) -> str:
     return f"{stage.method}{pattern}-{stage.sparsity:g}"
 
 
-def _work_dir(out: Path, config: SweepConfig) -> Path:
-    """OUT.partial, reused only when it was started with the same settings."""
-    work = out.with_name(f"{out.name}.partial")
+def _work_path(out: Path) -> Path:
+    return out.with_name(f"{out.name}.partial")
+
+
+def _check_work_dir(out: Path, config: SweepConfig, inputs: tuple) -> None:
+    """Fail before any work when OUT.partial holds finished points of a sweep with other settings."""
+    work = check_work_directory(_work_path(out), "sweep", inputs, output=out, flag="the sweep's work folder")
     settings = work / "settings.json"
+    if work.exists() and _has_results(work) and (
+            not settings.exists() or settings.read_text() != json.dumps(config.fingerprint(), sort_keys=True)):
+        raise PrunekitError(f"{work} holds an unfinished sweep with other settings: delete it or rerun with the "
+                            "same model, calibration, evaluation, tasks and seed")
+
+
+def _has_results(work: Path) -> bool:
+    return (work / "dense.json").exists() or any((work / "points").glob("*/prunekit.json"))
+
+
+def _work_dir(out: Path, config: SweepConfig, inputs: tuple) -> Path:
+    """OUT.partial, resumed when it was started with the same settings (one with no results yet is restarted)."""
+    _check_work_dir(out, config, inputs)
     wanted = json.dumps(config.fingerprint(), sort_keys=True)
-    if work.exists():
-        if not settings.exists() or settings.read_text() != wanted:
-            raise PrunekitError(f"{work} holds an unfinished sweep with other settings: delete it or rerun with the "
-                                "same model, calibration, evaluation, tasks and seed")
+    work = _work_path(out)
+    settings = work / "settings.json"
+    if work.exists() and settings.exists() and settings.read_text() == wanted and _has_results(work):
         console.log(f"resuming the sweep in {work}")
-    else:
-        work.mkdir(parents=True)
-        settings.write_text(wanted)
+    work = work_directory(work, "sweep", inputs, output=out, flag="the sweep's work folder")
+    settings.write_text(wanted)
     return work
 
 
-def _evaluate(loaded: LoadedModel, config: SweepConfig, device: torch.device, label: str) -> dict[str, Any]:
+def _evaluate(loaded: LoadedModel, config: SweepConfig, device: torch.device, label: str,
+              windows: torch.Tensor | None) -> dict[str, Any]:
     model, tokenizer = loaded.model, loaded.tokenizer
     model.to(device)
     try:
-        ppl = evaluate(model, tokenizer, config.evaluation, f"{label} perplexity") if config.evaluation else None
+        ppl = (evaluate(model, tokenizer, config.evaluation, f"{label} perplexity", windows=windows)
+               if config.evaluation else None)
         zeroshot = evaluate_tasks(model, tokenizer, config.tasks, config.limit, config.seed,
                                   prompt=config.prompt) if config.tasks else []
     finally:
@@ -138,13 +164,14 @@ def _point_recipe(config: SweepConfig, stage: StageConfig) -> Recipe:
 
 
 def _run_point(loaded: LoadedModel, dense_state: dict[str, torch.Tensor], windows: torch.Tensor | None,
-               stage: StageConfig, config: SweepConfig, folder: Path, device: torch.device) -> dict:
+               eval_windows: torch.Tensor | None, stage: StageConfig, config: SweepConfig, folder: Path,
+               device: torch.device) -> dict:
     name = point_name(stage)
     loaded.model.load_state_dict(dense_state)
     console.log(f"[bold]{name}[/bold]")
     result = prune(loaded.model, loaded.tokenizer, stages=[stage], calibration=windows, seed=config.seed,
                    device=config.device, batch_size=config.calibration.batch_size)
-    scores = _evaluate(loaded, config, device, name)
+    scores = _evaluate(loaded, config, device, name, eval_windows)
     parameters = count_parameters(loaded.model)
     zeros = count_zeros(loaded.model)
     recipe = _point_recipe(config, stage)
@@ -204,24 +231,28 @@ def run_sweep(config: SweepConfig, out: Path, overwrite: bool = False) -> dict:
     """Run every point of the grid; write OUT/sweep.json, OUT/results.csv and OUT/points/NAME/{prunekit.json,
     recipe.yaml} (+ the model with save_models). Returns the sweep.json content."""
     started = time.perf_counter()
-    out = out.expanduser()
-    local_input = Path(config.model).expanduser()
-    check_output(out, overwrite, (local_input,) if local_input.exists() else ())
+    inputs = (config.model,)
+    out = check_output(out, overwrite, inputs)
     stages = config.stages()  # every point is validated before any work
     for task in config.tasks:
         load_task(task, config.prompt)
-    work = _work_dir(out, config)
+    _check_work_dir(out, config, inputs)
+    device = resolve_device(config.device)
     with console.status(f"loading {config.model}"):
         loaded = load_model(config.model, config.dtype, config.device, config.trust_remote_code, config.allow_pickle)
-    device = resolve_device(config.device)
+    for stage in stages:
+        check_selection(adapter_for(loaded.model), stage.to_stage())
+    # Both texts are read before the work folder is made, so bad text or lengths leave nothing behind.
+    eval_windows = evaluation_data(loaded.model, loaded.tokenizer, config.evaluation) if config.evaluation else None
     windows = None
     if any(s.to_stage().needs_calibration for s in stages):
         windows = calibration_data(loaded.model, loaded.tokenizer, config.calibration, config.seed)
+    work = _work_dir(out, config, inputs)
     dense_file = work / "dense.json"
     if dense_file.exists():
         dense = json.loads(dense_file.read_text())
     else:
-        scores = _evaluate(loaded, config, device, "dense")
+        scores = _evaluate(loaded, config, device, "dense", eval_windows)
         ppl = scores["perplexity"]
         dense = {"perplexity": ppl.perplexity if ppl else None, "zeroshot": scores["zeroshot"],
                  "parameters": count_parameters(loaded.model),
@@ -234,7 +265,7 @@ def run_sweep(config: SweepConfig, out: Path, overwrite: bool = False) -> dict:
         done = work / folder / "prunekit.json"
         console.log(f"point {index}/{len(stages)}")
         report = (json.loads(done.read_text()) if done.exists()
-                  else _run_point(loaded, dense_state, windows, stage, config, work / folder, device))
+                  else _run_point(loaded, dense_state, windows, eval_windows, stage, config, work / folder, device))
         points.append(_point_row(stage, report, folder))
     sweep = {
         "prunekit_sweep_version": SWEEP_VERSION,
@@ -254,7 +285,8 @@ def run_sweep(config: SweepConfig, out: Path, overwrite: bool = False) -> dict:
         "peak_rss_bytes": peak_rss_bytes(),
     }
     _write_results(work, sweep)
-    if out.exists():  # overwrite was allowed by check_output_free
+    (work / WORK_MARKER).unlink()  # from here on it is the output, not a work folder
+    if out.exists():  # overwrite was allowed by check_output
         shutil.rmtree(out)
     os.replace(work, out)
     return sweep

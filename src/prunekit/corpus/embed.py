@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from prunekit.corpus.step import EMBEDDING, TEXT, Step, embedding_array, with_column
+from prunekit.corpus.step import EMBEDDING, TEXT, Step, check_model_spec, embedding_array, with_column
+from prunekit.errors import PrunekitError
 
 
 @dataclass
@@ -16,6 +17,19 @@ class EmbedStep(Step):
     model: str = "all-minilm-l6-v2"
     batch_size: int = 64
     threads: int | None = None  # torch threads per process (None: torch's default, one per core)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 1:
+            raise PrunekitError(f"batch_size={self.batch_size}: use 1 or more texts per batch")
+        if self.threads is not None and self.threads < 1:
+            raise PrunekitError(f"threads={self.threads}: use 1 or more (or leave it out)")
+
+    def provides(self) -> tuple[str, ...]:
+        return (EMBEDDING,)
+
+    def check(self) -> None:
+        check_model_spec(self.model, ("all-minilm-l6-v2",), "sentence model")
 
     def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from prunekit.data.embed import text_embeddings

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.corpus.step import TEXT, Step, with_column
+from prunekit.corpus.step import PERPLEXITY, TEXT, Step, check_model_spec, with_column
 from prunekit.errors import PrunekitError
 
-PERPLEXITY = "perplexity"
+__all__ = ["PERPLEXITY", "PerplexityStep", "text_perplexities"]
 
 
 @torch.inference_mode()
@@ -78,8 +78,19 @@ class PerplexityStep(Step):
     dtype: str = "auto"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.max_tokens < 2:
             raise PrunekitError(f"max_tokens={self.max_tokens}: perplexity needs at least 2 tokens per document")
+        if self.batch_tokens < 1:
+            raise PrunekitError(f"batch_tokens={self.batch_tokens}: use 1 or more tokens per batch")
+
+    def provides(self) -> tuple[str, ...]:
+        return (PERPLEXITY,)
+
+    def check(self) -> None:
+        from prunekit.assets.registry import MODELS
+
+        check_model_spec(self.model, tuple(MODELS), "reference model")
 
     def run(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model, tokenizer = _reference_model(self.model, self.dtype)

@@ -17,11 +17,11 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from prunekit.corpus.cluster import CENTROID_DISTANCE, ClusterStep
 from prunekit.corpus.embed import EmbedStep
@@ -31,6 +31,7 @@ from prunekit.corpus.select import DuplicateFilter, ScoreFilter, ThresholdFilter
 from prunekit.corpus.semdedup import SemDedupStep
 from prunekit.corpus.step import Step
 from prunekit.errors import PrunekitError
+from prunekit.files import read_yaml
 
 STEPS: dict[str, type[Step]] = {
     "embed": EmbedStep,
@@ -62,11 +63,12 @@ def build_step(name: str, settings: dict | None) -> list[Step]:
     settings = dict(settings or {})
     if name in PRESETS:
         factory = {"dedup": dedup_steps, "d4": d4_steps}[name]
-        try:
-            return factory(**settings)
-        except TypeError:
-            raise PrunekitError(f"{name}: unknown setting in {sorted(settings)}; it takes "
-                                f"{', '.join(factory.__code__.co_varnames[: factory.__code__.co_argcount])}") from None
+        allowed = list(inspect.signature(factory).parameters)
+        unknown = sorted(set(settings) - set(allowed))
+        if unknown:  # checked here: a TypeError from inside the factory would say something else
+            raise PrunekitError(f"{name}: {', '.join(unknown)} is not a setting of this preset; it takes "
+                                f"{', '.join(allowed)}")
+        return factory(**settings)
     if name not in STEPS:
         raise PrunekitError(f"unknown corpus step {name!r}: use one of {', '.join([*STEPS, *PRESETS])}")
     step_class = STEPS[name]
@@ -88,27 +90,42 @@ class CorpusRecipe(BaseModel):
     ray_address: str | None = None
     output_format: Literal["parquet", "jsonl"] = "parquet"
     steps: list[dict[str, dict | None]]
+    _path: Path | None = PrivateAttr(default=None)
 
     def build(self) -> list[Step]:
+        """The steps; a bad one is a one-line error naming the recipe file, the step and the setting."""
+        where = f"recipe {self._path}: " if self._path else "recipe: "
         steps: list[Step] = []
-        for entry in self.steps:
+        for number, entry in enumerate(self.steps, 1):
             if len(entry) != 1:
-                raise PrunekitError(f"recipe step {entry}: write each step as `- NAME: {{settings}}`, one per item")
+                raise PrunekitError(f"{where}step {number} {entry}: write each step as `- NAME: {{settings}}`, "
+                                    "one per item")
             (name, settings), = entry.items()
-            steps.extend(build_step(name, settings))
+            try:
+                steps.extend(build_step(name, settings))
+            except PrunekitError as e:
+                raise PrunekitError(f"{where}step {number} ({name}): {e}") from None
         if not steps:
-            raise PrunekitError("the recipe has no steps")
+            raise PrunekitError(f"{where}the recipe has no steps: list them under `steps:`")
         return steps
 
 
 def load_recipe(path: Path) -> CorpusRecipe:
-    if not path.is_file():
-        raise PrunekitError(f"recipe {path} not found")
+    """The recipe at `path`, every field and step checked (steps are built once here, so a bad setting fails before
+    any corpus is read)."""
+    data = read_yaml(Path(path), "recipe")
+    if data is not None and not isinstance(data, dict):
+        raise PrunekitError(f"recipe {path}: expected a mapping with `steps:` (and input, executor...), got a "
+                            f"{type(data).__name__}")
     try:
-        return CorpusRecipe.model_validate(yaml.safe_load(path.read_text()) or {})
-    except yaml.YAMLError as e:
-        raise PrunekitError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        recipe = CorpusRecipe.model_validate(data or {})
     except ValidationError as e:
         error = e.errors()[0]
-        where = ".".join(str(p) for p in error["loc"]) or "recipe"
-        raise PrunekitError(f"{path}: {where}: {error['msg']}") from None
+        # Items counted from 1, as in the step messages: ("steps", 0, "embed") -> "steps: step 1: embed".
+        field = ": ".join(f"step {p + 1}" if isinstance(p, int) else str(p) for p in error["loc"]) or "recipe"
+        got = repr(error.get("input"))
+        got = got if len(got) <= 60 else got[:57] + "..."
+        raise PrunekitError(f"recipe {path}: {field}: {error['msg'].lower()} (got {got})") from None
+    recipe._path = Path(path)
+    recipe.build()
+    return recipe

@@ -75,7 +75,7 @@ class Step:
         except ValidationError as e:
             error = e.errors()[0]
             name = str(error["loc"][0]) if error["loc"] else "settings"
-            raise PrunekitError(f"{self.name}: {name}={values.get(name)!r}: {error['msg'].lower()}") from None
+            raise PrunekitError(f"{name}={values.get(name)!r}: {error['msg'].lower()}") from None
         for name in model.model_fields:
             setattr(self, name, getattr(checked, name))
 
@@ -89,6 +89,9 @@ class Step:
 
     def check_rows(self, rows: int) -> None:  # noqa: B027 - most steps work with any number of rows
         """Fail before the run when `rows` input rows cannot work with these settings."""
+
+    def check(self) -> None:  # noqa: B027 - most steps need nothing outside their settings
+        """Fail before the run on what needs no data, such as a model that cannot be found."""
 
     def fit(self, batches: Iterable[pa.RecordBatch]) -> None:  # noqa: B027 - most steps learn nothing
         """Learn from all rows (only `fit_columns`) before `run`."""
@@ -111,6 +114,24 @@ def _settings_model(step_class: type[Step]) -> Any:
     hints = typing.get_type_hints(step_class)
     fields = {f.name: (hints[f.name], ...) for f in dataclasses.fields(step_class) if not f.name.startswith("_")}
     return create_model(f"{step_class.__name__}Settings", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def check_model_spec(spec: str, offline: tuple[str, ...], what: str) -> None:
+    """Refuse a model that is neither an offline name, a local model folder (or .gguf), nor shaped like a hub id,
+    without loading it: a typo fails before the first step runs, not after hours of embedding."""
+    import re
+    from pathlib import Path
+
+    if spec.lower() in offline:
+        return
+    path = Path(spec).expanduser()
+    if path.exists():
+        if (path.is_dir() and (path / "config.json").exists()) or (path.is_file() and path.suffix == ".gguf"):
+            return
+        raise PrunekitError(f"{what} {spec!r} is neither a model folder (with config.json) nor a .gguf file")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", spec) or spec.startswith((".", "/", "~")):
+        raise PrunekitError(f"{what} {spec!r} not found: give a model folder, a hub id (ORG/NAME) or an offline "
+                            f"model ({', '.join(offline)})")
 
 
 def is_vector_type(kind: pa.DataType) -> bool:

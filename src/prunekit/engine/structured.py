@@ -108,6 +108,9 @@ def removal_count(adapter: ModelAdapter, stage: StructuredStage) -> int:
     total, per_unit = _units(adapter, stage.part)
     noun = {"blocks": "blocks", "mlp": "MLP channels per layer", "heads": "query heads per layer",
             "kv-heads": "key/value heads per layer"}[stage.part]
+    if total < 2:
+        raise PrunekitError(f"the model has {total} {noun}: there is nothing to remove while keeping one; "
+                            "prune weights instead (e.g. --method wanda)")
     if stage.size is not None:
         remove = stage.size if stage.is_depth else total - stage.size
         if not 0 < remove < total:

@@ -68,7 +68,7 @@ def _reusable(directory: Path) -> bool:
         ok = intact(directory)
     if not ok:
         console.print(f"[yellow]the cached model {directory} does not match its conversion manifest (changed, or "
-                      "made by an older prunekit): converting it again")
+                      "made by an older prunekit): converting it again", soft_wrap=True)
     return ok
 
 

@@ -15,6 +15,7 @@ from prunekit.errors import PrunekitError
 from prunekit.files import first_line
 from prunekit.models.adapters import adapter_class_for
 from prunekit.models.gguf import cached_asset, cached_gguf
+from prunekit.outputs import is_incomplete
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -49,6 +50,9 @@ def resolve_source(spec: str) -> tuple[str, Path | None]:
     if path.is_file() and path.suffix == ".gguf":
         return str(cached_gguf(path)), path
     if path.is_dir():
+        if is_incomplete(path):
+            raise PrunekitError(f"{path} is an unfinished prunekit output (its run was interrupted): rerun the "
+                                "command that writes it")
         if not (path / "config.json").exists():
             raise PrunekitError(f"{path} is not a Hugging Face model directory (no config.json in it)")
         return str(path), path

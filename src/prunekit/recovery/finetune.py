@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prunekit.errors import PrunekitError
 from prunekit.files import first_line, load_safetensors
+from prunekit.outputs import work_directory
 from prunekit.progress import progress_bar
 from prunekit.recipe import SEED_MAX
 from prunekit.recovery.losses import distillation_loss, lm_loss
@@ -139,6 +140,7 @@ def recover(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: Recove
     zeros_before, masked = masked_zeros(model, masks)
     windows = training_windows(tokenizer, config)
     fingerprint = run_fingerprint(config, model, teacher, windows)
+    work = work_directory(work, "recover")  # only now: bad training text must leave nothing behind
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, bias="none",
                       target_modules="all-linear")
     student = get_peft_model(model, lora)

@@ -18,6 +18,8 @@ from prunekit.report.runs import Dense, Point, Recovery, accuracy_interval, laye
 
 Key = tuple[str, str, str]  # (model, method, pattern): the points joined by one line
 COLOURS = plt.get_cmap("tab10").colors
+LOG_RANGE = (1e-300, 1e300)  # perplexities plotted on the log axis: its tick arithmetic overflows beyond these
+LOSS_LIMIT = 1e100  # losses plotted (a cross-entropy is far below this; the axis arithmetic overflows near 1e308)
 MAX_BAR_ROWS = 4  # more per-layer rows than this become a heatmap: grouped bars would be too thin to read
 # Labels come from the runs (method, model, task and directory names), so mathtext is off: a `$` in them is drawn as
 # a `$`, not parsed as TeX (which garbles the text or raises on a bad formula). No formatter here emits mathtext.
@@ -96,9 +98,13 @@ def _log_ticks(axes: plt.Axes, ys: Sequence[float]) -> None:
     axes.yaxis.set_minor_formatter(NullFormatter())
 
 
+def _on_log_axis(value: float | None) -> bool:
+    return value is not None and LOG_RANGE[0] <= value <= LOG_RANGE[1]
+
+
 def perplexity_plot(points: Sequence[Point], dense: Sequence[Dense]) -> str | None:
     """Perplexity against sparsity, one line per method (log y); None when no point has a perplexity."""
-    lines = {k: [p for p in v if p.perplexity is not None] for k, v in series(points).items()}
+    lines = {k: [p for p in v if _on_log_axis(p.perplexity)] for k, v in series(points).items()}
     lines = {k: v for k, v in lines.items() if v}
     if not lines:
         return None
@@ -108,7 +114,8 @@ def perplexity_plot(points: Sequence[Point], dense: Sequence[Dense]) -> str | No
         for k, line in lines.items():
             axes.plot([p.sparsity for p in line], [p.perplexity for p in line], marker="o", color=colour[k],
                       label=names[k])
-        baselines = _dense_lines(dense, "perplexity", len({k[0] for k in lines}) > 1)
+        baselines = [(y, label) for y, label in _dense_lines(dense, "perplexity", len({k[0] for k in lines}) > 1)
+                     if _on_log_axis(y)]
         for y, label in baselines:
             axes.axhline(y, color="0.35", linestyle="--", linewidth=1, label=f"{label}: {y:.4g}")
         axes.set_yscale("log")
@@ -247,9 +254,9 @@ def _layer_heatmap(rows: list[tuple[str, dict[int, float]]], layers: list[int]) 
 
 
 def _losses(value: object) -> list[float]:
-    """The recorded losses that are finite numbers (a report may hold anything there)."""
+    """The recorded losses that are finite numbers of a plottable size (a report may hold anything there)."""
     found = [number(x) for x in value] if isinstance(value, list) else []
-    return [x for x in found if x is not None]
+    return [x for x in found if x is not None and abs(x) <= LOSS_LIMIT]
 
 
 def loss_plot(recoveries: Sequence[Recovery]) -> str | None:

@@ -12,6 +12,7 @@ someone else's run cannot embed the reader's own files."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -90,7 +91,7 @@ class Run:
 
 # --- pure helpers ---------------------------------------------------------------------------------------------------
 
-_LAYER = re.compile(r"(?:^|\.)(\d+)(?:\.|$)")
+_LAYER = re.compile(r"(?:^|\.)(\d{1,6})(?:\.|$)")  # a longer number is no layer index (and would not plot)
 
 
 def layer_index(name: str) -> int | None:
@@ -130,10 +131,10 @@ def accuracy_interval(result: dict) -> tuple[float, float]:
     """95% interval of a zero-shot `acc`: the one the evaluator recorded, else acc +- 1.96 stderr clipped to [0, 1]."""
     interval = result.get("acc_ci95")
     if isinstance(interval, (list, tuple)) and len(interval) == 2:
-        low, high = number(interval[0]), number(interval[1])
+        low, high = fraction(interval[0]), fraction(interval[1])
         if low is not None and high is not None:
             return low, high
-    acc, stderr = number(result.get("acc")) or 0.0, number(result.get("acc_stderr")) or 0.0
+    acc, stderr = fraction(result.get("acc")) or 0.0, fraction(result.get("acc_stderr")) or 0.0
     return max(0.0, acc - Z95 * stderr), min(1.0, acc + Z95 * stderr)
 
 
@@ -152,6 +153,12 @@ def number(value: Any) -> float | None:
     except OverflowError:  # an integer too large for a float
         return None
     return value if math.isfinite(value) else None
+
+
+def fraction(value: Any) -> float | None:
+    """A number in [0, 1] (a sparsity, an accuracy, a chance level), else None: anything else is not one."""
+    value = number(value)
+    return value if value is not None and 0.0 <= value <= 1.0 else None
 
 
 def _integer(value: Any) -> int | None:
@@ -176,14 +183,14 @@ def _zeroshot(value: Any) -> tuple[dict, ...]:
 
 
 def _zeroshot_result(raw: dict) -> dict | None:
-    acc = number(raw.get("acc"))
+    acc = fraction(raw.get("acc"))
     if not isinstance(raw.get("task"), str) or not raw["task"] or acc is None:
         return None
-    result: dict[str, Any] = {"task": raw["task"], "acc": acc, "acc_stderr": number(raw.get("acc_stderr")),
-                              "chance": number(raw.get("chance")), "examples": _integer(raw.get("examples"))}
+    result: dict[str, Any] = {"task": raw["task"], "acc": acc, "acc_stderr": fraction(raw.get("acc_stderr")),
+                              "chance": fraction(raw.get("chance")), "examples": _integer(raw.get("examples"))}
     interval = raw.get("acc_ci95")
-    if isinstance(interval, list) and len(interval) == 2 and all(number(x) is not None for x in interval):
-        result["acc_ci95"] = [number(x) for x in interval]
+    if isinstance(interval, list) and len(interval) == 2 and all(fraction(x) is not None for x in interval):
+        result["acc_ci95"] = [fraction(x) for x in interval]
     return result
 
 
@@ -244,12 +251,12 @@ def _recipe_text(directory: Path, recipe: Any, root: Path) -> tuple[str | None, 
     """The recipe as the user would write it: recipe.yaml beside the report, else the report's copy as YAML; and a
     note when recipe.yaml was left unread because it links outside the run directory `root`."""
     saved = directory / "recipe.yaml"
+    if saved.is_file() and inside(saved, root):
+        return read_text(saved, "recipe"), None
     copy = yaml.safe_dump(recipe, sort_keys=False) if isinstance(recipe, dict) else None
-    if not saved.is_file():
-        return copy, None
-    if not inside(saved, root):
+    if saved.is_file():
         return copy, f"{saved} links outside the run directory {root}; not read (the report's copy is shown)"
-    return read_text(saved, "recipe"), None
+    return copy, None
 
 
 def _stages(report: dict) -> list[dict]:
@@ -269,11 +276,11 @@ def _prune_sparsity(report: dict, stages: list[dict]) -> float | None:
     structure = report.get("structure")
     if isinstance(structure, dict):
         dense, removed = number(structure.get("dense_parameters")), number(structure.get("parameters_removed"))
-        if dense and removed is not None:
+        if dense and removed is not None and fraction(removed / dense) is not None:
             return removed / dense
-    if len(stages) == 1 and number(stages[0].get("sparsity")) is not None:
-        return float(stages[0]["sparsity"])
-    return number(report.get("decoder_linear_sparsity"))
+    if len(stages) == 1 and fraction(stages[0].get("sparsity")) is not None:
+        return fraction(stages[0]["sparsity"])
+    return fraction(report.get("decoder_linear_sparsity"))
 
 
 def prune_point(report: dict, directory: Path, run: str, root: Path | None = None) -> Point:
@@ -337,9 +344,10 @@ def _linked_report(raw: dict, sweep: Path, label: str) -> tuple[Point | None, st
     link = raw.get("report")
     if not link:
         return None, None
-    where = f"{raw.get('method')} at sparsity {raw.get('sparsity')}: its report {link}"
-    if not isinstance(link, str):
-        return None, f"{where} is not a path"
+    point = f"{raw.get('method')} at sparsity {raw.get('sparsity')}: its report"
+    if not isinstance(link, str) or "\0" in link:
+        return None, f"{point} path {json.dumps(link)[:200]} is not a file name"
+    where = f"{point} {link}"
     path = sweep / link
     if not inside(path, sweep):
         return None, f"{where} lies outside the sweep directory {sweep}; not read"
@@ -353,7 +361,7 @@ def _linked_report(raw: dict, sweep: Path, label: str) -> tuple[Point | None, st
 def _sweep_point(raw: dict, sweep: Path, label: str, model: str, pattern: str) -> Point:
     """One sweep point, completed from its full report (matrices, recipe, memory); its notes say what could not be
     read (a missing report, one outside the sweep directory)."""
-    method, sparsity = _text(raw.get("method")) or "?", number(raw.get("sparsity"))
+    method, sparsity = _text(raw.get("method")) or "?", fraction(raw.get("sparsity"))
     pattern = _text(raw.get("pattern")) or pattern
     if raw.get("error"):
         return Point(run=label, model=model, method=method, pattern=pattern, sparsity=sparsity,
@@ -361,7 +369,7 @@ def _sweep_point(raw: dict, sweep: Path, label: str, model: str, pattern: str) -
     full, note = _linked_report(raw, sweep, label)
     full = full or Point(run=label, model=model, method=method, pattern=pattern, sparsity=sparsity)
     if sparsity is None:  # an N:M point may leave its target implicit; what was measured stands in for it
-        sparsity = number(raw.get("decoder_linear_sparsity"))
+        sparsity = fraction(raw.get("decoder_linear_sparsity"))
         sparsity = full.sparsity if sparsity is None else sparsity
     # The sweep's own numbers win over the linked report's: they are what the sweep measured and summarised.
     return Point(
