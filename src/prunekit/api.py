@@ -283,8 +283,7 @@ def _report(recipe: Recipe, result: PruneResult, parameters: int, zeros: int,
 def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
     """Load, evaluate dense, prune, evaluate pruned, save. Returns the report written to prunekit.json."""
     started = time.perf_counter()
-    local_input = Path(recipe.model).expanduser()
-    check_output(out, overwrite, (local_input,) if local_input.exists() else ())
+    check_output(out, overwrite, (recipe.model,))
     if recipe.stream:
         return run_streaming(recipe, out, overwrite)
     timings: dict[str, float] = {}
@@ -344,7 +343,7 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
         # Streaming is for memory: one window at a time through a layer (on a CPU about as fast as eight).
         recipe = recipe.model_copy(update={"calibration": recipe.calibration.model_copy(update={"batch_size": 1})})
     directory = local_checkpoint(recipe.model)
-    check_output(out, overwrite, (directory,))
+    check_output(out, overwrite, (recipe.model, directory))
     config, tokenizer, saved_dtype = load_config_and_tokenizer(str(directory), recipe.trust_remote_code)
     device = resolve_device(recipe.device)
     dtype = compute_dtype(recipe.dtype, device, saved_dtype)
@@ -362,7 +361,7 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
         release_memory()  # what reading the calibration text left behind
         load_outside_layers(adapter, checkpoint, windows, dtype)
     torch.manual_seed(recipe.seed)
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    with atomic_directory(out, overwrite=overwrite, inputs=(recipe.model, directory)) as tmp:
         writer = ShardWriter(tmp)
         store = StreamedLayers(adapter, device, checkpoint, writer, dtype, saved_dtype)
         t0 = time.perf_counter()

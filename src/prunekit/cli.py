@@ -514,6 +514,7 @@ def bench(
     trust_remote_code: Annotated[bool, typer.Option(help="Allow code shipped with a model to run.")] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the result as JSON here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of a table.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
 ) -> None:
     """Speed and size side by side: parameters, file size, prefill tokens/s, time to first token, decode
     tokens/s per batch size and peak memory, each model in its own process, medians of repeated runs.
@@ -526,7 +527,10 @@ def bench(
       prunekit bench smollm2-135m out/smol-minus8 out/smol-mlp75 --out bench.json
     """
     from prunekit.eval.speed import SpeedConfig, benchmark_models, render_table, write_json
+    from prunekit.outputs import check_output
 
+    if out is not None:
+        check_output(out, overwrite, models, kind="file")
     try:
         sizes = tuple(int(b) for b in batch_sizes.split(","))
     except ValueError:
@@ -536,7 +540,7 @@ def bench(
                          threads=threads, trust_remote_code=trust_remote_code)
     result = benchmark_models(models, config)
     if out is not None:
-        write_json(result, out)
+        write_json(result, out, overwrite, tuple(models))
     if as_json:
         print(json.dumps(result, indent=2))
     else:
@@ -625,7 +629,7 @@ def data_prune(
 
     if score not in (*DYNAMICS_SCORES, "prototype", "random"):
         raise PrunekitError(f"unknown score {score!r}: use {', '.join(DYNAMICS_SCORES)}, prototype or random")
-    check_output(out, overwrite)
+    check_output(out, overwrite, (dataset,))
     data = load_dataset_spec(dataset)
     if score == "random":
         values = random_scores(len(data), seed)
@@ -783,7 +787,7 @@ def data_experiment(
     from prunekit.data.sources import load_dataset_spec
     from prunekit.outputs import check_output
 
-    check_output(out, overwrite)
+    check_output(out, overwrite, (dataset,))
     try:
         config = ExperimentConfig(fractions=tuple(float(f) for f in fractions.split(",")),
                                   seeds=tuple(int(s) for s in seeds.split(",")),

@@ -68,7 +68,11 @@ def fetch_package(package: Package) -> Path:
     folder = cache_dir() / "packages" / f"{package.name}-{package.version}"
     done = folder / "VERIFIED"
     if done.exists():
-        return folder / done.read_text().strip()
+        archive = folder / done.read_text().strip()
+        if archive.is_file() and sha256_of(archive) == package.sha256:  # verified at every read, not only once
+            return archive
+        console.print(f"[yellow]the cached {archive.name} does not match its pinned SHA-256: downloading it again",
+                      soft_wrap=True)
     entry = _release_file(package)
     folder.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder.parent, prefix=".download-") as tmp:

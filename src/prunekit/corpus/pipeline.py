@@ -172,7 +172,7 @@ def check_plan(steps: list[Step], info: CorpusInfo, source: str) -> None:
         for column, kind in step.requires().items():
             if column not in available:
                 maker = PRODUCED_BY.get(column)
-                fix = (f"add a {maker} step before it" + (", or give the input that column" if column == EMBEDDING
+                fix = (f"add the {maker} step before it" + (", or give the input that column" if column == EMBEDDING
                                                           else "")) if maker else "give the input that column"
                 raise PrunekitError(f"step {number} ({step.name}) needs the column {column!r}, which {source} "
                                     f"(columns: {', '.join(available)}) and the steps before it lack: {fix}")

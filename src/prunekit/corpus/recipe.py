@@ -104,7 +104,8 @@ class CorpusRecipe(BaseModel):
             try:
                 steps.extend(build_step(name, settings))
             except PrunekitError as e:
-                raise PrunekitError(f"{where}step {number} ({name}): {e}") from None
+                message = str(e).removeprefix(f"{name}: ")  # the step is named in the prefix already
+                raise PrunekitError(f"{where}step {number} ({name}): {message}") from None
         if not steps:
             raise PrunekitError(f"{where}the recipe has no steps: list them under `steps:`")
         return steps

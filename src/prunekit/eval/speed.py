@@ -48,6 +48,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from prunekit.api import count_parameters, peak_rss_bytes, versions
 from prunekit.errors import PrunekitError
 from prunekit.files import first_line
+from prunekit.outputs import atomic_file
 from prunekit.models.loading import DTYPES, compute_dtype, resolve_device, resolve_source
 
 RESULT_VERSION = 1
@@ -446,10 +447,10 @@ def _print_progress(message: str) -> None:
     console.print(f"[dim]{message}[/]", highlight=False)
 
 
-def write_json(result: dict[str, Any], path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+def write_json(result: dict[str, Any], path: Path, overwrite: bool = False, inputs: tuple = ()) -> None:
+    """The result as JSON, written aside and renamed into place (see prunekit.outputs)."""
+    with atomic_file(path, overwrite, inputs) as tmp:
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
 
 
 # ---- the table ----
