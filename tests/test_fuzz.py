@@ -32,13 +32,13 @@ import signal
 import sys
 import time
 import traceback
+import typing
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 import numpy as np
 import pytest
 import yaml
@@ -513,7 +513,7 @@ def _safe_document(doc: Any) -> bool:
 
 
 def test_prune_recipes(kit: Kit) -> None:
-    @examples(30)
+    @examples(60)
     @given(doc=recipe_documents.filter(_safe_document))
     def run(doc: Any) -> None:
         if isinstance(doc, dict):  # keep every case small unless the fuzzer set the sizes itself
@@ -586,7 +586,7 @@ corpus_documents = mutated(valid_corpus_recipes).map(_no_default_models)
 
 
 def test_corpus_recipes(kit: Kit) -> None:
-    @examples(20)
+    @examples(40)
     @given(doc=corpus_documents.filter(_safe_document), argument=st.sampled_from([None, "corpus.jsonl",
                                                                                   "corpus.parquet", "missing.jsonl"]))
     def run(doc: Any, argument: str | None) -> None:
@@ -628,8 +628,8 @@ SKELETONS: dict[str, list[str]] = {
                         "1", "--eval-size", "0.5", "--batch-size", "64"],
 }
 # How many generated command lines each command gets in the `ci` profile (the slow ones fewer).
-CLI_EXAMPLES = {"prune": 16, "eval": 8, "recover": 8, "sweep": 6, "report": 8, "bench": 2, "fetch": 3, "models": 2,
-                "data prune": 6, "data dedup": 8, "data ppl-filter": 5, "data experiment": 3}
+CLI_EXAMPLES = {"prune": 30, "eval": 14, "recover": 14, "sweep": 10, "report": 12, "bench": 3, "fetch": 3,
+                "models": 2, "data prune": 10, "data dedup": 14, "data ppl-filter": 8, "data experiment": 5}
 # Options whose value is an amount of work: never huge (a correct run could take forever).
 WORK_AMOUNTS = {"--steps", "--epochs", "--runs", "--score-runs", "--repeats", "--warmup", "--new-tokens",
                 "--prompt-len", "--workers", "--threads", "--checkpoint-every", "--calib-samples", "--ppl-samples",
@@ -678,29 +678,37 @@ class Option:
     other: str | None = None  # the --no- form of a boolean flag
 
 
+def _base_type(annotation: Any) -> type:
+    """int, float, bool, str or Path from an `Annotated[X | None, ...]` hint."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args and typing.get_origin(annotation) is not list else (
+        annotation if isinstance(annotation, type) else str)
+
+
 def _options(path: tuple[str, ...]) -> list[Option]:
-    """The real options of the command at `path`, read from the click command typer builds."""
+    """The real options of the command at `path`: names from the command typer builds, kinds from the hints."""
     import typer.main
 
     from prunekit.cli import app
 
-    command: click.Command = typer.main.get_command(app)
+    command: Any = typer.main.get_command(app)
     for name in path:
-        command = command.commands[name]  # type: ignore[attr-defined]
+        command = command.commands[name]
+    hints = typing.get_type_hints(command.callback, include_extras=True)
     options = []
     for param in command.params:
-        if not isinstance(param, click.Option) or "--help" in param.opts or set(param.opts) & SKIP_OPTIONS:
+        if not param.opts or not param.opts[0].startswith("-") or "--help" in param.opts \
+                or set(param.opts) & SKIP_OPTIONS:
             continue
         long = max(param.opts, key=len)
-        if param.is_flag:
+        kind = _base_type(hints.get(param.name, str))
+        if getattr(param, "is_flag", False) or kind is bool:
             other = max(param.secondary_opts, key=len) if param.secondary_opts else None
             options.append(Option(long, "flag", other))
-        elif isinstance(param.type, click.types.IntParamType):
-            options.append(Option(long, "int"))
-        elif isinstance(param.type, click.types.FloatParamType):
-            options.append(Option(long, "float"))
         else:
-            options.append(Option(long, "text"))
+            options.append(Option(long, {int: "int", float: "float"}.get(kind, "text")))
     return options
 
 
@@ -820,15 +828,15 @@ FILE_INPUTS: dict[str, tuple[str, str, list[str]]] = {
     "report recipe.yaml": ("run-recipe.yaml", "run/recipe.yaml", ["report", "run", "--out", "report.html"]),
     "report sweep.json": ("sweep.json", "sweeprun/sweep.json", ["report", "sweeprun", "--out", "report.html"]),
 }
-FILE_EXAMPLES = {"prune --recipe": 4, "eval model.safetensors": 4, "report prunekit.json": 5,
-                 "data dedup .jsonl": 4}
+FILE_EXAMPLES = {"prune --recipe": 6, "eval model.safetensors": 8, "report prunekit.json": 8,
+                 "data dedup .jsonl": 6, "data dedup .parquet": 6, "prune --calib .parquet": 6, "eval --tasks": 6}
 
 
 @pytest.mark.parametrize("kind", list(FILE_INPUTS))
 def test_random_bytes(kit: Kit, kind: str) -> None:
     source, target, argv = FILE_INPUTS[kind]
 
-    @examples(FILE_EXAMPLES.get(kind, 3))
+    @examples(FILE_EXAMPLES.get(kind, 5))
     @given(data=corrupted(kit.valid[source]))
     def run(data: bytes) -> None:
         with kit.case() as case:

@@ -259,9 +259,9 @@ def test_defect9_recipe_settings_are_checked_with_their_types_and_ranges(tmp_pat
 def test_defect9_recipe_file_errors_are_one_line(tmp_path):
     recipe = tmp_path / "data.yaml"
     cases = [
-        ("steps:\n  - embed\n".encode(), "steps: step 1: input should be a valid dictionary"),
-        ("executor: spark\nsteps:\n  - embed: {}\n".encode(), "executor: input should be 'local' or 'ray'"),
-        ("text_column: 5\nsteps:\n  - embed: {}\n".encode(), "text_column: input should be a valid string"),
+        (b"steps:\n  - embed\n", "steps: step 1: input should be a valid dictionary"),
+        (b"executor: spark\nsteps:\n  - embed: {}\n", "executor: input should be 'local' or 'ray'"),
+        (b"text_column: 5\nsteps:\n  - embed: {}\n", "text_column: input should be a valid string"),
         ("steps:\n  - embed: {model: caf\xe9}\n".encode("latin-1"), r"not UTF-8 text \(byte 0xe9\)"),
         (b"steps: [\n", "is not valid YAML"),
         (b"- embed: {}\n", "expected a mapping"),

@@ -71,6 +71,8 @@ def json_lines(path: Path, what: str = "JSON-lines file") -> Iterator[tuple[int,
         except json.JSONDecodeError as e:
             raise PrunekitError(f"{what} {path}:{number} is not valid JSON ({e.msg}): one JSON object per line"
                                 ) from None
+        except (ValueError, RecursionError) as e:
+            raise PrunekitError(f"{what} {path}:{number} cannot be read as JSON ({first_line(e)})") from None
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -80,6 +82,8 @@ def read_json(path: Path, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise PrunekitError(f"{what} {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    except (ValueError, RecursionError) as e:  # integers of thousands of digits, absurdly deep nesting
+        raise PrunekitError(f"{what} {path} cannot be read as JSON ({first_line(e)})") from None
 
 
 def read_yaml(path: Path, what: str) -> Any:

@@ -66,12 +66,12 @@ def check_output(out: Path, overwrite: bool = False, inputs: Iterable[Path | str
             raise PrunekitError(f"{flag} {out} would overwrite the input {source} (or lies inside or around it): "
                                 f"choose another {flag}")
     if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise PrunekitError(f"{flag} {out} already exists: choose another {flag} or pass --overwrite")
         if kind == "directory" and not out.is_dir():
             raise PrunekitError(f"{flag} {out} exists and is not a directory: choose another {flag}")
         if kind == "file" and out.is_dir():
             raise PrunekitError(f"{flag} {out} is a directory: give a file name, e.g. {out / 'report.html'}")
+        if not overwrite:
+            raise PrunekitError(f"{flag} {out} already exists: choose another {flag} or pass --overwrite")
     for parent in target.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -235,8 +235,8 @@ def needs_calibration(stage: StageConfig | StructuredStageConfig) -> bool:
 class Recipe(_Strict):
     model: str = Field(DEFAULT_MODEL, min_length=1)
     seed: Seed = 0
-    dtype: str = "auto"
-    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     trust_remote_code: bool = False
     allow_pickle: bool = False  # load .bin/.pt weights (pickle can run code); safetensors otherwise
     stream: bool = False  # read, prune and write one decoder layer at a time (models bigger than memory)

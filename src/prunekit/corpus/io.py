@@ -57,7 +57,9 @@ def inspect_corpus(source: str | Path, text_column: str = TEXT, id_column: str |
             usable = usable and _still_unique(raw.column(ID), seen)
         raw_schema = _unified(raw_schema, raw.schema, source)
         if vector_column in batch.schema.names and is_vector_type(batch.schema.field(vector_column).type):
-            length = check_vectors(batch, vector_column, length, str(source))
+            # Name a bad row by the input's own id when it has one (it becomes the id column when unique).
+            named = raw if own_id and ID in raw.schema.names and vector_column in raw.schema.names else batch
+            length = check_vectors(named, vector_column, length, str(source))
         rows += len(batch)
     if rows == 0 or raw_schema is None:
         raise PrunekitError(f"{source}: the corpus is empty (no rows)")

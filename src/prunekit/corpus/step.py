@@ -69,6 +69,8 @@ class Step:
         from pydantic import ValidationError
 
         model = _settings_model(type(self))
+        if model is None:
+            return
         values = {name: getattr(self, name) for name in model.model_fields}
         try:
             checked = model.model_validate(values)
@@ -108,12 +110,18 @@ class Step:
 
 @functools.cache
 def _settings_model(step_class: type[Step]) -> Any:
-    """A pydantic model of the public dataclass fields of `step_class`, from their type hints."""
+    """A pydantic model of the public dataclass fields of `step_class`, from their type hints (None when a step
+    written elsewhere has hints that do not resolve: its settings are then taken as given)."""
     from pydantic import ConfigDict, create_model
 
-    hints = typing.get_type_hints(step_class)
-    fields = {f.name: (hints[f.name], ...) for f in dataclasses.fields(step_class) if not f.name.startswith("_")}
-    return create_model(f"{step_class.__name__}Settings", __config__=ConfigDict(extra="forbid"), **fields)
+    try:
+        hints = typing.get_type_hints(step_class)
+    except (NameError, TypeError):
+        return None
+    fields = {f.name: (hints.get(f.name, Any), ...) for f in dataclasses.fields(step_class)
+              if not f.name.startswith("_")}
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    return create_model(f"{step_class.__name__}Settings", __config__=config, **fields)
 
 
 def check_model_spec(spec: str, offline: tuple[str, ...], what: str) -> None:

@@ -53,6 +53,21 @@ class TrainConfig:
     kd_temperature: float = 4.0
     num_threads: int | None = 1
 
+    def __post_init__(self) -> None:
+        """Every setting checked when it is made, so a command fails before it reads data or writes anything."""
+        if self.epochs < 1 or self.batch_size < 1:
+            raise PrunekitError("epochs and batch_size must be at least 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise PrunekitError(f"learning rate {self.lr} must be a positive number, e.g. 0.05")
+        if not (self.weight_decay >= 0 and 0 <= self.momentum < 1 and 0 <= self.label_smoothing < 1):
+            raise PrunekitError("weight_decay must be >= 0, momentum and label_smoothing in [0, 1)")
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            raise PrunekitError(f"kd_alpha is {self.kd_alpha}: it must lie in [0, 1]")
+        if not self.kd_temperature > 0:
+            raise PrunekitError(f"kd_temperature {self.kd_temperature} must be positive")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise PrunekitError(f"threads {self.num_threads} must be at least 1")
+
 
 def _conv_block(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
     return [

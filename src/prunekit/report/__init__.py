@@ -28,9 +28,7 @@ def write_report(run_dirs: Sequence[Path], out: Path, title: str | None = None, 
     from prunekit.report.page import render
 
     inputs = _inputs(run_dirs)
-    # An existing directory is never replaced (kind="file" refuses it); passing overwrite for it only picks the
-    # message that says to give a file name instead of the one that suggests --overwrite.
-    out = check_output(out, overwrite or Path(out).expanduser().is_dir(), inputs=inputs, kind="file")
+    out = check_output(out, overwrite, inputs=inputs, kind="file")
     runs = load_runs([Path(p) for p in run_dirs])
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     html = render(runs, title or "prunekit report", generated, prunekit.__version__)
