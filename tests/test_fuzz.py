@@ -55,7 +55,7 @@ _COMMON: dict[str, Any] = dict(deadline=None, suppress_health_check=list(HealthC
 settings.register_profile("ci", derandomize=True, database=None, phases=[Phase.explicit, Phase.generate],
                           **_COMMON)
 settings.register_profile("long", phases=[Phase.explicit, Phase.generate, Phase.shrink], **_COMMON)
-SCALE = {"ci": 1, "long": 15}.get(PROFILE, 1)
+SCALE = {"ci": 2, "long": 30}.get(PROFILE, 2)
 CASE_TIMEOUT_S = {"ci": 25, "long": 60}.get(PROFILE, 25)  # a case longer than this is recorded as a hang
 RAISE = os.environ.get("PRUNEKIT_FUZZ_RAISE") == "1"
 
@@ -146,15 +146,20 @@ def invoke(argv: list[str], cwd: Path, timeout: float = CASE_TIMEOUT_S) -> Outco
     return outcome
 
 
-def digest(path: Path) -> str:
-    """sha256 of a file, or of a directory's relative paths and file contents (symlinks by their target)."""
+def digest(path: Path, exclude: tuple[Path, ...] = ()) -> str:
+    """sha256 of a file, or of a directory's relative paths and file contents (symlinks by their target), leaving
+    out what lies under `exclude` (the outputs the command was asked to write)."""
     h = hashlib.sha256()
+    if any(path == e or path.is_relative_to(e) for e in exclude):
+        return "excluded"
     if path.is_symlink():
         h.update(b"link:" + os.readlink(path).encode())
     elif path.is_file():
         h.update(path.read_bytes())
     elif path.is_dir():
         for p in sorted(path.rglob("*")):
+            if any(p == e or p.is_relative_to(e) for e in exclude):
+                continue
             h.update(str(p.relative_to(path)).encode() + b"\0")
             if p.is_symlink():
                 h.update(b"link:" + os.readlink(p).encode())
@@ -201,10 +206,16 @@ def check_case(command: str, argv: list[str], case: Path, inputs: dict[str, str]
                keeps_work: bool = False) -> Outcome:
     """Run one case in `case` and check the property; returns the outcome. `inputs`: a note of what the case's
     generated files held (for the report)."""
-    before = {p.name: digest(p) for p in case.iterdir()}
+    targets = tuple((case / v).absolute() for k, v in zip(argv, argv[1:], strict=False)
+                    if k in ("--out", "-o") or (keeps_work and k == "--work-dir"))
+    targets = tuple(Path(os.path.normpath(t)) for t in targets if Path(os.path.normpath(t)) != case)
+    full = {p.name: digest(p) for p in case.iterdir()}
+    partial = {p.name: digest(p, targets) for p in case.iterdir()}
     listed = listing(case)
     outcome = invoke(argv, case)
-    after = {p.name: digest(p) for p in case.iterdir() if p.name in before}
+    written = targets if outcome.code == 0 else ()  # what it was asked to write may change, on success only
+    before = partial if written else full
+    after = {p.name: digest(p, written) for p in case.iterdir() if p.name in before}
     new = sorted(listing(case) - listed)
     counts = PER_COMMAND.setdefault(command, Counter())
     STATS["cases"] += 1

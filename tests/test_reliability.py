@@ -371,3 +371,59 @@ def test_defect15_eval_checks_limit_and_tasks_before_loading(tmp_path, capsys, m
     for args, message in ((["--limit", "0"], "--limit"), (["--tasks", "no_such_task"], "unknown task")):
         code, _, err = run_cli(["eval", str(tmp_path / "missing-model"), *args], capsys, monkeypatch)
         assert code == 2 and message in err, err
+
+
+# found by the fuzz test (tests/test_fuzz.py) after the probe's 15 defects were fixed
+def test_defect9_damaged_npz_is_one_line_error(tmp_path, capsys, monkeypatch):
+    import numpy as np
+
+    good = tmp_path / "good.npz"
+    np.savez(good, x=np.zeros((8, 4), dtype=np.float32), y=np.arange(8) % 2)
+    data = good.read_bytes()
+    for name, content in (("empty.npz", b""), ("truncated.npz", data[:93]),
+                          ("flipped.npz", data[:60] + bytes([data[60] ^ 0xFF]) + data[61:])):
+        path = tmp_path / name
+        path.write_bytes(content)
+        code, _, err = run_cli(["data", "prune", str(path), "--score", "random", "--out", str(tmp_path / "o")],
+                               capsys, monkeypatch)
+        assert code == 2 and "cannot read" in err, (name, err)
+        assert_one_line_error(err)
+        assert not (tmp_path / "o").exists()
+
+
+def test_defect9_damaged_parquet_text_is_one_line_error(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "calib.parquet"
+    from conftest import make_text
+
+    pq.write_table(pa.table({"text": [make_text(200, seed) for seed in range(20)]}), path, compression="snappy",
+                   use_dictionary=False)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 3
+    data[middle:middle + 64] = b"\xff" * 64  # a damaged data page, the footer intact
+    path.write_bytes(bytes(data))
+    code, _, err = run_cli(prune_args(tiny_model_dir, path, tmp_path / "out"), capsys, monkeypatch)
+    assert code == 2, err
+    assert_one_line_error(err)
+
+
+def test_defect9_perplexity_needs_two_tokens_and_overflows_to_inf(tiny_model_dir, text_file, capsys, monkeypatch):
+    from prunekit.eval.perplexity import perplexity
+
+    code, _, err = run_cli(["eval", str(tiny_model_dir), "--text", str(text_file), "--ppl-seq-len", "1"],
+                           capsys, monkeypatch)
+    assert code == 2 and "seq_len" in err, err
+
+    class Exploding(torch.nn.Module):
+        def forward(self, input_ids, use_cache=False):
+            logits = torch.zeros(*input_ids.shape, 4)
+            logits[..., 0] = 1e6  # every target (token 1) is a million nats away
+            return type("Out", (), {"logits": logits})()
+
+        def parameters(self):
+            yield torch.zeros(1)
+
+    result = perplexity(Exploding(), torch.ones(1, 8, dtype=torch.long), "x")
+    assert result.perplexity == float("inf")

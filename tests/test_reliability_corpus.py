@@ -101,6 +101,9 @@ def _bad_cases(tmp):
         ("a row without an embedding",
          jsonl(tmp / "nullvec.jsonl", [{"text": "a", "embedding": [1.0, 2.0]}, {"text": "b", "embedding": None}]),
          dedup_steps(clusters=1), {}, "row id 1 has no 'embedding' vector"),
+        ("a NaN in an embedding", _write(tmp / "nan.jsonl", b'{"text": "a", "embedding": [1.0, 2.0]}\n'
+                                          b'{"text": "b", "embedding": [NaN, 2.0]}\n'),
+         dedup_steps(clusters=1), {}, "row id 1 has a NaN or infinite value in 'embedding'"),
         ("more clusters than rows", ok, dedup_steps(clusters=500), {}, "500 clusters for 66 rows"),
         ("unknown executor", ok, dedup_steps(clusters=2), {"executor": "spark"}, "unknown executor"),
         ("unknown output format", ok, dedup_steps(clusters=2), {"output_format": "csv"}, "unknown output format"),
@@ -217,6 +220,13 @@ def test_defect9_unreadable_corpus_files_are_one_line_errors(tmp_path):
     _write(tmp_path / "short.parquet", b"PAR1\x00\x00")
     with pytest.raises(PrunekitError, match="not a readable Parquet file"):
         list(read_corpus(tmp_path / "short.parquet"))
+    # A footer whose column name is no longer UTF-8 (pyarrow raises UnicodeDecodeError when opening it).
+    data = bytearray(vectors_corpus(tmp_path / "names.parquet").read_bytes())
+    at = data.index(b"embedding", len(data) - 1000)  # its name in the footer schema
+    data[at] = 0x87
+    _write(tmp_path / "names.parquet", bytes(data))
+    with pytest.raises(PrunekitError, match="names.parquet is not a readable Parquet file"):
+        list(read_corpus(tmp_path / "names.parquet"))
 
 
 def test_defect9_missing_columns_name_the_column_and_the_fix(tmp_path):
@@ -247,6 +257,11 @@ def test_defect9_missing_columns_name_the_column_and_the_fix(tmp_path):
     ("d4: {keep: 0}", r"step 1 \(d4\): keep=0.0 is outside"),
     ("d4: {k: 3}", r"step 1 \(d4\): k is not a setting of this preset; it takes epsilon, keep, clusters, seed"),
     ("dedupe: {}", "unknown corpus step 'dedupe'"),
+    # Values the libraries underneath take as C ints: refused here rather than overflowing inside them.
+    ("perplexity: {max_tokens: 18446744073709551616}", "max_tokens=18446744073709551616: use at most"),
+    ("cluster: {seed: 2147483648}", "seed=2147483648: use 0 to"),
+    ("cluster: {iterations: 100000000000000000000000}", "iterations=100000000000000000000000: use 1 to"),
+    ("embed: {threads: 100000000000000000000000}", "threads=100000000000000000000000: use 1 to 1024"),
 ])
 def test_defect9_recipe_settings_are_checked_with_their_types_and_ranges(tmp_path, step, message):
     recipe = tmp_path / "data.yaml"

@@ -201,8 +201,8 @@ def prune(
         if flag:
             data[key] = True
     stage_flags = {"method": method, "sparsity": sparsity, "pattern": pattern, "allocation": allocation,
-                   "targets": _split(targets) if targets is not None else None, "damping": damping, "block_size": block_size,
-                   "owl_lambda": owl_lambda, "owl_m": owl_m, "part": part, "size": size,
+                   "targets": _split(targets) if targets is not None else None, "damping": damping,
+                   "block_size": block_size, "owl_lambda": owl_lambda, "owl_m": owl_m, "part": part, "size": size,
                    "param_fraction": param_fraction, "bias_compensation": bias_compensation}
     stage_flags = {k: v for k, v in stage_flags.items() if v is not None}
     stages = data.get("stages") or [{}]

@@ -72,7 +72,7 @@ def json_lines(path: Path, what: str = "JSON-lines file") -> Iterator[tuple[int,
             raise PrunekitError(f"{what} {path}:{number} is not valid JSON ({e.msg}): one JSON object per line"
                                 ) from None
         except (ValueError, RecursionError) as e:
-            raise PrunekitError(f"{what} {path}:{number} cannot be read as JSON ({first_line(e)})") from None
+            raise PrunekitError(f"{what} {path}:{number} is not valid JSON ({first_line(e)})") from None
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -83,7 +83,7 @@ def read_json(path: Path, what: str) -> Any:
     except json.JSONDecodeError as e:
         raise PrunekitError(f"{what} {path} is not valid JSON ({e.msg}, line {e.lineno})") from None
     except (ValueError, RecursionError) as e:  # integers of thousands of digits, absurdly deep nesting
-        raise PrunekitError(f"{what} {path} cannot be read as JSON ({first_line(e)})") from None
+        raise PrunekitError(f"{what} {path} is not valid JSON ({first_line(e)})") from None
 
 
 def read_yaml(path: Path, what: str) -> Any:
@@ -105,7 +105,7 @@ def parquet_file(path: Path, what: str) -> Any:
     path = existing_file(path, what)
     try:
         return pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as e:  # damaged metadata decodes badly too
         raise PrunekitError(f"{what} {path} is not a readable Parquet file ({first_line(e)})") from None
 
 

@@ -74,7 +74,7 @@ class EvaluationConfig(_Strict):
     dense: bool = True  # also measure the unpruned model, for the before/after table
     source: str = "wikipedia"
     samples: int = Field(16, gt=0)
-    seq_len: int = Field(1024, gt=0)
+    seq_len: int = Field(1024, ge=2)  # the first token of a window is not scored
     text_column: str = "text"
 
 

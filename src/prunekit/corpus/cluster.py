@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from prunekit.corpus.step import CENTROID_DISTANCE, CLUSTER, EMBEDDING, ID, Kind, Step, embeddings_of, with_column
+from prunekit.corpus.step import (
+    CENTROID_DISTANCE,
+    CLUSTER,
+    EMBEDDING,
+    ID,
+    INT32_MAX,
+    Kind,
+    Step,
+    embeddings_of,
+    with_column,
+)
 from prunekit.errors import PrunekitError
 
 __all__ = ["CENTROID_DISTANCE", "CLUSTER", "ClusterStep", "assign", "fit_centroids", "normalized"]
@@ -79,8 +89,10 @@ class ClusterStep(Step):
             raise PrunekitError(f"clusters={self.clusters}: use 1 or more")
         if self.sample_size < 1:
             raise PrunekitError(f"sample_size={self.sample_size}: use 1 or more rows")
-        if self.iterations < 1:
-            raise PrunekitError(f"iterations={self.iterations}: use 1 or more k-means iterations")
+        if not 1 <= self.iterations <= INT32_MAX:
+            raise PrunekitError(f"iterations={self.iterations}: use 1 to {INT32_MAX} k-means iterations")
+        if not 0 <= self.seed < INT32_MAX:  # d4 uses seed + 1 for its second clustering
+            raise PrunekitError(f"seed={self.seed}: use 0 to {INT32_MAX - 1}")
 
     def requires(self) -> dict[str, Kind]:
         return {EMBEDDING: "vector"}

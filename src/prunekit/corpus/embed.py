@@ -10,6 +10,8 @@ import pyarrow as pa
 from prunekit.corpus.step import EMBEDDING, TEXT, Step, check_model_spec, embedding_array, with_column
 from prunekit.errors import PrunekitError
 
+MAX_THREADS = 1024  # torch refuses (or overflows on) absurd thread counts
+
 
 @dataclass
 class EmbedStep(Step):
@@ -22,8 +24,8 @@ class EmbedStep(Step):
         super().__post_init__()
         if self.batch_size < 1:
             raise PrunekitError(f"batch_size={self.batch_size}: use 1 or more texts per batch")
-        if self.threads is not None and self.threads < 1:
-            raise PrunekitError(f"threads={self.threads}: use 1 or more (or leave it out)")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise PrunekitError(f"threads={self.threads}: use 1 to {MAX_THREADS} (or leave it out: one per core)")
 
     def provides(self) -> tuple[str, ...]:
         return (EMBEDDING,)

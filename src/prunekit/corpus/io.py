@@ -209,7 +209,7 @@ def _parquet_batches(path: Path, batch_size: int) -> Iterator[pa.RecordBatch]:
     handle = parquet_file(path, WHAT)
     try:
         yield from handle.iter_batches(batch_size=batch_size)
-    except (pa.ArrowException, OSError) as e:
+    except (pa.ArrowException, OSError, ValueError) as e:  # ValueError covers UnicodeDecodeError too
         raise PrunekitError(f"{WHAT} {path} is not a readable Parquet file ({str(e).splitlines()[0]}): "
                             "write it again") from None
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from prunekit.corpus.step import PERPLEXITY, TEXT, Step, check_model_spec, with_column
+from prunekit.corpus.step import INT32_MAX, PERPLEXITY, TEXT, Step, check_model_spec, with_column
 from prunekit.errors import PrunekitError
 
 __all__ = ["PERPLEXITY", "PerplexityStep", "text_perplexities"]
@@ -81,6 +81,8 @@ class PerplexityStep(Step):
         super().__post_init__()
         if self.max_tokens < 2:
             raise PrunekitError(f"max_tokens={self.max_tokens}: perplexity needs at least 2 tokens per document")
+        if self.max_tokens > INT32_MAX:
+            raise PrunekitError(f"max_tokens={self.max_tokens}: use at most {INT32_MAX} tokens per document")
         if self.batch_tokens < 1:
             raise PrunekitError(f"batch_tokens={self.batch_tokens}: use 1 or more tokens per batch")
 

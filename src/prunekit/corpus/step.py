@@ -51,6 +51,7 @@ PERPLEXITY = "perplexity"
 PRODUCED_BY = {EMBEDDING: "embed", CLUSTER: "cluster", CENTROID_DISTANCE: "cluster", DUP_SIMILARITY: "semdedup",
                DUP_OF: "semdedup", PERPLEXITY: "perplexity"}
 Kind = Literal["vector", "number", "any"]
+INT32_MAX = 2**31 - 1  # faiss and the tokenizers take C ints: larger settings overflow deep inside them
 
 
 @dataclass
@@ -152,8 +153,8 @@ def is_number_type(kind: pa.DataType) -> bool:
 
 
 def check_vectors(batch: pa.RecordBatch | pa.Table, column: str, length: int | None, where: str = "") -> int | None:
-    """The vector length of `column` (`length` when given: the one earlier batches had); a null or a vector of
-    another length is a one-line error naming its row's id and both lengths."""
+    """The vector length of `column` (`length` when given: the one earlier batches had); a null, a vector of
+    another length (naming both lengths) or a NaN / infinite value is a one-line error naming its row's id."""
     values = batch.column(column)
     if isinstance(values, pa.ChunkedArray):
         values = values.combine_chunks()
@@ -174,6 +175,12 @@ def check_vectors(batch: pa.RecordBatch | pa.Table, column: str, length: int | N
         raise PrunekitError(f"{prefix}column {column!r} holds vectors of different lengths: row id "
                             f"{row_id(first)!r} has {int(lengths[first])} values, earlier rows {length}: every "
                             "embedding must have the same (non-zero) size")
+    flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+    broken = np.flatnonzero(~np.isfinite(flat))
+    if len(broken):  # k-means and cosine similarity fail (or go silently wrong) on NaN and infinity
+        first = int(broken[0]) // length
+        raise PrunekitError(f"{prefix}row id {row_id(first)!r} has a NaN or infinite value in {column!r}: "
+                            "embeddings must be finite numbers")
     return length
 
 

@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import os
+import zipfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from prunekit.assets.cache import cache_dir
 from prunekit.assets.fetch import copy_member, fetch_package
 from prunekit.assets.registry import BIGBENCH
 from prunekit.errors import PrunekitError
+from prunekit.files import first_line
 
 CIFAR10_MEMBER = "bigbench-1.0.0/bigbench/benchmark_tasks/cifar10_classification/base64/task.json"
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -344,8 +346,11 @@ def cifar10_test() -> LabelledData:
     path = cache_dir() / "data" / "cifar10_test.npz"
     if not path.exists():
         _write_npz(path, *_decode_cifar10())
-    with np.load(path, allow_pickle=False) as f:
-        images, labels = f["images"], f["labels"]
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images, labels = f["images"], f["labels"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        raise PrunekitError(f"the cached {path} is damaged ({first_line(e)}): delete it and rerun") from None
     x, mean, std = normalise_images(torch.from_numpy(images), CIFAR10_MEAN, CIFAR10_STD)
     return LabelledData(
         ids=[f"cifar10-test-{i:05d}" for i in range(len(labels))],
@@ -417,8 +422,8 @@ def from_npz(path: str | Path) -> LabelledData:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError) as e:
-        raise PrunekitError(f"cannot read {path} as an .npz of plain arrays: {str(e).splitlines()[0]}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # empty, truncated or damaged archives
+        raise PrunekitError(f"cannot read {path} as an .npz of plain arrays: {first_line(e)}") from None
     missing = [k for k in ("x", "y") if k not in arrays]
     if missing:
         raise PrunekitError(f"{path} lacks array {' and '.join(missing)}: it holds {', '.join(arrays) or 'nothing'}")

@@ -79,10 +79,9 @@ def check_selection(adapter: ModelAdapter, stage: PruneStage) -> None:
         raise PrunekitError(f"{stage.method}: layers {outside} out of range: this model has {count} decoder layers, "
                             f"numbered 0 to {count - 1}")
     names = adapter.linear_names
-    unmatched = [t for t in stage.targets if not any(fnmatch.fnmatchcase(n, t) for n in names)]
-    if unmatched:
-        raise PrunekitError(f"{stage.method}: targets {unmatched} match no linear of a decoder layer; its linears are "
-                            f"{', '.join(names)} (globs such as 'mlp.*' work)")
+    if not any(fnmatch.fnmatchcase(n, t) for n in names for t in stage.targets):
+        raise PrunekitError(f"{stage.method}: targets {list(stage.targets)} match no linear of a decoder layer; its "
+                            f"linears are {', '.join(names)} (globs such as 'mlp.*' work)")
 
 
 def _selected(adapter: ModelAdapter, stage: PruneStage, index: int, layer: nn.Module) -> dict[str, nn.Linear]:

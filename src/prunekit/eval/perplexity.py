@@ -46,4 +46,6 @@ def perplexity(
         count += ids[:, 1:].numel()
         if on_batch:
             on_batch(i + 1, len(batches))
-    return PerplexityResult(math.exp(nll / count), count, windows.shape[0], windows.shape[1], source)
+    mean = nll / count
+    value = math.exp(mean) if mean < 700 else math.inf  # a broken model's loss overflows exp: say inf
+    return PerplexityResult(value, count, windows.shape[0], windows.shape[1], source)

@@ -71,7 +71,7 @@ def _file_texts(path: Path, column: str) -> list[str]:
 
         try:
             table = parquet_file(path, "text file").read()
-        except pa.ArrowException as e:
+        except (pa.ArrowException, OSError) as e:  # a damaged page, e.g. corrupt snappy data
             raise PrunekitError(f"text file {path} is not a readable Parquet file ({first_line(e)})") from None
         if column not in table.column_names:
             raise PrunekitError(
