@@ -10,18 +10,25 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
+    CohereConfig,
+    Gemma2Config,
     Gemma3TextConfig,
+    GraniteConfig,
     LlamaConfig,
     MistralConfig,
+    Olmo2Config,
     OPTConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
+    StableLmConfig,
+    Starcoder2Config,
 )
 
 VOCAB = 96
 _COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+_TOKENS = dict(bos_token_id=1, eos_token_id=2)  # the newer families' defaults lie outside the tiny vocabulary
 
 CONFIGS = {
     "llama": lambda: LlamaConfig(**_COMMON),
@@ -34,6 +41,16 @@ CONFIGS = {
     ),
     "opt": lambda: OPTConfig(vocab_size=VOCAB, hidden_size=64, ffn_dim=128, num_hidden_layers=2,
                              num_attention_heads=4, word_embed_proj_dim=64, max_position_embeddings=256),
+    "gemma2": lambda: Gemma2Config(
+        **{**_COMMON, "num_hidden_layers": 3}, **_TOKENS, head_dim=16, sliding_window=8,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+    ),
+    "olmo2": lambda: Olmo2Config(**_COMMON, **_TOKENS),
+    "granite": lambda: GraniteConfig(**_COMMON, **_TOKENS, embedding_multiplier=2.0, residual_multiplier=0.5,
+                                     attention_multiplier=0.25, logits_scaling=2.0),
+    "stablelm": lambda: StableLmConfig(**_COMMON, **_TOKENS, use_qkv_bias=True),
+    "starcoder2": lambda: Starcoder2Config(**_COMMON, **_TOKENS),  # use_bias on, as in the released models
+    "cohere": lambda: CohereConfig(**_COMMON, **_TOKENS),
 }
 
 WORDS = ("the river city north old stone bridge was built in year people market king church small large "

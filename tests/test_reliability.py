@@ -146,6 +146,18 @@ def test_defect4_cached_conversions_are_verified_when_read(tmp_path, capsys):
     assert not gguf.intact(folder)
 
 
+def test_defect4_manifest_written_while_converting_matches_the_renamed_folder(tmp_path, monkeypatch):
+    from prunekit.models import gguf
+    from prunekit.outputs import atomic_directory
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    out = tmp_path / "models" / "m"
+    with atomic_directory(out, overwrite=True, cache=True) as tmp:  # as convert_gguf writes
+        (tmp / "config.json").write_text("{}")
+        gguf.write_manifest(tmp)
+    assert gguf.intact(out)
+
+
 # 5. a stage that selects nothing exited 0 with 0.00% sparsity.
 @pytest.mark.parametrize("extra, message", [
     (["--targets", "nonexistent.*"], "match no linear"),

@@ -428,6 +428,8 @@ def _sleb(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, ba
 def _prune_width(adapter: ModelAdapter, stage: StructuredStage, windows: torch.Tensor, device: torch.device,
                  batch_size: int, cache: ScoreCache, step: Callable[[str], None]) -> StructuredResult:
     part = stage.part
+    if part != "mlp" and adapter.heads_refusal:
+        raise PrunekitError(adapter.heads_refusal)
     if part != "mlp" and adapter.head_dim_field is None:
         surgery.set_heads(adapter, 0, 0, 0)  # raises the one-line error for this family
     remove = removal_count(adapter, stage)

@@ -12,7 +12,7 @@ from prunekit.assets.cache import cache_dir
 from prunekit.assets.fetch import copy_member, fetch_package, sha256_of
 from prunekit.assets.registry import ModelAsset
 from prunekit.errors import PrunekitError
-from prunekit.outputs import atomic_directory
+from prunekit.outputs import INCOMPLETE, atomic_directory
 from prunekit.progress import console
 
 MANIFEST = "prunekit-manifest.json"  # the SHA-256 of every file of a converted model
@@ -45,7 +45,8 @@ def convert_gguf(gguf_file: Path, out: Path) -> None:
 
 def write_manifest(directory: Path) -> None:
     """Record the SHA-256 of every file, so a later read can tell that nothing replaced or changed them."""
-    digests = {p.name: sha256_of(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    digests = {p.name: sha256_of(p) for p in sorted(directory.iterdir())
+               if p.is_file() and p.name not in (MANIFEST, INCOMPLETE)}
     (directory / MANIFEST).write_text(json.dumps(digests, indent=1) + "\n")
 
 

@@ -30,6 +30,9 @@ class ModelAdapter:
     # Config flags that give the output projections a bias (FLAP's compensation needs one); None: no such option.
     attention_bias_field: ClassVar[str | None] = "attention_bias"
     mlp_bias_field: ClassVar[str | None] = "mlp_bias"
+    # Why heads cannot be removed from this model (one line naming what works instead), or None: set by adapters
+    # whose layers hold weights sized by the head count that surgery does not slice (per-head q/k norms).
+    heads_refusal: ClassVar[str | None] = None
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -84,3 +87,4 @@ def _get(root: nn.Module, path: str) -> nn.Module:
     for part in path.split("."):
         module = getattr(module, part)
     return module
+
