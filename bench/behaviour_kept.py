@@ -368,20 +368,21 @@ def main() -> int:
             make_cache(root / name / "cache", user_cache())
         base = Side("base", f"{args.base} ({base_sha[:12]})", Path(), root / "base" / "cache",
                     root / "base" / "outputs", sys.executable, args.threads)
-        base.worktree = add_worktree(base_sha, root / "base" / "tree")
-        base.src = base.worktree / "src"
         sides.append(base)
+        base.worktree = root / "base" / "tree"  # set first: an interrupted `git worktree add` is removed too
+        base.src = add_worktree(base_sha, base.worktree) / "src"
         if args.head:
             head = Side("head", f"{args.head} ({head_sha[:12]})", Path(), root / "head" / "cache",
                         root / "head" / "outputs", sys.executable, args.threads)
-            head.worktree = add_worktree(head_sha, root / "head" / "tree")
-            head.src = head.worktree / "src"
+            sides.append(head)
+            head.worktree = root / "head" / "tree"
+            head.src = add_worktree(head_sha, head.worktree) / "src"
         else:
             snapshot = root / "head" / "src"
             shutil.copytree(REPO / "src", snapshot, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
             head = Side("head", f"working tree at {head_sha[:12]}{' + uncommitted changes in src/' if dirty else ''}",
                         snapshot, root / "head" / "cache", root / "head" / "outputs", sys.executable, args.threads)
-        sides.append(head)
+            sides.append(head)
         imported = {s.name: s.check_import() for s in sides}
         common = ["--no-eval", "--calib-samples", str(args.calib_samples), "--calib-seq-len", str(args.calib_seq_len),
                   "--device", args.device]

@@ -22,8 +22,8 @@ def worker(kind: str, model_name: str, samples: int, seq_len: int) -> dict:
     import torch
 
     import prunekit
-    from prunekit.api import peak_rss_bytes
     from prunekit.recipe import CalibrationConfig
+    from prunekit.runinfo import peak_rss_bytes
 
     loaded = prunekit.load_model(model_name)
     model = loaded.model

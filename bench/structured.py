@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 import prunekit
-from prunekit.api import count_parameters
 from prunekit.eval.speed import SpeedConfig, benchmark_models, render_table
 from prunekit.progress import console
 from prunekit.recipe import CalibrationConfig, EvaluationConfig
+from prunekit.runinfo import count_parameters
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

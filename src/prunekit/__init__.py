@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from prunekit.api import PruneResult, calibration_data, evaluate, prune, run, save  # noqa: E402
 from prunekit.errors import PrunekitError  # noqa: E402
 from prunekit.models.loading import load_model  # noqa: E402
@@ -14,6 +12,7 @@ from prunekit.recipe import (  # noqa: E402
     StageConfig,
     StructuredStageConfig,
 )
+from prunekit.runinfo import VERSION as __version__  # noqa: E402, F401
 
 __all__ = [
     "CalibrationConfig",

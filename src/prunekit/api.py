@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import platform
-import resource
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,7 +15,6 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-import prunekit
 from prunekit.engine.layerwise import MatrixSparsity, Phases, prune_layerwise
 from prunekit.engine.streaming import StreamedLayers, load_outside_layers, meta_model, release_memory
 from prunekit.engine.structured import ScoreCache, StructuredResult, run_structured
@@ -50,6 +46,7 @@ from prunekit.recipe import (
     needs_calibration,
     parse_stage,
 )
+from prunekit.runinfo import VERSION, count_parameters, count_zeros, peak_rss_bytes, versions
 from prunekit.text.sources import load_texts
 from prunekit.text.tokens import calibration_windows, evaluation_windows, token_stream
 
@@ -204,32 +201,6 @@ STRUCTURE_FIELDS = ("num_hidden_layers", "intermediate_size", "ffn_dim", "num_at
                     "num_key_value_heads", "head_dim", "layer_types", "attention_bias", "mlp_bias")
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Distinct parameters (a tied head counts once), as `model.num_parameters()` and stock loaders count them."""
-    return sum(p.numel() for p in model.parameters())
-
-
-def count_zeros(model: nn.Module) -> int:
-    """Exact zeros over the distinct parameters (as count_parameters counts them)."""
-    return sum(int((p == 0).sum()) for p in model.parameters())
-
-
-def peak_rss_bytes() -> int:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux KiB
-
-
-def versions() -> dict[str, str]:
-    import transformers
-
-    return {
-        "prunekit": prunekit.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
-
-
 def save(loaded: LoadedModel, out: Path, report: dict, recipe: Recipe | None = None, overwrite: bool = False,
          inputs: Sequence[str | Path | None] = ()) -> None:
     """Write model (safetensors, in the checkpoint's own dtype), tokenizer, prunekit.json and recipe.yaml; never
@@ -248,7 +219,7 @@ def save(loaded: LoadedModel, out: Path, report: dict, recipe: Recipe | None = N
             (tmp / "recipe.yaml").write_text(recipe.to_yaml())
 
 
-def _report(recipe: Recipe, result: PruneResult, parameters: int, zeros: int,
+def prune_report(recipe: Recipe, result: PruneResult, parameters: int, zeros: int,
             dense: PerplexityResult | None, pruned: PerplexityResult | None, timings: dict[str, float],
             dense_parameters: int | None = None, config: object = None) -> dict:
     structure = {}
@@ -324,7 +295,7 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
         timed("eval_pruned", t0)
     parameters = count_parameters(model)
     zeros = count_zeros(model)
-    report = _report(recipe, result, parameters, zeros, dense, pruned, timings, dense_parameters, model.config)
+    report = prune_report(recipe, result, parameters, zeros, dense, pruned, timings, dense_parameters, model.config)
     with console.status(f"saving to {out}"):
         report["seconds"]["total"] = round(time.perf_counter() - started, 2)
         save(loaded, out, report, recipe, overwrite)
@@ -381,7 +352,7 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
         if (directory / "generation_config.json").exists():
             shutil.copyfile(directory / "generation_config.json", tmp / "generation_config.json")
         timings = {"prune": round(result.seconds, 2), "total": round(time.perf_counter() - started, 2)}
-        report = _report(recipe, result, store.parameters + sum(outside.values()), zeros, None, None, timings)
+        report = prune_report(recipe, result, store.parameters + sum(outside.values()), zeros, None, None, timings)
         report["notes"].append("streamed: perplexity skipped (it needs the whole model); run `prunekit eval` on it")
         (tmp / "prunekit.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "recipe.yaml").write_text(recipe.to_yaml())
@@ -417,7 +388,7 @@ def recover_model(model: str, out: Path, config: RecoveryConfig, teacher: str | 
         scores["after"] = evaluate(merged, loaded.tokenizer, evaluation, "perplexity after").to_dict()
     parameters = count_parameters(merged)
     zeros = count_zeros(merged)
-    report = {"prunekit_version": prunekit.__version__, "versions": versions(), "model": model,
+    report = {"prunekit_version": VERSION, "versions": versions(), "model": model,
               "teacher": teacher, "recovery": section, "perplexity": scores, "parameters": parameters,
               "zero_parameters": zeros, "decoder_linear_sparsity": {"before": sparsity_before,
                                                                     "after": decoder_linear_sparsity(merged)}}

@@ -303,9 +303,10 @@ def evaluate_command(
 
       prunekit eval out/smol-wanda50 --tasks goal_inference,social_iqa --limit 300
     """
-    from prunekit.api import count_parameters, count_zeros, evaluate
+    from prunekit.api import evaluate
     from prunekit.models.loading import load_model, resolve_device
     from prunekit.recipe import EvaluationConfig
+    from prunekit.runinfo import count_parameters, count_zeros
 
     config = EvaluationConfig(source=text, text_column=text_column, samples=ppl_samples, seq_len=ppl_seq_len)
     if tasks:

@@ -22,18 +22,7 @@ from typing import Any
 
 import torch
 
-from prunekit.api import (
-    _report,
-    calibration_data,
-    count_parameters,
-    count_zeros,
-    evaluate,
-    evaluation_data,
-    peak_rss_bytes,
-    prune,
-    save,
-    versions,
-)
+from prunekit.api import calibration_data, evaluate, evaluation_data, prune, prune_report, save
 from prunekit.engine.layerwise import check_selection
 from prunekit.engine.structured import DEPTH_METHODS, WIDTH_METHODS
 from prunekit.errors import PrunekitError
@@ -45,6 +34,7 @@ from prunekit.models.loading import LoadedModel, load_model, resolve_device
 from prunekit.outputs import WORK_MARKER, check_output, check_work_directory, work_directory
 from prunekit.progress import console
 from prunekit.recipe import SEED_MAX, CalibrationConfig, EvaluationConfig, Recipe, StageConfig
+from prunekit.runinfo import count_parameters, count_zeros, peak_rss_bytes, versions
 
 SWEEP_VERSION = 1
 SWEEP_FILE = "sweep.json"
@@ -175,7 +165,7 @@ def _run_point(loaded: LoadedModel, dense_state: dict[str, torch.Tensor], window
     parameters = count_parameters(loaded.model)
     zeros = count_zeros(loaded.model)
     recipe = _point_recipe(config, stage)
-    report = _report(recipe, result, parameters, zeros, None, scores["perplexity"],
+    report = prune_report(recipe, result, parameters, zeros, None, scores["perplexity"],
                      {"prune": round(result.seconds, 2)})
     report["zeroshot"] = scores["zeroshot"]
     partial = folder.with_name(f".{folder.name}.partial")

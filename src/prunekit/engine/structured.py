@@ -28,7 +28,7 @@ from prunekit.errors import PrunekitError
 from prunekit.methods import depth, width
 from prunekit.methods.width import ChannelStats
 from prunekit.models import surgery
-from prunekit.models.adapters.base import ModelAdapter, _get
+from prunekit.models.adapters.base import ModelAdapter, submodule
 
 DEPTH_METHODS = {
     "block-influence": "ShortGPT: blocks whose output is most similar to their input (1 - cosine)",
@@ -88,12 +88,12 @@ class StructuredResult:
 def _units(adapter: ModelAdapter, part: str) -> tuple[int, int]:
     """(units per layer or in the model, parameters per unit)."""
     layer = adapter.layers[0]
-    hidden = _get(layer, adapter.attention_linears[0]).in_features
+    hidden = submodule(layer, adapter.attention_linears[0]).in_features
     if part == "blocks":
         return len(adapter.layers), sum(p.numel() for p in layer.parameters())
     layers = len(adapter.layers)
     if part == "mlp":
-        *inputs, output = (_get(layer, n) for n in adapter.mlp_linears)
+        *inputs, output = (submodule(layer, n) for n in adapter.mlp_linears)
         return output.in_features, layers * (sum(lin.in_features for lin in inputs) + output.out_features)
     head_dim = adapter.head_dim
     per_head = 2 * head_dim * hidden  # a query head: its q rows and o columns
@@ -231,7 +231,7 @@ def output_projection_statistics(adapter: ModelAdapter, part: str, windows: torc
                                  batch_size: int) -> list[ChannelStats]:
     """Per layer: the statistics of the input of the MLP's (part mlp) or attention's output projection."""
     name = (adapter.mlp_linears if part == "mlp" else adapter.attention_linears)[-1]
-    with _channel_statistics({i: _get(layer, name) for i, layer in enumerate(adapter.layers)}) as collected:
+    with _channel_statistics({i: submodule(layer, name) for i, layer in enumerate(adapter.layers)}) as collected:
         _dense_pass(adapter, windows, device, batch_size, lambda *_: None)
     return [ChannelStats(s.total.cpu(), s.squares.cpu(), s.tokens) for _, s in sorted(collected.items())]
 
@@ -280,14 +280,14 @@ def _running(adapter: ModelAdapter, layers: list[nn.Module], original_indices: l
     original = adapter.layers
     lists = surgery.per_layer_fields(config, len(original))
     count = config.num_hidden_layers
-    surgery._set(adapter.model, adapter.layers_path, nn.ModuleList(layers))
+    surgery.set_submodule(adapter.model, adapter.layers_path, nn.ModuleList(layers))
     for name, value in lists.items():
         setattr(config, name, [value[i] for i in original_indices])
     config.num_hidden_layers = len(layers)
     try:
         yield
     finally:
-        surgery._set(adapter.model, adapter.layers_path, original)
+        surgery.set_submodule(adapter.model, adapter.layers_path, original)
         for name, value in lists.items():
             setattr(config, name, value)
         config.num_hidden_layers = count
@@ -336,7 +336,7 @@ def perplexity_ranking(adapter: ModelAdapter, windows: torch.Tensor, device: tor
 def linear_gradients(adapter: ModelAdapter, names: tuple[str, ...], windows: torch.Tensor, device: torch.device,
                      samples: int) -> dict[str, torch.Tensor]:
     """dLoss/dW summed over `samples` calibration windows, for the named linears of every layer ('3.mlp.up_proj')."""
-    linears = {f"{i}.{n}": _get(layer, n) for i, layer in enumerate(adapter.layers) for n in names}
+    linears = {f"{i}.{n}": submodule(layer, n) for i, layer in enumerate(adapter.layers) for n in names}
     return gradient_norms(adapter.model, linears, windows[:samples], device, summed=True)
 
 
@@ -394,7 +394,7 @@ def _prune_depth(adapter: ModelAdapter, stage: StructuredStage, windows: torch.T
         def compute() -> dict[str, torch.Tensor]:
             grads = linear_gradients(adapter, adapter.linear_names, windows, device, stage.gradient_samples)
             return {"taylor": torch.tensor([
-                sum(float((_get(layer, n).weight.double() * grads[f"{i}.{n}"].double()).abs().sum())
+                sum(float((submodule(layer, n).weight.double() * grads[f"{i}.{n}"].double()).abs().sum())
                     for n in adapter.linear_names) for i, layer in enumerate(adapter.layers)])}
 
         scores = cache.get_or_compute(key(stage.gradient_samples), compute)
@@ -482,11 +482,11 @@ def _prune_width(adapter: ModelAdapter, stage: StructuredStage, windows: torch.T
                     group_scores = group_scores + scores[f"{i}.kv_score"]
                 keep_kv = width.keep_highest(group_scores, kv_heads - remove)
                 keep = (keep_kv.unsqueeze(1) * per_group + torch.arange(per_group)).flatten()
-            kept_channels = surgery._head_rows(keep, head_dim)
+            kept_channels = surgery.head_rows(keep, head_dim)
         if stage.compensate:
             removed = torch.ones(len(channel), dtype=torch.bool)
             removed[kept_channels] = False
-            out_weight = _get(layer, names[-1]).weight
+            out_weight = submodule(layer, names[-1]).weight
             mean = scores[f"{i}.mean"]
             bias = out_weight.double()[:, removed.to(out_weight.device)].cpu() @ mean[removed]
             surgery.add_output_bias(adapter, layer, "attention" if attention else "mlp", bias)
@@ -514,7 +514,7 @@ def _channel_scores(adapter: ModelAdapter, method: str, index: int, layer: nn.Mo
                     stats: list[ChannelStats], grads: dict[str, torch.Tensor]
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-channel scores of one layer (and, for Taylor on attention, per-KV-head scores of k/v's rows)."""
-    out_weight = _get(layer, names[-1]).weight.detach().cpu()
+    out_weight = submodule(layer, names[-1]).weight.detach().cpu()
     if method == "activation":
         return width.activation_scores(stats[index]), None
     if method == "wanda-sp":
@@ -522,7 +522,7 @@ def _channel_scores(adapter: ModelAdapter, method: str, index: int, layer: nn.Mo
     if method == "flap":
         return width.flap_scores(out_weight, stats[index]), None
     grad = {n: grads[f"{index}.{n}"].cpu() for n in names}
-    weight = {n: _get(layer, n).weight.detach().cpu() for n in names}
+    weight = {n: submodule(layer, n).weight.detach().cpu() for n in names}
     if names == adapter.mlp_linears:
         inputs = list(names[:-1])
         return width.taylor_scores(out_weight, grad[names[-1]], [weight[n] for n in inputs],

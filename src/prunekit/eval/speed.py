@@ -45,11 +45,11 @@ from rich.table import Table
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
-from prunekit.api import count_parameters, peak_rss_bytes, versions
 from prunekit.errors import PrunekitError
 from prunekit.files import first_line
 from prunekit.models.loading import DTYPES, compute_dtype, resolve_device, resolve_source
 from prunekit.outputs import atomic_file
+from prunekit.runinfo import count_parameters, peak_rss_bytes, versions
 
 RESULT_VERSION = 1
 

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.models.adapters.base import ModelAdapter, _get
+from prunekit.models.adapters.base import ModelAdapter, submodule
 
 
-def _set(root: nn.Module, path: str, module: nn.Module) -> None:
+def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
-    setattr(_get(root, parent) if parent else root, name, module)
+    setattr(submodule(root, parent) if parent else root, name, module)
 
 
 def per_layer_fields(config: object, count: int) -> dict[str, list]:
@@ -31,7 +31,7 @@ def remove_layers(adapter: ModelAdapter, drop: set[int]) -> None:
     if not keep:
         raise PrunekitError(f"removing {len(drop)} of {count} layers leaves none: remove at most {count - 1}")
     kept = nn.ModuleList(adapter.layers[i] for i in keep)
-    _set(adapter.model, adapter.layers_path, kept)
+    set_submodule(adapter.model, adapter.layers_path, kept)
     for new_index, layer in enumerate(kept):
         for module in layer.modules():
             if isinstance(getattr(module, "layer_idx", None), int):
@@ -75,7 +75,7 @@ def _bias_after_flag(adapter: ModelAdapter, field: str | None, names: tuple[str,
             fresh = type(layer)(config, layer_idx=0)
         except TypeError:
             fresh = type(layer)(config)
-    flags = {name: _get(fresh, name).bias is not None for name in names}
+    flags = {name: submodule(fresh, name).bias is not None for name in names}
     return flags if flags[names[-1]] else None
 
 
@@ -83,7 +83,7 @@ def enable_output_bias(adapter: ModelAdapter, part: str) -> None:
     """Give the output projection of `part` ("attention" or "mlp") a bias in every layer, through the config flag
     stock transformers reads, so the saved model still loads. Other linears the flag affects get zero biases."""
     names = adapter.attention_linears if part == "attention" else adapter.mlp_linears
-    if all(_get(layer, names[-1]).bias is not None for layer in adapter.layers):
+    if all(submodule(layer, names[-1]).bias is not None for layer in adapter.layers):
         return
     field = adapter.attention_bias_field if part == "attention" else adapter.mlp_bias_field
     flags = _bias_after_flag(adapter, field, names)
@@ -95,20 +95,20 @@ def enable_output_bias(adapter: ModelAdapter, part: str) -> None:
     setattr(adapter.config, field, True)
     for layer in adapter.layers:
         for name, wanted in flags.items():
-            linear = _get(layer, name)
+            linear = submodule(layer, name)
             if wanted and linear.bias is None:
-                _set(layer, name, _sliced(linear, bias=True))
+                set_submodule(layer, name, _sliced(linear, bias=True))
 
 
 def shrink_mlp(adapter: ModelAdapter, layer: nn.Module, keep: torch.Tensor) -> None:
     """Keep the MLP channels `keep` (indices): rows of the input projections, columns of the output projection."""
     *inputs, output = adapter.mlp_linears
     for name in inputs:
-        _set(layer, name, _sliced(_get(layer, name), rows=keep))
-    _set(layer, output, _sliced(_get(layer, output), cols=keep))
+        set_submodule(layer, name, _sliced(submodule(layer, name), rows=keep))
+    set_submodule(layer, output, _sliced(submodule(layer, output), cols=keep))
 
 
-def _head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
+def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
     return (heads.unsqueeze(1) * head_dim + torch.arange(head_dim, device=heads.device)).flatten()
 
 
@@ -116,12 +116,12 @@ def shrink_attention(adapter: ModelAdapter, layer: nn.Module, keep_heads: torch.
                      keep_kv_heads: torch.Tensor, head_dim: int) -> None:
     """Keep query heads `keep_heads` and key/value heads `keep_kv_heads` (indices) of one layer."""
     q, k, v, out = adapter.attention_linears
-    rows, kv_rows = _head_rows(keep_heads, head_dim), _head_rows(keep_kv_heads, head_dim)
-    _set(layer, q, _sliced(_get(layer, q), rows=rows))
-    _set(layer, k, _sliced(_get(layer, k), rows=kv_rows))
-    _set(layer, v, _sliced(_get(layer, v), rows=kv_rows))
-    _set(layer, out, _sliced(_get(layer, out), cols=rows))
-    attention = _get(layer, q.rpartition(".")[0]) if "." in q else layer
+    rows, kv_rows = head_rows(keep_heads, head_dim), head_rows(keep_kv_heads, head_dim)
+    set_submodule(layer, q, _sliced(submodule(layer, q), rows=rows))
+    set_submodule(layer, k, _sliced(submodule(layer, k), rows=kv_rows))
+    set_submodule(layer, v, _sliced(submodule(layer, v), rows=kv_rows))
+    set_submodule(layer, out, _sliced(submodule(layer, out), cols=rows))
+    attention = submodule(layer, q.rpartition(".")[0]) if "." in q else layer
     for attr, value in (("num_heads", len(keep_heads)), ("num_key_value_heads", len(keep_kv_heads)),
                         ("num_key_value_groups", len(keep_heads) // len(keep_kv_heads))):
         if hasattr(attention, attr):
@@ -148,5 +148,5 @@ def set_heads(adapter: ModelAdapter, heads: int, kv_heads: int, head_dim: int) -
 def add_output_bias(adapter: ModelAdapter, layer: nn.Module, part: str, bias: torch.Tensor) -> None:
     """Add `bias` to the output projection of `part` (after `enable_output_bias`)."""
     names = adapter.attention_linears if part == "attention" else adapter.mlp_linears
-    linear = _get(layer, names[-1])
+    linear = submodule(layer, names[-1])
     linear.bias.data += bias.to(linear.bias.dtype)

@@ -37,7 +37,7 @@ class ModelAdapter:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         layer = self.layers[0]
-        missing = [name for name in self.linear_names if not isinstance(_get(layer, name), nn.Linear)]
+        missing = [name for name in self.linear_names if not isinstance(submodule(layer, name), nn.Linear)]
         if missing:
             raise PrunekitError(
                 f"{type(model).__name__} does not have the layout the {self.family} adapter expects "
@@ -50,15 +50,15 @@ class ModelAdapter:
 
     @property
     def layers(self) -> nn.ModuleList:
-        return _get(self.model, self.layers_path)
+        return submodule(self.model, self.layers_path)
 
     @property
     def base_model(self) -> nn.Module:
-        return _get(self.model, self.base_path)
+        return submodule(self.model, self.base_path)
 
     @property
     def lm_head(self) -> nn.Linear:
-        return _get(self.model, self.lm_head_path)
+        return submodule(self.model, self.lm_head_path)
 
     @property
     def linear_names(self) -> tuple[str, ...]:
@@ -75,14 +75,14 @@ class ModelAdapter:
     @property
     def head_dim(self) -> int:
         layer = self.layers[0]
-        return _get(layer, self.attention_linears[0]).out_features // self.num_heads
+        return submodule(layer, self.attention_linears[0]).out_features // self.num_heads
 
     def linears(self, layer: nn.Module) -> dict[str, nn.Linear]:
         """The prunable linears of one decoder layer, by name relative to the layer, in forward order."""
-        return {name: _get(layer, name) for name in self.linear_names}
+        return {name: submodule(layer, name) for name in self.linear_names}
 
 
-def _get(root: nn.Module, path: str) -> nn.Module:
+def submodule(root: nn.Module, path: str) -> nn.Module:
     module = root
     for part in path.split("."):
         module = getattr(module, part)
