@@ -18,6 +18,7 @@ from transformers import (
     MistralConfig,
     Olmo2Config,
     OPTConfig,
+    PhiConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
@@ -51,6 +52,7 @@ CONFIGS = {
     "stablelm": lambda: StableLmConfig(**_COMMON, **_TOKENS, use_qkv_bias=True),
     "starcoder2": lambda: Starcoder2Config(**_COMMON, **_TOKENS),  # use_bias on, as in the released models
     "cohere": lambda: CohereConfig(**_COMMON, **_TOKENS),
+    "phi": lambda: PhiConfig(**_COMMON, **_TOKENS),
 }
 
 WORDS = ("the river city north old stone bridge was built in year people market king church small large "

@@ -13,12 +13,13 @@ from prunekit.models.adapters.granite import GraniteAdapter
 from prunekit.models.adapters.llama import LlamaAdapter
 from prunekit.models.adapters.olmo2 import Olmo2Adapter
 from prunekit.models.adapters.opt import OPTAdapter
+from prunekit.models.adapters.phi import PhiAdapter
 from prunekit.models.adapters.stablelm import StableLmAdapter
 from prunekit.models.adapters.starcoder2 import Starcoder2Adapter
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (
     LlamaAdapter, Gemma3Adapter, OPTAdapter,
-    Gemma2Adapter, Olmo2Adapter, GraniteAdapter, StableLmAdapter, Starcoder2Adapter, CohereAdapter,
+    Gemma2Adapter, Olmo2Adapter, GraniteAdapter, StableLmAdapter, Starcoder2Adapter, CohereAdapter, PhiAdapter,
 )
 SUPPORTED_MODEL_TYPES = tuple(t for a in ADAPTERS for t in a.model_types)
 
