@@ -49,6 +49,21 @@ def _local_inputs(inputs: Iterable[Path | str | None]) -> list[Path]:
     return paths
 
 
+def _refuse_overlaps(path: Path, flag: str, inputs: Iterable[Path | str | None], cache: bool, input_message: str
+                     ) -> Path:
+    """The resolved `path`, unless it lies inside or around prunekit's cache (allowed with `cache`) or an input;
+    `input_message` (with {source} and {flag}) says why an input must not be touched."""
+    target = _resolved(path)
+    cache_root = _resolved(cache_dir())
+    if not cache and _overlaps(target, cache_root):
+        raise PrunekitError(f"{flag} {path} is inside prunekit's cache {cache_root} (or holds it), whose models "
+                            f"every later run reads: choose another {flag}")
+    for source in _local_inputs(inputs):
+        if _overlaps(target, _resolved(source)):
+            raise PrunekitError(f"{flag} {path} " + input_message.format(source=source, flag=flag))
+    return target
+
+
 def check_output(out: Path, overwrite: bool = False, inputs: Iterable[Path | str | None] = (),
                  kind: str = "directory", flag: str = "--out", cache: bool = False) -> Path:
     """Fail before any work when `out` cannot be written safely; returns it with `~` expanded.
@@ -56,15 +71,8 @@ def check_output(out: Path, overwrite: bool = False, inputs: Iterable[Path | str
     `inputs` are what the command reads (paths that do not exist, such as hub ids, are ignored); `kind` is
     "directory" or "file"; `cache` is for prunekit's own cache writers, the only ones allowed inside it."""
     out = Path(out).expanduser()
-    target = _resolved(out)
-    cache_root = _resolved(cache_dir())
-    if not cache and _overlaps(target, cache_root):
-        raise PrunekitError(f"{flag} {out} is inside prunekit's cache {cache_root} (or holds it), whose models "
-                            f"every later run reads: choose another {flag}")
-    for source in _local_inputs(inputs):
-        if _overlaps(target, _resolved(source)):
-            raise PrunekitError(f"{flag} {out} would overwrite the input {source} (or lies inside or around it): "
-                                f"choose another {flag}")
+    target = _refuse_overlaps(out, flag, inputs, cache, "would overwrite the input {source} (or lies inside or "
+                              "around it): choose another {flag}")
     if out.exists() or out.is_symlink():
         if kind == "directory" and not out.is_dir():
             raise PrunekitError(f"{flag} {out} exists and is not a directory: choose another {flag}")
@@ -179,16 +187,11 @@ def check_work_directory(work: Path, kind: str, inputs: Iterable[Path | str | No
     """Fail unless `work` can be prunekit's work folder of `kind`: new, empty, or one prunekit made for `kind`;
     never an input, around one, around or inside the `output`, or in the cache."""
     work = Path(work).expanduser()
-    target = _resolved(work)
-    if _overlaps(target, _resolved(cache_dir())):
-        raise PrunekitError(f"{flag} {work} is inside prunekit's cache (or holds it): choose another {flag}")
+    target = _refuse_overlaps(work, flag, inputs, False, "is the input {source} or lies inside or around it: "
+                              "prunekit deletes its work folder at the end, so choose a new folder for {flag}")
     if output is not None and _overlaps(target, _resolved(output)):
         raise PrunekitError(f"{flag} {work} and --out {output} must not lie inside one another: choose another "
                             f"{flag}")
-    for source in _local_inputs(inputs):
-        if _overlaps(target, _resolved(source)):
-            raise PrunekitError(f"{flag} {work} is the input {source} or lies inside or around it: prunekit "
-                                f"deletes its work folder at the end, so choose a new folder for {flag}")
     if work.exists():
         if not work.is_dir():
             raise PrunekitError(f"{flag} {work} exists and is not a directory: choose a new folder")
