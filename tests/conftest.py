@@ -11,13 +11,17 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
     CohereConfig,
+    FalconConfig,
     Gemma2Config,
     Gemma3TextConfig,
+    GPT2Config,
+    GPTNeoXConfig,
     GraniteConfig,
     LlamaConfig,
     MistralConfig,
     Olmo2Config,
     OPTConfig,
+    Phi3Config,
     PhiConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
@@ -53,6 +57,12 @@ CONFIGS = {
     "starcoder2": lambda: Starcoder2Config(**_COMMON, **_TOKENS),  # use_bias on, as in the released models
     "cohere": lambda: CohereConfig(**_COMMON, **_TOKENS),
     "phi": lambda: PhiConfig(**_COMMON, **_TOKENS),
+    "phi3": lambda: Phi3Config(**_COMMON, **_TOKENS),
+    "gpt_neox": lambda: GPTNeoXConfig(**{k: v for k, v in _COMMON.items() if k != "num_key_value_heads"}, **_TOKENS),
+    "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=64, n_inner=128, n_layer=2, n_head=4, n_positions=256,
+                               **_TOKENS),
+    "falcon": lambda: FalconConfig(vocab_size=VOCAB, hidden_size=64, ffn_hidden_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, max_position_embeddings=256, **_TOKENS),
 }
 
 WORDS = ("the river city north old stone bridge was built in year people market king church small large "

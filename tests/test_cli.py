@@ -132,16 +132,16 @@ def test_bad_model_paths(tmp_path, capsys, monkeypatch, text_file, tokenizer):
     tiny_model("llama").save_pretrained(corrupt)
     tokenizer.save_pretrained(corrupt)
     (corrupt / "model.safetensors").write_bytes(b"not a safetensors file")
-    gpt2 = tmp_path / "gpt2"
-    gpt2.mkdir()
-    (gpt2 / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    (gpt2 / "model.safetensors").write_bytes(b"")
+    bloom = tmp_path / "bloom"
+    bloom.mkdir()
+    (bloom / "config.json").write_text(json.dumps({"model_type": "bloom"}))
+    (bloom / "model.safetensors").write_bytes(b"")
     cases = [
         (tmp_path / "missing", "not found"),
         (tmp_path / "empty", "no config.json"),
         (no_tokenizer, "could not load the tokenizer"),
         (corrupt, "could not load model"),
-        (gpt2, "unsupported architecture 'gpt2'"),
+        (bloom, "unsupported architecture 'bloom'"),
     ]
     for path, message in cases:
         code, _, err = run_cli(["prune", str(path), "--out", str(tmp_path / "o"), "--no-eval", "--method",

@@ -20,7 +20,8 @@ from prunekit.api import prune, run
 from prunekit.errors import PrunekitError
 from prunekit.recipe import Recipe
 
-FAMILIES = ("gemma2", "olmo2", "granite", "stablelm", "starcoder2", "cohere", "phi")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "opt", "gemma2", "olmo2", "granite", "stablelm", "starcoder2", "cohere", "phi", "phi3", "gpt_neox", "gpt2",
+            "falcon")
 KINDS = {
     "wanda-50%": dict(method="wanda", sparsity=0.5),
     "magnitude-2:4": dict(method="magnitude", pattern="2:4"),
@@ -35,29 +36,42 @@ KINDS = {
 # (family, kind): what the one-line error must say. Everything else must prune, save and reload exactly.
 NO_MLP_BIAS = "bias compensation needs a bias on mlp.down_proj"
 OLMO2_QK_NORM = "olmo2 normalises queries and keys over all heads"
-DERIVED_HEAD_SIZE = "stablelm derives its head size from hidden_size / heads"
+NO_O_PROJ_BIAS = "bias compensation needs a bias on self_attn.o_proj"
+
+
+def derived_head_size(family: str) -> str:
+    return f"{family} derives its head size from hidden_size / heads"
+
+
 REFUSED = {
     ("gemma2", "flap-bias-mlp"): NO_MLP_BIAS,
     ("olmo2", "heads"): OLMO2_QK_NORM,
     ("olmo2", "kv-heads"): OLMO2_QK_NORM,
     ("olmo2", "flap-bias-mlp"): NO_MLP_BIAS,
     ("olmo2", "flap-bias-attention"): OLMO2_QK_NORM,
-    ("stablelm", "heads"): DERIVED_HEAD_SIZE,
-    ("stablelm", "kv-heads"): DERIVED_HEAD_SIZE,
+    **{(family, "flap-bias-mlp"): NO_MLP_BIAS for family in ("mistral", "qwen2", "qwen3", "gemma3_text")},
+    **{(family, "flap-bias-attention"): NO_O_PROJ_BIAS for family in ("mistral", "qwen2")},
     ("stablelm", "flap-bias-mlp"): NO_MLP_BIAS,
-    ("stablelm", "flap-bias-attention"): DERIVED_HEAD_SIZE,
     ("cohere", "flap-bias-mlp"): NO_MLP_BIAS,
+    ("phi3", "flap-bias-mlp"): NO_MLP_BIAS,
+    ("phi3", "flap-bias-attention"): NO_O_PROJ_BIAS,
+    **{(family, kind): derived_head_size(family) for family in ("opt", "stablelm", "gpt_neox", "gpt2", "falcon")
+       for kind in ("heads", "kv-heads", "flap-bias-attention")},
 }
 # (attention, mlp); the others: attention_bias, mlp_bias; None: every linear has a bias already, no flag changes
-BIAS_FLAGS = {"starcoder2": ("use_bias", "use_bias"), "phi": (None, None)}
+BIAS_FLAGS = {"starcoder2": ("use_bias", "use_bias"), "phi": (None, None), "gpt_neox": (None, None),
+              "gpt2": (None, None), "falcon": ("bias", "bias"), "opt": (None, None)}
+WIDTH_FIELD = {"gpt2": "n_inner", "falcon": "ffn_hidden_size", "opt": "ffn_dim"}  # the others: intermediate_size
 FIELDS = ("num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
-          "layer_types", "attention_bias", "mlp_bias", "use_bias")
+          "layer_types", "attention_bias", "mlp_bias", "use_bias", "bias", "n_inner", "ffn_hidden_size",
+          "ffn_dim")
 IDS = torch.randint(3, 96, (2, 16), generator=torch.Generator().manual_seed(7))
 
 CHECK = textwrap.dedent("""
     import json, sys
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
     work, kinds, fields = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
     ids = torch.load(f"{work}/ids.pt")
     out = {}
@@ -66,14 +80,15 @@ CHECK = textwrap.dedent("""
         expected = torch.load(f"{work}/expected-{kind}.pt")
         with torch.no_grad():
             logits = model(ids).logits
-        weights = [m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n]
+        weights = [m.weight for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear | Conv1D) and (".layers." in n or ".h." in n)]
         out[kind] = dict(
             equal=bool(logits.shape == expected.shape and torch.allclose(logits, expected, atol=1e-5)),
             max_diff=float((logits - expected).abs().max()) if logits.shape == expected.shape else None,
             parameters=model.num_parameters(),
             decoder_zeros=sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights),
             config={f: getattr(model.config, f) for f in fields if hasattr(model.config, f)},
-            generated=model.generate(ids[:1, :4], max_new_tokens=3, do_sample=False).shape[1],
+            generated=model.generate(ids[:1, :4], max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1],
         )
     out["prunekit imported"] = "prunekit" in sys.modules
     print(json.dumps(out))
@@ -117,7 +132,8 @@ def family_outputs(tmp_path_factory, tokenizer):
                 except PrunekitError as e:
                     results[kind] = ("error", str(e), (work / kind).exists())
                 else:
-                    results[kind] = ("ok", None, report, dense.config.to_dict())
+                    dense_config = {f: getattr(dense.config, f) for f in FIELDS if hasattr(dense.config, f)}
+                    results[kind] = ("ok", None, report, dense_config)
         kinds = [k for k, r in results.items() if r[0] == "ok"]
         check = subprocess.run([sys.executable, "-c", CHECK, str(work), json.dumps(kinds), json.dumps(FIELDS)],
                                capture_output=True, text=True)
@@ -134,17 +150,19 @@ def family_outputs(tmp_path_factory, tokenizer):
 
 def _expected_config(family: str, kind: str, dense: dict) -> dict:
     attention_flag, mlp_flag = BIAS_FLAGS.get(family, ("attention_bias", "mlp_bias"))
-    layers, width, heads, kv = (dense[f] for f in ("num_hidden_layers", "intermediate_size", "num_attention_heads",
-                                                    "num_key_value_heads"))
+    width_field = WIDTH_FIELD.get(family, "intermediate_size")
+    layers, width, heads, kv = (dense.get(f) for f in ("num_hidden_layers", width_field, "num_attention_heads",
+                                                        "num_key_value_heads"))
+    kv = kv or heads  # no grouped-query attention
     expected = {
         "depth": {"num_hidden_layers": layers - 1},
-        "width-mlp": {"intermediate_size": width * 3 // 4},
+        "width-mlp": {width_field: width * 3 // 4},
         "heads": {"num_attention_heads": 2, "num_key_value_heads": kv},
         "kv-heads": {"num_attention_heads": heads // kv, "num_key_value_heads": kv - 1},
-        "flap-bias-mlp": {"intermediate_size": width * 3 // 4, mlp_flag: True},
+        "flap-bias-mlp": {width_field: width * 3 // 4, mlp_flag: True},
         "flap-bias-attention": {"num_attention_heads": heads // kv, "num_key_value_heads": kv - 1,
                                 attention_flag: True},
-    }.get(kind, {"num_hidden_layers": layers, "intermediate_size": width, "num_attention_heads": heads})
+    }.get(kind, {"num_hidden_layers": layers, width_field: width, "num_attention_heads": heads})
     return {k: v for k, v in expected.items() if k is not None}
 
 

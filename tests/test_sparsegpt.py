@@ -23,8 +23,10 @@ def test_sparsegpt_reconstructs_better_than_magnitude_and_wanda(pattern):
     errors = {}
     for name in ("magnitude", "wanda", "sparsegpt"):
         method = get_method(name)
-        statistic = {"magnitude": None, "wanda": x.square().sum(0), "sparsegpt": hessian}[name]
-        pruned = method.prune(weight, statistic, 0.5, pattern, block_size=16)
+        statistics = {"magnitude": {}, "wanda": {"input_norms": x.square().sum(0)},
+                      "sparsegpt": {"hessian": hessian}}[name]
+        options = {"block_size": 16} if name == "sparsegpt" else {}
+        pruned = method.prune(weight, statistics, 0.5, pattern, **options)
         new = pruned.weight if pruned.weight is not None else weight * pruned.keep
         assert (new[~pruned.keep] == 0).all()
         assert pruned.keep.float().mean().item() == 0.5  # same mask density for all three
@@ -51,7 +53,7 @@ def test_dead_inputs_and_singular_hessians_stay_finite():
     result = sparsegpt(weight, prepared, 0.5, SparsityPattern())
     assert torch.isfinite(result.weight).all()
     assert (result.weight[:, 5] == 0).all()
-    note = get_method("sparsegpt").prune(weight, x.T @ x, 0.5, SparsityPattern(), damping=1e-12).note
+    note = get_method("sparsegpt").prune(weight, {"hessian": x.T @ x}, 0.5, SparsityPattern(), damping=1e-12).note
     assert "retried" in note
 
 

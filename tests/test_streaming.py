@@ -13,6 +13,7 @@ from test_cli import run_cli
 
 from prunekit.api import run
 from prunekit.errors import PrunekitError
+from prunekit.models.adapters import adapter_for
 from prunekit.models.shards import INDEX_NAME, Checkpoint, ShardWriter
 from prunekit.recipe import Recipe
 
@@ -49,8 +50,10 @@ def model_dir_of(tmp_path, tokenizer):
 @pytest.mark.parametrize("family", list(CONFIGS))
 def test_streamed_output_equals_in_memory_output(family, model_dir_of, text_file, tmp_path):
     source = model_dir_of(family)
-    stages = [dict(method="sparsegpt", sparsity=0.5, targets=["self_attn.*"]),
-              dict(method="wanda", pattern="2:4", targets=["mlp.*", "fc*"])]
+    adapter = adapter_for(tiny_model(family))
+    attention = [n for n in adapter.linear_names if n not in adapter.mlp.paths]
+    stages = [dict(method="sparsegpt", sparsity=0.5, targets=attention),
+              dict(method="wanda", pattern="2:4", targets=list(adapter.mlp.paths))]
     in_memory = run(recipe(source, text_file, False, stages), tmp_path / "memory")
     streamed = run(recipe(source, text_file, True, stages), tmp_path / "streamed")
     expected, got = all_tensors(tmp_path / "memory"), all_tensors(tmp_path / "streamed")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -19,10 +19,10 @@ from pydantic import (
 
 from prunekit.assets.registry import DEFAULT_MODEL
 from prunekit.engine.layerwise import PruneStage
-from prunekit.engine.structured import DEPTH_METHODS, PARTS, WIDTH_METHODS, StructuredStage
+from prunekit.engine.structured import PARTS, StructuredStage
 from prunekit.errors import PrunekitError
 from prunekit.files import read_yaml
-from prunekit.methods import METHODS, get_method
+from prunekit.methods import get_method, kind_of, names
 from prunekit.methods.patterns import SparsityPattern
 
 SEED_MAX = 2**63 - 1  # torch and numpy generators take 64-bit seeds
@@ -61,6 +61,12 @@ def _validate(model: type[BaseModel], data: dict) -> BaseModel:
         raise one_line(e) from None
 
 
+def _changed(config: BaseModel) -> set[str]:
+    """Fields given a value other than their default: a full dump of a recipe (recipe.yaml) sets every field."""
+    fields = type(config).model_fields
+    return {name for name in config.model_fields_set if getattr(config, name) != fields[name].default}
+
+
 class CalibrationConfig(_Strict):
     source: str = "wikipedia"
     samples: int = Field(128, gt=0)
@@ -95,10 +101,8 @@ class StageConfig(_Strict):
     @field_validator("method")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        if value.lower() not in METHODS:
-            raise PrunekitError(
-                f"unknown method {value!r}: choose one of {', '.join([*METHODS, *DEPTH_METHODS, *WIDTH_METHODS])}"
-            )
+        if kind_of(value) != "weights":
+            raise PrunekitError(f"unknown method {value!r}: choose one of {', '.join(names())}")
         return value.lower()
 
     @field_validator("pattern")
@@ -108,6 +112,7 @@ class StageConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> StageConfig:
+        get_method(self.method).check_options(_changed(self))
         pattern = SparsityPattern.parse(self.pattern)
         if pattern.is_nm:
             if self.sparsity is not None and abs(self.sparsity - pattern.sparsity) > 1e-9:
@@ -185,7 +190,8 @@ class StructuredStageConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> StructuredStageConfig:
-        depth = self.method in DEPTH_METHODS
+        get_method(self.method).check_options(_changed(self))
+        depth = kind_of(self.method) == "depth"
         part = self.part or ("blocks" if depth else "mlp")
         if depth != (part == "blocks"):
             fix = "drop part (it is blocks)" if depth else f"use part {' | '.join(PARTS)}"
@@ -208,12 +214,12 @@ class StructuredStageConfig(_Strict):
 
     @property
     def needs_calibration(self) -> bool:
-        return self.method not in ("block-random", "block-last")
+        return bool(get_method(self.method).needs)
 
 
 def _stage_kind(value: object) -> str:
     method = value.get("method") if isinstance(value, dict) else getattr(value, "method", None)
-    return "structured" if str(method).lower() in {*DEPTH_METHODS, *WIDTH_METHODS} else "weights"
+    return "structured" if kind_of(str(method)) in ("depth", "width") else "weights"
 
 
 AnyStage = Annotated[
@@ -256,7 +262,7 @@ class Recipe(_Strict):
                     f"{stage.method} changes the model's shape, which --stream does not do (it rewrites one layer "
                     "at a time): drop --stream"
                 )
-            if get_method(stage.method).needs_gradients:
+            if "gradient_norms" in get_method(stage.method).needs:
                 raise PrunekitError(
                     f"{stage.method} back-propagates through the whole model, which --stream never holds: "
                     "use magnitude, wanda or sparsegpt, or drop --stream"
@@ -289,3 +295,78 @@ class Recipe(_Strict):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# Command-line flags over a recipe: every value is optional (None = the flag was not given), and a given flag wins
+# over the recipe file, which wins over the defaults.
+
+DEFAULT_METHOD = "wanda"
+
+
+def split_list(values: str) -> list[str]:
+    """Comma-separated text as its stripped, non-empty items: "a, b,,c" -> ["a", "b", "c"]."""
+    return [v.strip() for v in values.split(",") if v.strip()]
+
+
+def parse_floats(values: str, what: str) -> list[float]:
+    """Comma-separated numbers; anything else is a one-line error naming `what` (e.g. "--sparsity")."""
+    try:
+        return [float(v) for v in split_list(values)]
+    except ValueError:
+        raise PrunekitError(f"{what} must be comma-separated numbers, e.g. 0.3,0.5,0.7; got {values!r}") from None
+
+
+def overlay(data: dict[str, Any], section: str, **values: Any) -> dict[str, Any]:
+    """Set the given values (None: not given) in `data[section]` over what it holds; returns `data`, changed in place.
+    With nothing given the section is left alone, so the recipe's defaults still apply."""
+    given = {k: v for k, v in values.items() if v is not None}
+    if given:
+        data[section] = {**data.get(section, {}), **given}
+    return data
+
+
+def overlay_stage(data: dict[str, Any], **values: Any) -> dict[str, Any]:
+    """Set the given stage values (None: not given) over the recipe's only stage, creating it (method wanda) when the
+    recipe has none; returns `data`, changed in place. Flags cannot say which of several stages they mean."""
+    given = {k: v for k, v in values.items() if v is not None}
+    stages = list(data.get("stages") or [{}])
+    if given and len(stages) > 1:
+        raise PrunekitError("the recipe has several stages: set method/sparsity/pattern in the recipe, not as flags")
+    stages[0] = {"method": DEFAULT_METHOD, **stages[0], **given}
+    data["stages"] = stages
+    return data
+
+
+def recipe_from_flags(
+    recipe_file: Path | None = None,
+    model: str | None = None,
+    *,
+    seed: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    trust_remote_code: bool = False,
+    allow_pickle: bool = False,
+    stream: bool = False,
+    stage: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+) -> Recipe:
+    """The recipe `prunekit prune` runs: `recipe_file` (if any) with every given value laid over it.
+
+    `stage`, `calibration` and `evaluation` map setting names to values, None for a flag not given. The switches
+    `trust_remote_code`, `allow_pickle` and `stream` only ever turn a setting on. Without a recipe file, `model` is
+    required."""
+    data: dict[str, Any] = {}
+    if recipe_file is not None:
+        data = Recipe.from_yaml(recipe_file, trust_remote_code, allow_pickle).model_dump(exclude_unset=True)
+    elif model is None:
+        raise PrunekitError("name a MODEL to prune (see `prunekit models`) or pass --recipe")
+    if model is not None:
+        data["model"] = model
+    data.update({k: v for k, v in (("seed", seed), ("device", device), ("dtype", dtype)) if v is not None})
+    switches = (("trust_remote_code", trust_remote_code), ("allow_pickle", allow_pickle), ("stream", stream))
+    data.update({k: True for k, on in switches if on})
+    overlay_stage(data, **(stage or {}))
+    overlay(data, "calibration", **(calibration or {}))
+    overlay(data, "evaluation", **(evaluation or {}))
+    return Recipe.parse(data)

@@ -48,9 +48,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.data import scores as S
+from prunekit.data.registry import TRAINING_DYNAMICS, score_names
 from prunekit.errors import PrunekitError
 
-METHODS = ("el2n", "forgetting", "aum", "entropy")
 MISSING = ("error", "skip")
 FORMAT = "prunekit.training_dynamics"
 VERSION = 1
@@ -225,8 +225,9 @@ class TrainingDynamics:
         self, method: str, epochs: slice | None = None, missing: str = "error"
     ) -> tuple[list[ExampleId], torch.Tensor]:
         """(ids in first-seen order, float64 scores [N]), HIGHER = HARDER; see the module doc for the defaults."""
-        if method not in METHODS:
-            raise PrunekitError(f"unknown training-dynamics score {method!r}: use one of {', '.join(METHODS)}")
+        known = score_names(needing=TRAINING_DYNAMICS)
+        if method not in known:
+            raise PrunekitError(f"unknown training-dynamics score {method!r}: use one of {', '.join(known)}")
         if missing not in MISSING:
             raise PrunekitError(f"missing={missing!r}: use one of {', '.join(MISSING)}")
         if not self._chunks:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from prunekit.data.dynamics import TrainingDynamics
+from prunekit.data.registry import RANDOM, TRAINING_DYNAMICS, score_names
 from prunekit.data.scores import prototype_distance, random_scores
 from prunekit.data.select import select
 from prunekit.data.sources import LabelledData
@@ -36,8 +37,8 @@ from prunekit.data.train import TrainConfig, evaluate, mlp, small_cnn, train
 from prunekit.errors import PrunekitError
 from prunekit.outputs import atomic_directory
 
-DYNAMICS_SCORES = ("el2n", "forgetting", "aum", "entropy")
-SCORES = (*DYNAMICS_SCORES, "prototype")
+DYNAMICS_SCORES = score_names(needing=TRAINING_DYNAMICS)
+SCORES = tuple(name for name in score_names() if name != RANDOM)  # random is a method of its own, not a ranking
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class SelectionMethod:
     def parse(cls, text: str) -> SelectionMethod:
         name = text.strip()
         base, distill = (name[:-3], True) if name.endswith("+kd") else (name, False)
-        if base == "random":
+        if base == RANDOM:
             return cls(name, "random", None, distill)
         strategy, score = "hardest", base
         if base.startswith("ccs-"):

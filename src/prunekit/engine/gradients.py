@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.models.groups import gradient_matrix, weight_matrix
 
 
 def gradient_norms(
@@ -32,7 +33,8 @@ def gradient_norms(
         p.requires_grad_(False)
     for linear in linears.values():
         linear.weight.requires_grad_(True)
-    sums = {name: torch.zeros_like(lin.weight, dtype=torch.float32, device=device) for name, lin in linears.items()}
+    sums = {name: torch.zeros_like(weight_matrix(lin), dtype=torch.float32, device=device)
+            for name, lin in linears.items()}
     model.to(device)
     try:
         for i, ids in enumerate(windows):
@@ -46,7 +48,7 @@ def gradient_norms(
                 )
             loss.backward()
             for name, linear in linears.items():
-                grad = linear.weight.grad.float()
+                grad = gradient_matrix(linear).float()
                 sums[name] += grad if summed else grad.square()
                 linear.weight.grad = None
             if on_sample:

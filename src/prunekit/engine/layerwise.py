@@ -20,13 +20,14 @@ from torch import nn
 
 from prunekit.engine.capture import CapturedInputs, LayerCall, capture_layer_inputs
 from prunekit.engine.gradients import gradient_norms
-from prunekit.engine.statistics import AllTargetsSeen, collect_inputs
+from prunekit.engine.statistics import STATISTICS, AllTargetsSeen, collect_inputs
 from prunekit.errors import PrunekitError
-from prunekit.methods import Method, get_method
+from prunekit.methods import MethodSpec, get_method
 from prunekit.methods.allocation import global_threshold_sparsities, outlier_ratio, owl_sparsities
 from prunekit.methods.patterns import SparsityPattern
 from prunekit.methods.wanda import wanda_scores
 from prunekit.models.adapters.base import ModelAdapter
+from prunekit.models.groups import weight_matrix
 
 
 @dataclass
@@ -47,12 +48,21 @@ class PruneStage:
     damping: float = 0.01  # SparseGPT dampening, fraction of the mean Hessian diagonal
 
     @property
-    def impl(self) -> Method:
-        return get_method(self.method)
+    def impl(self) -> MethodSpec:
+        return get_method(self.method, "weights")
 
     @property
     def needs_calibration(self) -> bool:
-        return self.impl.statistic is not None or self.impl.needs_gradients or self.allocation == "owl"
+        return bool(self.impl.needs) or self.allocation == "owl"
+
+    @property
+    def needs_gradients(self) -> bool:
+        return "gradient_norms" in self.impl.needs
+
+    @property
+    def options(self) -> dict[str, object]:
+        """The method's own options, as this stage sets them."""
+        return {name: getattr(self, name) for name in self.impl.options}
 
     def selects(self, layer_index: int, name: str) -> bool:
         in_layer = self.layers is None or layer_index in self.layers
@@ -91,7 +101,7 @@ def _selected(adapter: ModelAdapter, stage: PruneStage, index: int, layer: nn.Mo
 def global_plan(adapter: ModelAdapter, stage: PruneStage) -> dict[str, float]:
     """Per-matrix sparsity from one magnitude-type threshold across all selected matrices."""
     scores = {
-        f"{i}.{n}": stage.impl.scores(lin.weight, None, None)
+        f"{i}.{n}": stage.impl.function(weight_matrix(lin))
         for i, layer in enumerate(adapter.layers)
         for n, lin in _selected(adapter, stage, i, layer).items()
     }
@@ -143,8 +153,8 @@ def owl_plan(adapter: ModelAdapter, stage: PruneStage, captured: CapturedInputs,
         targets = _selected(adapter, stage, index, layer)
         selected.append(list(targets))
         if targets:
-            norms = _collect(layer, targets, "sq_sum", hidden, captured.calls[index])
-            scores = [wanda_scores(lin.weight, norms[n]) for n, lin in targets.items()]
+            norms = _collect(layer, targets, "input_norms", hidden, captured.calls[index])
+            scores = [wanda_scores(weight_matrix(lin), norms[n]) for n, lin in targets.items()]
             ratios.append(outlier_ratio(scores, stage.owl_m))
         if index < len(adapter.layers) - 1:
             hidden = _forward_all(layer, hidden, captured.calls[index])
@@ -231,7 +241,7 @@ def prune_layerwise(
         with timed("capture"):
             captured = capture_on_device(adapter, calibration, batch_size, device, store.home)
     gradients: dict[str, torch.Tensor] = {}  # of the dense model, for every linear a gradient stage selects
-    gradient_stages = [s for s in stages if s.impl.needs_gradients]
+    gradient_stages = [s for s in stages if s.needs_gradients]
     if gradient_stages:
         linears = {f"{i}.{n}": lin for s in gradient_stages for i, layer in enumerate(layers)
                    for n, lin in _selected(adapter, s, i, layer).items()}
@@ -258,11 +268,11 @@ def prune_layerwise(
             targets = _selected(adapter, stage, index, layer)
             if not targets:
                 continue
-            method = stage.impl
             with timed("statistics"):
-                stats = _collect(layer, targets, method.statistic, hidden, calls) if method.statistic else {}
+                stats = {need: _collect(layer, targets, need, hidden, calls)
+                         for need in stage.impl.needs if need in STATISTICS}
             with timed("masks_and_updates"):
-                _prune_targets(method, stage, plan, index, targets, stats, gradients, notes)
+                _prune_targets(stage, plan, index, targets, stats, gradients, notes)
         for name, linear in adapter.linears(layer).items():
             zeros = int((linear.weight == 0).sum())
             results.append(MatrixSparsity(f"layers.{index}.{name}", zeros, linear.weight.numel(), notes.get(name, [])))
@@ -276,23 +286,30 @@ def prune_layerwise(
     return results
 
 
-def _prune_targets(method: Method, stage: PruneStage, plan: dict[str, float] | None, index: int,
-                   targets: dict[str, nn.Linear], stats: dict[str, object], gradients: dict[str, torch.Tensor],
+def _prune_targets(stage: PruneStage, plan: dict[str, float] | None, index: int, targets: dict[str, nn.Module],
+                   stats: dict[str, dict[str, torch.Tensor]], gradients: dict[str, torch.Tensor],
                    notes: dict[str, list[str]]) -> None:
-    """Prune the selected linears of one layer in place; notes (such as dampening retries) go into `notes`."""
-    prepared: dict[int, object] = {}  # linears sharing an input share its prepared statistic
-    for name, stat in stats.items():
-        if id(stat) not in prepared:
-            prepared[id(stat)] = method.prepare(stat, stage.damping)
-        stats[name] = prepared[id(stat)]
+    """Prune the selected linears of one layer in place; notes (such as dampening retries) go into `notes`.
+
+    `stats`: per statistic the method needs, its value per linear (linears fed one input share one tensor)."""
+    method, options = stage.impl, stage.options
+    if method.prepare is not None:
+        for values in stats.values():
+            prepared: dict[int, object] = {}  # linears sharing an input share its prepared statistic
+            for name, stat in values.items():
+                if id(stat) not in prepared:
+                    prepared[id(stat)] = method.prepare(stat, **options)
+                values[name] = prepared[id(stat)]
     for name, linear in targets.items():
         sparsity = plan[f"{index}.{name}"] if plan is not None else stage.sparsity
         per_row = stage.allocation != "global"
-        pruned = method.prune(linear.weight, stats.get(name), sparsity, stage.pattern, per_row=per_row,
-                              block_size=stage.block_size, damping=stage.damping,
-                              gradient=gradients.get(f"{index}.{name}"))
+        weight = weight_matrix(linear)
+        statistics = {need: values[name] for need, values in stats.items()}
+        if "gradient_norms" in method.needs:
+            statistics["gradient_norms"] = gradients[f"{index}.{name}"]
+        pruned = method.prune(weight, statistics, sparsity, stage.pattern, per_row=per_row, **options)
         if pruned.weight is not None:
-            linear.weight.copy_(pruned.weight)
-        linear.weight.masked_fill_(~pruned.keep.to(linear.weight.device), 0)
+            weight.copy_(pruned.weight)
+        weight.masked_fill_(~pruned.keep.to(weight.device), 0)
         if pruned.note:
             notes.setdefault(name, []).append(pruned.note)

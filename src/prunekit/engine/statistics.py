@@ -32,7 +32,7 @@ class Hessian:
         self.value.addmm_(flat.T, flat)
 
 
-STATISTICS = {"sq_sum": SquaredSum, "hessian": Hessian}
+STATISTICS = {"input_norms": SquaredSum, "hessian": Hessian}  # by the name methods declare in `needs`
 
 
 class AllTargetsSeen(Exception):
@@ -62,7 +62,7 @@ def collect_inputs(
                 if shared is not None:
                     followers.add(name)
                 accumulators[name] = (
-                    shared if shared is not None else STATISTICS[statistic](linear.in_features, linear.weight.device)
+                    shared if shared is not None else STATISTICS[statistic](x.shape[-1], linear.weight.device)
                 )
             if name in followers:
                 if shared is not accumulators[name]:

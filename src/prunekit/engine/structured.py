@@ -25,26 +25,16 @@ from prunekit.engine.capture import LayerStandIn, capture_layer_inputs
 from prunekit.engine.gradients import gradient_norms
 from prunekit.engine.layerwise import _forward, capture_on_device
 from prunekit.errors import PrunekitError
-from prunekit.methods import depth, width
+from prunekit.methods import depth, get_method, names, width
+from prunekit.methods.registry import MethodSpec
 from prunekit.methods.width import ChannelStats
 from prunekit.models import surgery
 from prunekit.models.adapters.base import ModelAdapter, submodule
+from prunekit.models.groups import Rows, unit_indices, weight_matrix
 
-DEPTH_METHODS = {
-    "block-influence": "ShortGPT: blocks whose output is most similar to their input (1 - cosine)",
-    "angular": "Gromov et al.: the contiguous span of blocks with the smallest angular distance across it",
-    "sleb": "SLEB: repeatedly remove the block whose removal raises calibration perplexity least",
-    "block-ppl": "Shortened LLaMA: blocks whose single removal raises calibration perplexity least",
-    "block-taylor": "Shortened LLaMA: blocks with the smallest sum |w x dL/dw|",
-    "block-random": "random blocks (seeded): the baseline",
-    "block-last": "the last blocks: the baseline",
-}
-WIDTH_METHODS = {
-    "activation": "Minitron: channels / heads with the least activation energy",
-    "wanda-sp": "structured Wanda: sum of |W| x input norm over the channel's output-projection column",
-    "flap": "FLAP: input fluctuation x squared column norm, removed mean added back as a bias",
-    "taylor": "LLM-Pruner: first-order Taylor estimate sum |w x dL/dw| over the channel's weights",
-}
+# Until the command line and the sweep read the registry themselves.
+DEPTH_METHODS = {name: get_method(name).description for name in names("depth")}
+WIDTH_METHODS = {name: get_method(name).description for name in names("width")}
 PARTS = ("mlp", "heads", "kv-heads")
 
 
@@ -66,12 +56,16 @@ class StructuredStage:
     gradient_samples: int = 32
 
     @property
+    def spec(self) -> MethodSpec:
+        return get_method(self.method)
+
+    @property
     def is_depth(self) -> bool:
-        return self.method in DEPTH_METHODS
+        return self.spec.kind == "depth"
 
     @property
     def compensate(self) -> bool:
-        return self.bias_compensation if self.bias_compensation is not None else self.method == "flap"
+        return self.bias_compensation if self.bias_compensation is not None else self.spec.bias_by_default
 
 
 @dataclass
@@ -88,13 +82,12 @@ class StructuredResult:
 def _units(adapter: ModelAdapter, part: str) -> tuple[int, int]:
     """(units per layer or in the model, parameters per unit)."""
     layer = adapter.layers[0]
-    hidden = submodule(layer, adapter.attention_linears[0]).in_features
+    hidden = adapter.hidden_size
     if part == "blocks":
         return len(adapter.layers), sum(p.numel() for p in layer.parameters())
     layers = len(adapter.layers)
-    if part == "mlp":
-        *inputs, output = (submodule(layer, n) for n in adapter.mlp_linears)
-        return output.in_features, layers * (sum(lin.in_features for lin in inputs) + output.out_features)
+    if part == "mlp":  # a channel: one row of each input projection (part) and one output column, hidden long each
+        return adapter.mlp_width, layers * (len(adapter.mlp.inputs) + 1) * hidden
     head_dim = adapter.head_dim
     per_head = 2 * head_dim * hidden  # a query head: its q rows and o columns
     if part == "heads":
@@ -230,7 +223,7 @@ def _channel_statistics(linears: dict[int, nn.Linear]) -> Iterator[dict[int, Cha
 def output_projection_statistics(adapter: ModelAdapter, part: str, windows: torch.Tensor, device: torch.device,
                                  batch_size: int) -> list[ChannelStats]:
     """Per layer: the statistics of the input of the MLP's (part mlp) or attention's output projection."""
-    name = (adapter.mlp_linears if part == "mlp" else adapter.attention_linears)[-1]
+    name = adapter.mlp.output if part == "mlp" else adapter.attention.output
     with _channel_statistics({i: submodule(layer, name) for i, layer in enumerate(adapter.layers)}) as collected:
         _dense_pass(adapter, windows, device, batch_size, lambda *_: None)
     return [ChannelStats(s.total.cpu(), s.squares.cpu(), s.tokens) for _, s in sorted(collected.items())]
@@ -360,49 +353,57 @@ def _prune_depth(adapter: ModelAdapter, stage: StructuredStage, windows: torch.T
     count = removal_count(adapter, stage)
     total = len(adapter.layers)
     result = StructuredResult(f"{stage.method}: remove {count} of {total} blocks")
+    spec = stage.spec
+    statistics = {need: _depth_statistic(need, adapter, stage, count, windows, device, batch_size, cache, step, result)
+                  for need in spec.needs}
+    options = {name: getattr(stage, name) for name in spec.options}
+    drop = spec.function(count, total, **statistics, **options)
+    result.removed = {"blocks": drop, "layers_before": total, "layers_after": total - len(drop)}
+    surgery.remove_layers(adapter, set(drop))
+    return result
+
+
+def _depth_statistic(need: str, adapter: ModelAdapter, stage: StructuredStage, count: int, windows: torch.Tensor,
+                     device: torch.device, batch_size: int, cache: ScoreCache, step: Callable[[str], None],
+                     result: StructuredResult) -> list:
+    """One statistic a depth method needs, measured (or read from the cache) and recorded in the result."""
     method = stage.method
 
     def key(*parts: object) -> str:
         return fingerprint(adapter, windows, method, *parts)
 
-    if method == "block-random":
-        drop = depth.random_blocks(count, total, stage.seed)
-    elif method == "block-last":
-        drop = depth.last_blocks(count, total)
-    elif method in ("block-influence", "angular"):
-        span = count if method == "angular" else 1
+    if need in ("block_influence", "angular_distance"):
+        span = count if need == "angular_distance" else 1
         step(f"{method}: hidden-state similarity over {len(windows)} windows")
         scores = cache.get_or_compute(key(span), lambda: dict(zip(
             ("influence", "angular"), similarity_profile(adapter, windows, device, batch_size, span), strict=True)))
-        if method == "angular":
+        if need == "angular_distance":
             result.scores["angular_distance_by_start"] = scores["angular"].tolist()
-            drop = depth.best_span(scores["angular"].tolist(), count)
-        else:
-            result.scores["block_influence"] = scores["influence"].tolist()
-            drop = depth.lowest(scores["influence"].tolist(), count)
-    elif method == "block-ppl":
-        step(f"block-ppl: calibration perplexity without each of {total} blocks")
+            return scores["angular"].tolist()
+        result.scores["block_influence"] = scores["influence"].tolist()
+        return scores["influence"].tolist()
+    if need == "perplexity_without_block":
+        step(f"{method}: calibration perplexity without each of {len(adapter.layers)} blocks")
         scores = cache.get_or_compute(key(), lambda: {"ppl": perplexity_ranking(adapter, windows, device,
                                                                                  batch_size, [])})
         result.scores["perplexity_without_block"] = scores["ppl"].tolist()
-        drop = depth.lowest(scores["ppl"].tolist(), count)
-    elif method == "sleb":
-        drop = _sleb(adapter, windows, device, batch_size, count, cache, key(), step, result)
-    else:  # block-taylor
-        step(f"block-taylor: gradients over {min(stage.gradient_samples, len(windows))} windows")
+        return scores["ppl"].tolist()
+    if need == "greedy_perplexity":
+        return _sleb(adapter, windows, device, batch_size, count, cache, key(), step, result)
+    if need == "block_taylor":
+        step(f"{method}: gradients over {min(stage.gradient_samples, len(windows))} windows")
 
         def compute() -> dict[str, torch.Tensor]:
             grads = linear_gradients(adapter, adapter.linear_names, windows, device, stage.gradient_samples)
             return {"taylor": torch.tensor([
-                sum(float((submodule(layer, n).weight.double() * grads[f"{i}.{n}"].double()).abs().sum())
-                    for n in adapter.linear_names) for i, layer in enumerate(adapter.layers)])}
+                depth.block_taylor([weight_matrix(submodule(layer, n)) for n in adapter.linear_names],
+                                   [grads[f"{i}.{n}"] for n in adapter.linear_names])
+                for i, layer in enumerate(adapter.layers)])}
 
         scores = cache.get_or_compute(key(stage.gradient_samples), compute)
         result.scores["block_taylor"] = scores["taylor"].tolist()
-        drop = depth.lowest(scores["taylor"].tolist(), count)
-    result.removed = {"blocks": drop, "layers_before": total, "layers_after": total - len(drop)}
-    surgery.remove_layers(adapter, set(drop))
-    return result
+        return scores["taylor"].tolist()
+    raise PrunekitError(f"{method} needs {need!r}, a statistic the structured engine does not collect")
 
 
 def _sleb(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, batch_size: int, count: int,
@@ -422,20 +423,18 @@ def _sleb(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, ba
     result.scores["removal_order"] = [float(i) for i in order]
     if perplexities:
         result.scores["calibration_ppl_after_each_removal"] = perplexities
-    return sorted(order)
+    return order
 
 
 def _prune_width(adapter: ModelAdapter, stage: StructuredStage, windows: torch.Tensor, device: torch.device,
                  batch_size: int, cache: ScoreCache, step: Callable[[str], None]) -> StructuredResult:
     part = stage.part
-    if part != "mlp" and adapter.heads_refusal:
+    attention = part != "mlp"
+    if attention and adapter.heads_refusal:
         raise PrunekitError(adapter.heads_refusal)
-    if part != "mlp" and adapter.head_dim_field is None:
-        surgery.set_heads(adapter, 0, 0, 0)  # raises the one-line error for this family
     remove = removal_count(adapter, stage)
     layers = adapter.layers
-    attention = part != "mlp"
-    names = adapter.attention_linears if attention else adapter.mlp_linears
+    group = adapter.attention if attention else adapter.mlp
     total, _ = _units(adapter, part)
     result = StructuredResult(f"{stage.method} on {part}: keep {total - remove} of {total} per layer")
     head_dim = adapter.head_dim
@@ -445,20 +444,24 @@ def _prune_width(adapter: ModelAdapter, stage: StructuredStage, windows: torch.T
     key = fingerprint(adapter, windows, stage.method, "attention" if attention else "mlp", stage.gradient_samples,
                       stage.compensate)
 
+    spec = stage.spec
+
     def compute() -> dict[str, torch.Tensor]:
         stats: list[ChannelStats] = []
-        if stage.method != "taylor" or stage.compensate:
-            step(f"{stage.method}: input statistics of {names[-1]} over {len(windows)} windows")
+        if "channel_stats" in spec.needs or stage.compensate:
+            step(f"{stage.method}: input statistics of {group.output} over {len(windows)} windows")
             stats = output_projection_statistics(adapter, part, windows, device, batch_size)
         grads: dict[str, torch.Tensor] = {}
-        if stage.method == "taylor":
-            step(f"taylor: gradients over {min(stage.gradient_samples, len(windows))} windows")
-            grads = linear_gradients(adapter, names, windows, device, stage.gradient_samples)
+        if "taylor_terms" in spec.needs:
+            step(f"{stage.method}: gradients over {min(stage.gradient_samples, len(windows))} windows")
+            grads = linear_gradients(adapter, group.paths, windows, device, stage.gradient_samples)
         out: dict[str, torch.Tensor] = {}
         for i, layer in enumerate(layers):
-            out[f"{i}.score"], extra = _channel_scores(adapter, stage.method, i, layer, names, stats, grads)
-            if extra is not None:
-                out[f"{i}.kv_score"] = extra
+            needs = {need: _width_statistic(need, adapter, part, i, layer, stats, grads) for need in spec.needs}
+            scores = spec.function(**needs)
+            out[f"{i}.score"], kv_rows = scores if isinstance(scores, tuple) else (scores, None)
+            if kv_rows is not None:
+                out[f"{i}.kv_score"] = width.group_sums(kv_rows, head_dim)
             if stats:
                 out[f"{i}.mean"] = stats[i].mean
         return out
@@ -482,13 +485,12 @@ def _prune_width(adapter: ModelAdapter, stage: StructuredStage, windows: torch.T
                     group_scores = group_scores + scores[f"{i}.kv_score"]
                 keep_kv = width.keep_highest(group_scores, kv_heads - remove)
                 keep = (keep_kv.unsqueeze(1) * per_group + torch.arange(per_group)).flatten()
-            kept_channels = surgery.head_rows(keep, head_dim)
+            kept_channels = unit_indices(keep, head_dim)
         if stage.compensate:
             removed = torch.ones(len(channel), dtype=torch.bool)
             removed[kept_channels] = False
-            out_weight = submodule(layer, names[-1]).weight
-            mean = scores[f"{i}.mean"]
-            bias = out_weight.double()[:, removed.to(out_weight.device)].cpu() @ mean[removed]
+            out_weight = weight_matrix(submodule(layer, group.output)).detach().cpu()
+            bias = width.compensation_bias(out_weight, scores[f"{i}.mean"], removed)
             surgery.add_output_bias(adapter, layer, "attention" if attention else "mlp", bias)
         if part == "mlp":
             surgery.shrink_mlp(adapter, layer, keep)
@@ -504,30 +506,32 @@ def _prune_width(adapter: ModelAdapter, stage: StructuredStage, windows: torch.T
     if cache.hits and cache.hits[-1] == key:
         result.notes.append("scores reused from the cache (same weights, calibration tokens and method)")
     if stage.compensate:
-        result.notes.append(f"bias compensation: removed channels' mean output added to {names[-1]}'s bias")
+        result.notes.append(f"bias compensation: removed channels' mean output added to {group.output}'s bias")
     result.removed["per_layer_before"] = total
     result.removed["per_layer_after"] = total - remove
     return result
 
 
-def _channel_scores(adapter: ModelAdapter, method: str, index: int, layer: nn.Module, names: tuple[str, ...],
-                    stats: list[ChannelStats], grads: dict[str, torch.Tensor]
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-channel scores of one layer (and, for Taylor on attention, per-KV-head scores of k/v's rows)."""
-    out_weight = submodule(layer, names[-1]).weight.detach().cpu()
-    if method == "activation":
-        return width.activation_scores(stats[index]), None
-    if method == "wanda-sp":
-        return width.wanda_sp_scores(out_weight, stats[index]), None
-    if method == "flap":
-        return width.flap_scores(out_weight, stats[index]), None
-    grad = {n: grads[f"{index}.{n}"].cpu() for n in names}
-    weight = {n: submodule(layer, n).weight.detach().cpu() for n in names}
-    if names == adapter.mlp_linears:
-        inputs = list(names[:-1])
-        return width.taylor_scores(out_weight, grad[names[-1]], [weight[n] for n in inputs],
-                                   [grad[n] for n in inputs]), None
-    q, k, v, out = names
-    channel = width.taylor_scores(weight[out], grad[out], [weight[q]], [grad[q]])
-    kv_channel = sum((weight[n].double() * grad[n].double()).abs().sum(dim=1) for n in (k, v))
-    return channel, width.group_sums(kv_channel, adapter.head_dim)
+def _width_statistic(need: str, adapter: ModelAdapter, part: str, index: int, layer: nn.Module,
+                     stats: list[ChannelStats], grads: dict[str, torch.Tensor]) -> object:
+    """One statistic a width method needs, for one layer; the adapter's group says which rows and columns."""
+    group = adapter.mlp if part == "mlp" else adapter.attention
+    if need == "channel_stats":
+        return stats[index]
+    if need == "output_weight":
+        return weight_matrix(submodule(layer, group.output)).detach().cpu()
+    if need != "taylor_terms":
+        raise PrunekitError(f"a width method needs {need!r}, a statistic the structured engine does not collect")
+    sizes = adapter.sizes(layer)
+
+    def rows(part_rows: Rows, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, gradient) of a group's part: `count` rows from where the part starts."""
+        start = part_rows.start(sizes)
+        weight = weight_matrix(submodule(layer, part_rows.path)).detach().cpu()[start:start + count]
+        return weight, grads[f"{index}.{part_rows.path}"].cpu()[start:start + count]
+
+    output = (weight_matrix(submodule(layer, group.output)).detach().cpu(), grads[f"{index}.{group.output}"].cpu())
+    if part == "mlp":
+        return output, [rows(r, sizes.channels) for r in group.inputs], []
+    query = rows(group.query, sizes.heads * sizes.head_dim)
+    return output, [query], [rows(r, sizes.kv_heads * sizes.head_dim) for r in (group.key, group.value)]

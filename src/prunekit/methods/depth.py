@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from prunekit.methods.registry import register
+
 
 def token_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity per token of two [..., hidden] tensors, in float32."""
@@ -51,3 +53,52 @@ def random_blocks(count: int, total: int, seed: int) -> list[int]:
 
 def last_blocks(count: int, total: int) -> list[int]:
     return list(range(total - count, total))
+
+
+def block_taylor(weights: list[torch.Tensor], gradients: list[torch.Tensor]) -> float:
+    """A block's first-order Taylor score: sum |w * dL/dw| over all its prunable weights."""
+    return sum(float((w.double() * g.double()).abs().sum()) for w, g in zip(weights, gradients, strict=True))
+
+
+# The methods: (blocks to remove, blocks in the model, the statistics they need) -> the blocks to remove.
+
+@register("block-influence", "depth", "ShortGPT: blocks whose output is most similar to their input (1 - cosine)",
+          needs=("block_influence",))
+def by_block_influence(count: int, total: int, block_influence: list[float]) -> list[int]:
+    return lowest(block_influence, count)
+
+
+@register("angular", "depth",
+          "Gromov et al.: the contiguous span of blocks with the smallest angular distance across it",
+          needs=("angular_distance",))
+def by_angular_distance(count: int, total: int, angular_distance: list[float]) -> list[int]:
+    return best_span(angular_distance, count)
+
+
+@register("sleb", "depth", "SLEB: repeatedly remove the block whose removal raises calibration perplexity least",
+          needs=("greedy_perplexity",))
+def by_greedy_perplexity(count: int, total: int, greedy_perplexity: list[int]) -> list[int]:
+    """`greedy_perplexity`: the blocks in the order the greedy search removed them."""
+    return sorted(greedy_perplexity[:count])
+
+
+@register("block-ppl", "depth", "Shortened LLaMA: blocks whose single removal raises calibration perplexity least",
+          needs=("perplexity_without_block",))
+def by_perplexity(count: int, total: int, perplexity_without_block: list[float]) -> list[int]:
+    return lowest(perplexity_without_block, count)
+
+
+@register("block-taylor", "depth", "Shortened LLaMA: blocks with the smallest sum |w x dL/dw|",
+          needs=("block_taylor",))
+def by_taylor(count: int, total: int, block_taylor: list[float]) -> list[int]:
+    return lowest(block_taylor, count)
+
+
+@register("block-random", "depth", "random blocks (seeded): the baseline", options=("seed",))
+def by_chance(count: int, total: int, seed: int = 0) -> list[int]:
+    return random_blocks(count, total, seed)
+
+
+@register("block-last", "depth", "the last blocks: the baseline")
+def by_position(count: int, total: int) -> list[int]:
+    return last_blocks(count, total)

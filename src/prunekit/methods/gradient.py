@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import torch
 
+from prunekit.methods.registry import register
+
 GBLM_ALPHA = 100.0
 
 
-def gradient_scores(weight: torch.Tensor, grad_norm: torch.Tensor) -> torch.Tensor:
-    return weight.detach().abs().float() * grad_norm.float()
+@register("gradient", "weights", "|W| x L2 norm of per-sample loss gradients (GBLM-Pruner's gradient term)",
+          needs=("gradient_norms",))
+def gradient_scores(weight: torch.Tensor, gradient_norms: torch.Tensor) -> torch.Tensor:
+    return weight.detach().abs().float() * gradient_norms.float()
 
 
+@register("gblm", "weights", "GBLM-Pruner: gradient term x 100 + the Wanda term (Das et al. 2023)",
+          needs=("gradient_norms", "input_norms"))
 def gblm_scores(
-    weight: torch.Tensor, grad_norm: torch.Tensor, input_sq_sum: torch.Tensor, alpha: float = GBLM_ALPHA
+    weight: torch.Tensor, gradient_norms: torch.Tensor, input_norms: torch.Tensor, alpha: float = GBLM_ALPHA
 ) -> torch.Tensor:
     magnitude = weight.detach().abs().float()
-    return alpha * magnitude * grad_norm.float() + magnitude * input_sq_sum.float().sqrt().unsqueeze(0)
+    return alpha * magnitude * gradient_norms.float() + magnitude * input_norms.float().sqrt().unsqueeze(0)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from prunekit.methods.registry import register
 
+
+@register("magnitude", "weights", "|W|; needs no calibration data", comparable_across_layers=True)
 def magnitude_scores(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().abs().float()

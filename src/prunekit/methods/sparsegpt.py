@@ -15,6 +15,7 @@ import torch
 
 from prunekit.methods.masks import prune_lowest
 from prunekit.methods.patterns import SparsityPattern
+from prunekit.methods.registry import Pruned, register
 
 MAX_DAMPING_RETRIES = 6
 
@@ -113,3 +114,20 @@ def sparsegpt(
         raise RuntimeError("SparseGPT produced non-finite weights")
     w, pruned = wt.t().contiguous(), pruned.t().contiguous()
     return SparseGPTResult(w, ~pruned)
+
+
+def shared_inverse(hessian: torch.Tensor, block_size: int = 128, damping: float = 0.01) -> InverseHessian:
+    """The inverse-Hessian factor, computed once for all the linears that see one input (q/k/v, gate/up)."""
+    return inverse_hessian(hessian, damping)
+
+
+@register("sparsegpt", "weights", "OBS reconstruction from the input Hessian (Frantar & Alistarh 2023)",
+          needs=("hessian",), options=("block_size", "damping"), updates_weights=True, prepare=shared_inverse)
+def sparsegpt_method(weight: torch.Tensor, hessian: torch.Tensor | InverseHessian, sparsity: float,
+                     pattern: SparsityPattern, block_size: int = 128, damping: float = 0.01) -> Pruned:
+    prepared = hessian if isinstance(hessian, InverseHessian) else inverse_hessian(hessian, damping)
+    result = sparsegpt(weight, prepared, sparsity, pattern, block_size=block_size)
+    note = None
+    if prepared.retries:
+        note = f"Cholesky failed at dampening {damping:g}; retried with {prepared.damping:g} of the mean diagonal"
+    return Pruned(result.keep, result.weight, note)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from prunekit.methods.registry import register
 
-def wanda_scores(weight: torch.Tensor, input_sq_sum: torch.Tensor) -> torch.Tensor:
+
+@register("wanda", "weights", "|W| x input-feature L2 norm, per output row (Sun et al. 2023)", needs=("input_norms",))
+def wanda_scores(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:
     """Scores from the weight [out, in] and the per-input-feature sum of squared activations [in]."""
-    return weight.detach().abs().float() * input_sq_sum.float().sqrt().unsqueeze(0)
+    return weight.detach().abs().float() * input_norms.float().sqrt().unsqueeze(0)

@@ -19,6 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
+from prunekit.methods.registry import register
+
+# Width methods take the statistics they need and return per-channel scores of one layer (higher: keep), or, for
+# Taylor on attention, also per-row scores of the key/value projections.
+Pair = tuple[torch.Tensor, torch.Tensor]  # (weight rows or columns, their summed gradient)
+
 
 @dataclass
 class ChannelStats:
@@ -39,16 +45,22 @@ class ChannelStats:
         return ((self.squares - self.total.square() / max(1, n)) / max(1, n - 1)).clamp_min(0)
 
 
-def activation_scores(stats: ChannelStats) -> torch.Tensor:
-    return stats.squares
+@register("activation", "width", "Minitron: channels / heads with the least activation energy",
+          needs=("channel_stats",), options=("bias_compensation",))
+def activation_scores(channel_stats: ChannelStats) -> torch.Tensor:
+    return channel_stats.squares
 
 
-def wanda_sp_scores(out_weight: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
-    return out_weight.double().abs().sum(dim=0) * stats.squares.sqrt()
+@register("wanda-sp", "width", "structured Wanda: sum of |W| x input norm over the channel's output-projection column",
+          needs=("channel_stats", "output_weight"), options=("bias_compensation",))
+def wanda_sp_scores(output_weight: torch.Tensor, channel_stats: ChannelStats) -> torch.Tensor:
+    return output_weight.double().abs().sum(dim=0) * channel_stats.squares.sqrt()
 
 
-def flap_scores(out_weight: torch.Tensor, stats: ChannelStats) -> torch.Tensor:
-    return stats.variance * out_weight.double().square().sum(dim=0)
+@register("flap", "width", "FLAP: input fluctuation x squared column norm, removed mean added back as a bias",
+          needs=("channel_stats", "output_weight"), options=("bias_compensation",), bias_by_default=True)
+def flap_scores(output_weight: torch.Tensor, channel_stats: ChannelStats) -> torch.Tensor:
+    return channel_stats.variance * output_weight.double().square().sum(dim=0)
 
 
 def taylor_scores(out_weight: torch.Tensor, out_grad: torch.Tensor, in_weights: list[torch.Tensor],
@@ -58,6 +70,18 @@ def taylor_scores(out_weight: torch.Tensor, out_grad: torch.Tensor, in_weights: 
     for weight, grad in zip(in_weights, in_grads, strict=True):
         score = score + (weight.double() * grad.double()).abs().sum(dim=1)
     return score
+
+
+@register("taylor", "width", "LLM-Pruner: first-order Taylor estimate sum |w x dL/dw| over the channel's weights",
+          needs=("taylor_terms",), options=("bias_compensation",))
+def taylor_method(taylor_terms: tuple[Pair, list[Pair], list[Pair]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """taylor_terms: the output projection's (columns, gradient), the input parts' (rows, gradient) aligned with its
+    channels, and the key/value parts' (rows, gradient) for attention (empty for the MLP)."""
+    (out_weight, out_grad), inputs, key_value = taylor_terms
+    channels = taylor_scores(out_weight, out_grad, [w for w, _ in inputs], [g for _, g in inputs])
+    if not key_value:
+        return channels, None
+    return channels, sum((w.double() * g.double()).abs().sum(dim=1) for w, g in key_value)
 
 
 def group_sums(scores: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -76,6 +100,6 @@ def keep_within_groups(scores: torch.Tensor, groups: int, keep_per_group: int) -
     return torch.cat([keep_highest(scores[g * size:(g + 1) * size], keep_per_group) + g * size for g in range(groups)])
 
 
-def compensation_bias(out_weight: torch.Tensor, stats: ChannelStats, removed: torch.Tensor) -> torch.Tensor:
+def compensation_bias(out_weight: torch.Tensor, mean: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
     """FLAP's baseline bias: what the removed channels contributed on average, W_:,removed @ mean(X_removed)."""
-    return out_weight.double()[:, removed] @ stats.mean[removed]
+    return out_weight.double()[:, removed] @ mean[removed]

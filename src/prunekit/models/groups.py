@@ -1,0 +1,129 @@
+"""The groups of parameters that shrink together, as adapters declare them.
+
+A width group is a set of unit-sized slices that must be removed together so the layer keeps working: an MLP
+channel is one row of each input projection (gate and up, or fc1) and one input column of the output projection; a
+query head is `head_dim` rows of the query projection and the matching columns of the output projection; a key/value
+group is one key head, one value head and the query heads that share them. A fused matrix (Phi-3's qkv_proj and
+gate_up_proj) holds several parts one after the other: a part says where its first row sits, as a function of the
+layer's current sizes. A group also names the config fields that describe its size, so a pruned model reloads.
+
+Matrices are always seen as (outputs, inputs), whatever the module stores: GPT-2's Conv1D keeps the transpose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+LINEAR_TYPES = (nn.Linear, Conv1D)
+
+
+def weight_matrix(module: nn.Module) -> torch.Tensor:
+    """The (outputs, inputs) weight of a linear layer; a view, so writing into it writes the module's weight."""
+    return module.weight.T if isinstance(module, Conv1D) else module.weight
+
+
+def gradient_matrix(module: nn.Module) -> torch.Tensor | None:
+    grad = module.weight.grad
+    return grad.T if grad is not None and isinstance(module, Conv1D) else grad
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """A layer's current sizes, which fix where each part of a fused matrix starts."""
+
+    heads: int
+    kv_heads: int
+    head_dim: int
+    channels: int  # MLP width
+
+
+def at_start(_sizes: Sizes) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The output rows of one linear (path relative to the decoder layer) that a group uses, from `start` on."""
+
+    path: str
+    start: Callable[[Sizes], int] = at_start
+
+
+@dataclass(frozen=True)
+class MlpChannels:
+    """MLP channels: one row of every input projection with one input column of the output projection."""
+
+    inputs: tuple[Rows, ...]
+    output: str
+    width_field: str = "intermediate_size"
+    bias_field: str | None = "mlp_bias"  # the config flag that gives the linears a bias; None: no such flag
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return _unique((*(r.path for r in self.inputs), self.output))
+
+    def write_config(self, config: object, width: int) -> None:
+        setattr(config, self.width_field, width)
+
+
+@dataclass(frozen=True)
+class AttentionHeads:
+    """Query heads (query rows with output columns) and key/value groups (a key and a value head with the query
+    heads that share them; query heads of one group are consecutive)."""
+
+    query: Rows
+    key: Rows
+    value: Rows
+    output: str
+    heads_field: str = "num_attention_heads"
+    kv_heads_field: str | None = "num_key_value_heads"  # None: no grouped-query attention
+    head_dim_field: str | None = "head_dim"  # None: the head size is hidden / heads, so heads cannot go
+    bias_field: str | None = "attention_bias"
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return _unique((self.query.path, self.key.path, self.value.path, self.output))
+
+    def write_config(self, config: object, heads: int, kv_heads: int, head_dim: int) -> None:
+        """Head counts and the head size, written explicitly as it no longer equals hidden_size / heads."""
+        setattr(config, self.head_dim_field, head_dim)
+        setattr(config, self.heads_field, heads)
+        if self.kv_heads_field:
+            setattr(config, self.kv_heads_field, kv_heads)
+
+
+def separate_attention(q: str, k: str, v: str, output: str, **fields: str | None) -> AttentionHeads:
+    return AttentionHeads(Rows(q), Rows(k), Rows(v), output, **fields)
+
+
+def fused_attention(qkv: str, output: str, **fields: str | None) -> AttentionHeads:
+    """Query, key and value rows one after the other in one matrix ([q | k | v], as Phi-3's qkv_proj)."""
+    return AttentionHeads(Rows(qkv), Rows(qkv, lambda s: s.heads * s.head_dim),
+                          Rows(qkv, lambda s: (s.heads + s.kv_heads) * s.head_dim), output, **fields)
+
+
+def gated_mlp(gate: str, up: str, down: str, **fields: str | None) -> MlpChannels:
+    return MlpChannels((Rows(gate), Rows(up)), down, **fields)
+
+
+def fused_gated_mlp(gate_up: str, down: str, **fields: str | None) -> MlpChannels:
+    """Gate and up rows one after the other in one matrix ([gate | up], as Phi-3's gate_up_proj)."""
+    return MlpChannels((Rows(gate_up), Rows(gate_up, lambda s: s.channels)), down, **fields)
+
+
+def plain_mlp(fc1: str, fc2: str, **fields: str | None) -> MlpChannels:
+    return MlpChannels((Rows(fc1),), fc2, **fields)
+
+
+def unit_indices(units: torch.Tensor, size: int, start: int = 0) -> torch.Tensor:
+    """Row / column indices of whole units of `size` consecutive features (heads: size = head_dim)."""
+    return (start + units.unsqueeze(1) * size + torch.arange(size, device=units.device)).flatten()
+
+
+def _unique(paths: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(paths))
