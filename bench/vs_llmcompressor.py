@@ -127,10 +127,10 @@ def sparsity_report(model: nn.Module, pattern: str) -> dict:
 
 def prune_with_prunekit(method: str, pattern: str, calibration: torch.Tensor, meter: Meter) -> nn.Module:
     import prunekit
-    from prunekit.methods import METHODS
+    from prunekit.methods import names
 
-    if method != "dense" and method not in METHODS:
-        raise LookupError(f"prunekit has no method {method!r} yet (it has {', '.join(METHODS)})")
+    if method != "dense" and method not in names("weights"):
+        raise LookupError(f"prunekit has no method {method!r} yet (it has {', '.join(names('weights'))})")
     model = prunekit.load_model("smollm2-135m").model
     if method != "dense":
         meter.start()

@@ -6,7 +6,8 @@ from conftest import CONFIGS, VOCAB, tiny_model
 from transformers import BloomConfig, BloomForCausalLM
 
 from prunekit.engine.capture import capture_layer_inputs
-from prunekit.engine.layerwise import PruneStage, _forward, prune_layerwise
+from prunekit.engine.layerwise import PruneStage, prune_layerwise
+from prunekit.engine.walker import forward_layer
 from prunekit.errors import PrunekitError
 from prunekit.methods.patterns import SparsityPattern
 from prunekit.models.adapters import SUPPORTED_MODEL_TYPES, adapter_for
@@ -31,7 +32,7 @@ def test_layer_by_layer_replay_reproduces_the_model(family):
         hidden = captured.hidden
         for index, layer in enumerate(adapter.layers):
             assert torch.allclose(torch.cat(hidden), expected[index], atol=1e-5), f"layer {index} input differs"
-            hidden = [_forward(layer, h, c) for h, c in zip(hidden, captured.calls[index], strict=True)]
+            hidden = [forward_layer(layer, h, c) for h, c in zip(hidden, captured.calls[index], strict=True)]
 
 
 @pytest.mark.parametrize("family", list(CONFIGS))

@@ -20,8 +20,8 @@ from prunekit.api import prune, run
 from prunekit.errors import PrunekitError
 from prunekit.recipe import Recipe
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "opt", "gemma2", "olmo2", "granite", "stablelm", "starcoder2", "cohere", "phi", "phi3", "gpt_neox", "gpt2",
-            "falcon")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text", "opt", "gemma2", "olmo2", "granite", "stablelm",
+            "starcoder2", "cohere", "phi", "phi3", "gpt_neox", "gpt2", "falcon")
 KINDS = {
     "wanda-50%": dict(method="wanda", sparsity=0.5),
     "magnitude-2:4": dict(method="magnitude", pattern="2:4"),

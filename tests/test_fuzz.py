@@ -409,10 +409,9 @@ paths = st.sampled_from(PATHS)
 # ---- (a) prune recipes -------------------------------------------------------------------------------------------
 
 def _methods() -> list[str]:
-    from prunekit.engine.structured import DEPTH_METHODS, WIDTH_METHODS
-    from prunekit.methods import METHODS
+    from prunekit.methods import names
 
-    return [*METHODS, *DEPTH_METHODS, *WIDTH_METHODS]
+    return names()
 
 
 METHOD_NAMES = _methods()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from itertools import groupby
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -30,12 +29,7 @@ from prunekit.models.loading import (
     resolve_device,
 )
 from prunekit.models.shards import Checkpoint, ShardWriter
-from prunekit.outputs import (
-    atomic_directory,
-    check_output,
-    check_work_directory,
-    remove_work_directory,
-)
+from prunekit.outputs import check_output, check_work_directory, remove_work_directory
 from prunekit.progress import console, progress_bar
 from prunekit.recipe import (
     CalibrationConfig,
@@ -46,6 +40,19 @@ from prunekit.recipe import (
     needs_calibration,
     parse_stage,
 )
+from prunekit.report.record import Record
+from prunekit.report.schema import (
+    MatrixRecord,
+    PerplexityPair,
+    PerplexityScore,
+    PruneReport,
+    RecoveryReport,
+    RecoverySection,
+    SparsityChange,
+    Structure,
+    ZeroShotScore,
+)
+from prunekit.rundir import run_directory, write_run
 from prunekit.runinfo import VERSION, count_parameters, count_zeros, peak_rss_bytes, versions
 from prunekit.text.sources import load_texts
 from prunekit.text.tokens import calibration_windows, evaluation_windows, token_stream
@@ -201,58 +208,55 @@ STRUCTURE_FIELDS = ("num_hidden_layers", "intermediate_size", "ffn_dim", "num_at
                     "num_key_value_heads", "head_dim", "layer_types", "attention_bias", "mlp_bias")
 
 
-def save(loaded: LoadedModel, out: Path, report: dict, recipe: Recipe | None = None, overwrite: bool = False,
-         inputs: Sequence[str | Path | None] = ()) -> None:
-    """Write model (safetensors, in the checkpoint's own dtype), tokenizer, prunekit.json and recipe.yaml; never
-    over the model's own directory or the other `inputs`."""
-    model = loaded.model
-    with atomic_directory(out, overwrite=overwrite, inputs=(loaded.local_path, *inputs)) as tmp:
-        original = next(model.parameters()).dtype
-        model.to(loaded.saved_dtype)
-        try:
-            model.save_pretrained(tmp)
-        finally:
-            model.to(original)
-        loaded.tokenizer.save_pretrained(tmp)
-        (tmp / "prunekit.json").write_text(json.dumps(report, indent=2) + "\n")
-        if recipe is not None:
-            (tmp / "recipe.yaml").write_text(recipe.to_yaml())
+def save(loaded: LoadedModel, out: Path, report: Record | dict, recipe: Recipe | None = None,
+         overwrite: bool = False, inputs: Sequence[str | Path | None] = ()) -> None:
+    """Write model (safetensors, in the checkpoint's own dtype), tokenizer, prunekit.json (a report record of
+    prunekit.report.schema, or your own dict) and recipe.yaml; never over the model's own directory or the other
+    `inputs` (see prunekit.rundir)."""
+    write_run(out, report, recipe, loaded, overwrite, inputs)
+
+
+def _score(result: PerplexityResult) -> PerplexityScore:
+    return PerplexityScore(**result.to_dict())
 
 
 def prune_report(recipe: Recipe, result: PruneResult, parameters: int, zeros: int,
-            dense: PerplexityResult | None, pruned: PerplexityResult | None, timings: dict[str, float],
-            dense_parameters: int | None = None, config: object = None) -> dict:
-    structure = {}
+                 dense: PerplexityResult | None, pruned: PerplexityResult | None, timings: dict[str, float],
+                 dense_parameters: int | None = None, config: object = None,
+                 zeroshot: Sequence[dict] | None = None) -> PruneReport:
+    """The report of a prune (prunekit.json); `zeroshot`: the pruned model's zero-shot results (sweep points)."""
+    structure = None
     if result.structured:
-        structure = {"dense_parameters": dense_parameters, "parameters_removed": dense_parameters - parameters,
-                     "stages": [asdict(r) for r in result.structured],
-                     "config": {k: getattr(config, k) for k in STRUCTURE_FIELDS if hasattr(config, k)}}
-    return {
-        "prunekit_report_version": 1,
-        "source_model": recipe.model,
-        "recipe": recipe.model_dump(mode="json"),
-        "seed": recipe.seed,
-        "versions": versions(),
-        "parameters": parameters,
-        "zero_parameters": zeros,
-        "decoder_linear_sparsity": result.sparsity,
-        "matrices": [{"name": m.name, "numel": m.numel, "zeros": m.zeros, "sparsity": m.sparsity, "notes": m.notes}
-                     for m in result.matrices],
-        "notes": [f"{m.name}: {note}" for m in result.matrices for note in m.notes],
-        "perplexity": {
-            "dense": dense.to_dict() if dense else None,
-            "pruned": pruned.to_dict() if pruned else None,
-        },
-        "seconds": timings,
-        "prune_phase_seconds": {k: round(v, 2) for k, v in result.phases.items()},
-        "structure": structure or None,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "peak_gpu_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
-    }
+        structure = Structure(dense_parameters=dense_parameters, parameters_removed=dense_parameters - parameters,
+                              stages=[asdict(r) for r in result.structured],
+                              config={k: getattr(config, k) for k in STRUCTURE_FIELDS if hasattr(config, k)})
+    report = PruneReport(
+        source_model=recipe.model,
+        recipe=recipe.model_dump(mode="json"),
+        seed=recipe.seed,
+        versions=versions(),
+        parameters=parameters,
+        zero_parameters=zeros,
+        decoder_linear_sparsity=result.sparsity,
+        matrices=[MatrixRecord(name=m.name, numel=m.numel, zeros=m.zeros, sparsity=m.sparsity, notes=m.notes)
+                  for m in result.matrices],
+        notes=[f"{m.name}: {note}" for m in result.matrices for note in m.notes],
+        perplexity=PerplexityPair(dense=_score(dense) if dense else None,
+                                  pruned=_score(pruned) if pruned else None),
+        seconds=timings,
+        prune_phase_seconds={k: round(v, 2) for k, v in result.phases.items()},
+        structure=structure,
+        peak_rss_bytes=peak_rss_bytes(),
+        peak_gpu_bytes=torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None,
+    )
+    if zeroshot is not None:
+        report.zeroshot = [ZeroShotScore(**r) for r in zeroshot]
+    return report
 
 
 def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
-    """Load, evaluate dense, prune, evaluate pruned, save. Returns the report written to prunekit.json."""
+    """Load, evaluate dense, prune, evaluate pruned, save. Returns the report written to prunekit.json (as JSON;
+    `prunekit.report.schema.PruneReport.parse` types it)."""
     started = time.perf_counter()
     check_output(out, overwrite, (recipe.model,))
     if recipe.stream:
@@ -297,9 +301,9 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
     zeros = count_zeros(model)
     report = prune_report(recipe, result, parameters, zeros, dense, pruned, timings, dense_parameters, model.config)
     with console.status(f"saving to {out}"):
-        report["seconds"]["total"] = round(time.perf_counter() - started, 2)
+        report.seconds["total"] = round(time.perf_counter() - started, 2)
         save(loaded, out, report, recipe, overwrite)
-    return report
+    return report.to_json()
 
 
 def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibration: torch.Tensor | None = None) -> dict:
@@ -332,7 +336,8 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
         release_memory()  # what reading the calibration text left behind
         load_outside_layers(adapter, checkpoint, windows, dtype)
     torch.manual_seed(recipe.seed)
-    with atomic_directory(out, overwrite=overwrite, inputs=(recipe.model, directory)) as tmp:
+    with run_directory(out, overwrite, (recipe.model, directory)) as run_dir:
+        tmp = run_dir.path
         writer = ShardWriter(tmp)
         store = StreamedLayers(adapter, device, checkpoint, writer, dtype, saved_dtype)
         t0 = time.perf_counter()
@@ -353,10 +358,9 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
             shutil.copyfile(directory / "generation_config.json", tmp / "generation_config.json")
         timings = {"prune": round(result.seconds, 2), "total": round(time.perf_counter() - started, 2)}
         report = prune_report(recipe, result, store.parameters + sum(outside.values()), zeros, None, None, timings)
-        report["notes"].append("streamed: perplexity skipped (it needs the whole model); run `prunekit eval` on it")
-        (tmp / "prunekit.json").write_text(json.dumps(report, indent=2) + "\n")
-        (tmp / "recipe.yaml").write_text(recipe.to_yaml())
-    return report
+        report.notes.append("streamed: perplexity skipped (it needs the whole model); run `prunekit eval` on it")
+        run_dir.finish(report, recipe)
+    return report.to_json()
 
 
 def recover_model(model: str, out: Path, config: RecoveryConfig, teacher: str | None = None,
@@ -375,23 +379,22 @@ def recover_model(model: str, out: Path, config: RecoveryConfig, teacher: str | 
     if dense is not None:
         check_teacher(loaded.tokenizer, dense.tokenizer, loaded.model.config.vocab_size,
                       dense.model.config.vocab_size)
-    scores: dict[str, Any] = {}
+    scores: dict[str, PerplexityScore] = {}  # before / teacher / after, in the order measured
     if evaluation is not None:
-        scores["before"] = evaluate(loaded.model, loaded.tokenizer, evaluation, "perplexity before").to_dict()
+        scores["before"] = _score(evaluate(loaded.model, loaded.tokenizer, evaluation, "perplexity before"))
         if dense is not None:
-            scores["teacher"] = evaluate(dense.model, dense.tokenizer, evaluation, "perplexity teacher").to_dict()
+            scores["teacher"] = _score(evaluate(dense.model, dense.tokenizer, evaluation, "perplexity teacher"))
     sparsity_before = decoder_linear_sparsity(loaded.model)
     merged, section = recover(loaded.model, loaded.tokenizer, config, work,
                               dense.model if dense is not None else None, say)
     loaded.model = merged
     if evaluation is not None:
-        scores["after"] = evaluate(merged, loaded.tokenizer, evaluation, "perplexity after").to_dict()
-    parameters = count_parameters(merged)
-    zeros = count_zeros(merged)
-    report = {"prunekit_version": VERSION, "versions": versions(), "model": model,
-              "teacher": teacher, "recovery": section, "perplexity": scores, "parameters": parameters,
-              "zero_parameters": zeros, "decoder_linear_sparsity": {"before": sparsity_before,
-                                                                    "after": decoder_linear_sparsity(merged)}}
+        scores["after"] = _score(evaluate(merged, loaded.tokenizer, evaluation, "perplexity after"))
+    report = RecoveryReport(
+        prunekit_version=VERSION, versions=versions(), model=model, teacher=teacher,
+        recovery=RecoverySection(**section),
+        perplexity=scores, parameters=count_parameters(merged), zero_parameters=count_zeros(merged),
+        decoder_linear_sparsity=SparsityChange(before=sparsity_before, after=decoder_linear_sparsity(merged)))
     save(loaded, out, report, overwrite=overwrite, inputs=inputs)
     remove_work_directory(work)  # the checkpoint is only for resuming an unfinished run; only prunekit's own folder
-    return report
+    return report.to_json()

@@ -22,21 +22,30 @@ from typing import Any
 
 import torch
 
-from prunekit.api import calibration_data, evaluate, evaluation_data, prune, prune_report, save
+from prunekit.api import calibration_data, evaluate, evaluation_data, prune, prune_report
 from prunekit.engine.layerwise import check_selection
-from prunekit.engine.structured import DEPTH_METHODS, WIDTH_METHODS
 from prunekit.errors import PrunekitError
 from prunekit.eval.zeroshot import evaluate_tasks, load_task
-from prunekit.methods import METHODS
+from prunekit.methods import kind_of
+from prunekit.methods import names as method_names
 from prunekit.methods.patterns import SparsityPattern
 from prunekit.models.adapters import adapter_for
 from prunekit.models.loading import LoadedModel, load_model, resolve_device
 from prunekit.outputs import WORK_MARKER, check_output, check_work_directory, work_directory
 from prunekit.progress import console
 from prunekit.recipe import SEED_MAX, CalibrationConfig, EvaluationConfig, Recipe, StageConfig
+from prunekit.report.schema import (
+    PruneReport,
+    SweepDense,
+    SweepPoint,
+    SweepReport,
+    TextProtocol,
+    ZeroShotProtocol,
+    ZeroShotScore,
+)
+from prunekit.rundir import REPORT_FILE, report_text, write_run
 from prunekit.runinfo import count_parameters, count_zeros, peak_rss_bytes, versions
 
-SWEEP_VERSION = 1
 SWEEP_FILE = "sweep.json"
 RESULTS_FILE = "results.csv"
 
@@ -69,10 +78,11 @@ class SweepConfig:
         """One validated stage per grid point: unstructured at each sparsity, N:M patterns at their own."""
         if not self.methods:
             raise PrunekitError("no methods to sweep: pass e.g. --methods magnitude,wanda,sparsegpt")
-        structured = [m for m in self.methods if m in (*DEPTH_METHODS, *WIDTH_METHODS)]
+        structured = [m for m in self.methods if kind_of(m) in ("depth", "width")]
         if structured:
             raise PrunekitError(f"{', '.join(structured)} removes blocks or channels; a sweep covers weight pruning "
-                                f"({', '.join(METHODS)}): use `prunekit prune --method {structured[0]}` per size")
+                                f"({', '.join(method_names('weights'))}): use `prunekit prune --method "
+                                f"{structured[0]}` per size")
         points = []
         for method in self.methods:
             for pattern in self.patterns:
@@ -115,7 +125,7 @@ def _check_work_dir(out: Path, config: SweepConfig, inputs: tuple) -> None:
 
 
 def _has_results(work: Path) -> bool:
-    return (work / "dense.json").exists() or any((work / "points").glob("*/prunekit.json"))
+    return (work / "dense.json").exists() or any((work / "points").glob(f"*/{REPORT_FILE}"))
 
 
 def _work_dir(out: Path, config: SweepConfig, inputs: tuple) -> Path:
@@ -155,7 +165,7 @@ def _point_recipe(config: SweepConfig, stage: StageConfig) -> Recipe:
 
 def _run_point(loaded: LoadedModel, dense_state: dict[str, torch.Tensor], windows: torch.Tensor | None,
                eval_windows: torch.Tensor | None, stage: StageConfig, config: SweepConfig, folder: Path,
-               device: torch.device) -> dict:
+               device: torch.device) -> PruneReport:
     name = point_name(stage)
     loaded.model.load_state_dict(dense_state)
     console.log(f"[bold]{name}[/bold]")
@@ -166,28 +176,22 @@ def _run_point(loaded: LoadedModel, dense_state: dict[str, torch.Tensor], window
     zeros = count_zeros(loaded.model)
     recipe = _point_recipe(config, stage)
     report = prune_report(recipe, result, parameters, zeros, None, scores["perplexity"],
-                     {"prune": round(result.seconds, 2)})
-    report["zeroshot"] = scores["zeroshot"]
-    partial = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    if config.save_models:
-        save(loaded, partial, report, recipe)
-    else:
-        partial.mkdir(parents=True)
-        (partial / "prunekit.json").write_text(json.dumps(report, indent=2) + "\n")
-        (partial / "recipe.yaml").write_text(recipe.to_yaml())
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(partial, folder)
+                          {"prune": round(result.seconds, 2)}, zeroshot=scores["zeroshot"])
+    # Older versions wrote a point into this fixed name first; one a killed run of theirs left would end up in OUT.
+    shutil.rmtree(folder.with_name(f".{folder.name}.partial"), ignore_errors=True)
+    write_run(folder, report, recipe, loaded if config.save_models else None, overwrite=True,
+              inputs=(config.model,))
     return report
 
 
-def _point_row(stage: StageConfig, report: dict, folder: str) -> dict:
-    ppl = report["perplexity"]["pruned"]
-    return {"method": stage.method, "sparsity": stage.sparsity, "pattern": stage.pattern,
-            "perplexity": ppl["perplexity"] if ppl else None, "zeroshot": report.get("zeroshot", []),
-            "prune_seconds": report["seconds"]["prune"], "decoder_linear_sparsity": report["decoder_linear_sparsity"],
-            "parameters": report["parameters"], "zero_parameters": report["zero_parameters"],
-            "report": f"{folder}/prunekit.json"}
+def _point_row(stage: StageConfig, report: PruneReport, folder: str) -> SweepPoint:
+    ppl = report.perplexity.pruned
+    return SweepPoint(method=stage.method, sparsity=stage.sparsity, pattern=stage.pattern,
+                      perplexity=ppl.perplexity if ppl else None,
+                      zeroshot=report.zeroshot if isinstance(report.zeroshot, list) else [],
+                      prune_seconds=report.seconds["prune"], decoder_linear_sparsity=report.decoder_linear_sparsity,
+                      parameters=report.parameters, zero_parameters=report.zero_parameters,
+                      report=f"{folder}/{REPORT_FILE}")
 
 
 def results_rows(sweep: dict) -> list[dict]:
@@ -207,9 +211,9 @@ def results_rows(sweep: dict) -> list[dict]:
     return rows
 
 
-def _write_results(work: Path, sweep: dict) -> None:
-    (work / SWEEP_FILE).write_text(json.dumps(sweep, indent=2) + "\n")
-    rows = results_rows(sweep)
+def _write_results(work: Path, sweep: SweepReport) -> None:
+    (work / SWEEP_FILE).write_text(report_text(sweep))
+    rows = results_rows(sweep.to_json())
     columns = list(dict.fromkeys(k for row in rows for k in row))
     with (work / RESULTS_FILE).open("w", newline="") as handle:
         writer = csv.DictWriter(handle, columns)
@@ -240,44 +244,43 @@ def run_sweep(config: SweepConfig, out: Path, overwrite: bool = False) -> dict:
     work = _work_dir(out, config, inputs)
     dense_file = work / "dense.json"
     if dense_file.exists():
-        dense = json.loads(dense_file.read_text())
+        dense = SweepDense.parse(json.loads(dense_file.read_text()))
     else:
         scores = _evaluate(loaded, config, device, "dense", eval_windows)
         ppl = scores["perplexity"]
-        dense = {"perplexity": ppl.perplexity if ppl else None, "zeroshot": scores["zeroshot"],
-                 "parameters": count_parameters(loaded.model),
-                 "zero_parameters": count_zeros(loaded.model)}
-        dense_file.write_text(json.dumps(dense, indent=2) + "\n")
+        dense = SweepDense(perplexity=ppl.perplexity if ppl else None,
+                           zeroshot=[ZeroShotScore(**r) for r in scores["zeroshot"]],
+                           parameters=count_parameters(loaded.model), zero_parameters=count_zeros(loaded.model))
+        dense_file.write_text(report_text(dense))
     dense_state = {k: v.detach().clone() for k, v in loaded.model.state_dict().items()}
     points = []
     for index, stage in enumerate(stages, 1):
         folder = f"points/{point_name(stage)}"
-        done = work / folder / "prunekit.json"
+        done = work / folder / REPORT_FILE
         console.log(f"point {index}/{len(stages)}")
-        report = (json.loads(done.read_text()) if done.exists()
+        report = (PruneReport.parse(json.loads(done.read_text())) if done.exists()
                   else _run_point(loaded, dense_state, windows, eval_windows, stage, config, work / folder, device))
         points.append(_point_row(stage, report, folder))
-    sweep = {
-        "prunekit_sweep_version": SWEEP_VERSION,
-        "versions": versions(),
-        "model": config.model,
-        "methods": config.methods,
-        "sparsities": config.sparsities,
-        "patterns": config.patterns,
-        "seed": config.seed,
-        "calibration": config.calibration.model_dump(),
-        "perplexity_protocol": config.evaluation.model_dump() if config.evaluation else None,
-        "zeroshot_protocol": {"tasks": config.tasks, "limit": config.limit, "prompt": config.prompt,
-                              "seed": config.seed} if config.tasks else None,
-        "dense": dense,
-        "points": points,
-        "seconds": {"total": round(time.perf_counter() - started, 2)},
-        "peak_rss_bytes": peak_rss_bytes(),
-    }
+    sweep = SweepReport(
+        versions=versions(),
+        model=config.model,
+        methods=config.methods,
+        sparsities=config.sparsities,
+        patterns=config.patterns,
+        seed=config.seed,
+        calibration=config.calibration.model_dump(),
+        perplexity_protocol=TextProtocol(**config.evaluation.model_dump()) if config.evaluation else None,
+        zeroshot_protocol=ZeroShotProtocol(tasks=config.tasks, limit=config.limit, prompt=config.prompt,
+                                           seed=config.seed) if config.tasks else None,
+        dense=dense,
+        points=points,
+        seconds={"total": round(time.perf_counter() - started, 2)},
+        peak_rss_bytes=peak_rss_bytes(),
+    )
     _write_results(work, sweep)
     (work / WORK_MARKER).unlink()  # from here on it is the output, not a work folder
     if out.exists():  # overwrite was allowed by check_output
         shutil.rmtree(out)
     os.replace(work, out)
-    return sweep
+    return sweep.to_json()
 

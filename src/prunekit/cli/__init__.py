@@ -25,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command()(prune.models)
+app.command()(prune.methods)
 app.command()(prune.fetch)
 app.command()(prune.prune)
 app.command("eval")(evaluation.evaluate_command)

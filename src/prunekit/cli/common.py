@@ -45,7 +45,8 @@ def methods_help() -> str:
 
     kinds = method_choices()
     return (f"Weights: {' | '.join(kinds['weights'])}.  Blocks: {' | '.join(kinds['blocks'])}.  "
-            f"Width (with --part): {' | '.join(kinds['width'])}.  [default: {DEFAULT_METHOD}]")
+            f"Width (with --part): {' | '.join(kinds['width'])}.  `prunekit methods` says what each does.  "
+            f"[default: {DEFAULT_METHOD}]")
 
 
 def weight_methods_help() -> str:

@@ -43,6 +43,21 @@ def models() -> None:
     stdout.print(texts)
 
 
+def methods() -> None:
+    """List every pruning method: its kind, what it does, the statistics it collects and the options it takes."""
+    from prunekit.methods import REGISTRY
+    from prunekit.methods.registry import KINDS
+
+    table = Table(title="Pruning methods (--method)", caption="width methods take --part mlp | heads | kv-heads")
+    for column in ("method", "kind", "what it does", "needs", "options"):
+        table.add_column(column, no_wrap=column in ("method", "kind"))
+    for spec in REGISTRY.values():
+        table.add_row(spec.name, spec.kind, spec.description, ", ".join(spec.needs) or "-",
+                      ", ".join(spec.accepted_options) or "-")
+    stdout.print(table)
+    stdout.print(" ".join(f"{kind}: {what}." for kind, what in KINDS.items()))
+
+
 def fetch(
     names: Annotated[list[str], typer.Argument(help="Offline model names and/or 'wikipedia'.")],
 ) -> None:

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from prunekit.corpus.step import INT32_MAX, PERPLEXITY, TEXT, Step, check_model_spec, with_column
 from prunekit.errors import PrunekitError
+from prunekit.models.loss import next_token_loss
 
 __all__ = ["PERPLEXITY", "PerplexityStep", "text_perplexities"]
 
@@ -51,8 +51,7 @@ def text_perplexities(model: nn.Module, tokenizer: object, texts: list[str], max
         for row, i in enumerate(index):
             ids[row, : len(sequences[i])] = torch.tensor(sequences[i])
             mask[row, : len(sequences[i])] = 1
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        losses = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        losses = next_token_loss(model(input_ids=ids, attention_mask=mask).logits, ids, "none")
         scored = mask[:, 1:].float()
         mean = (losses * scored).sum(1) / scored.sum(1)
         out[index] = torch.exp(mean).numpy()

@@ -13,14 +13,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import chain
 
 import torch
 from torch import nn
 
-from prunekit.engine.capture import CapturedInputs, LayerCall, capture_layer_inputs
+from prunekit.engine.capture import CapturedInputs, LayerCall
 from prunekit.engine.gradients import gradient_norms
 from prunekit.engine.statistics import STATISTICS, AllTargetsSeen, collect_inputs
+from prunekit.engine.walker import LayerStore, capture_on_device, forward_layer, walk_layers
 from prunekit.errors import PrunekitError
 from prunekit.methods import MethodSpec, get_method
 from prunekit.methods.allocation import global_threshold_sparsities, outlier_ratio, owl_sparsities
@@ -126,39 +126,17 @@ class Phases(dict[str, float]):
             self[name] = self.get(name, 0.0) + time.perf_counter() - started
 
 
-class LayerStore:
-    """Where the decoder layers live between uses. This one keeps them in the model and moves one at a time to the
-    compute device; engine.streaming reads each from the checkpoint and writes it out instead."""
-
-    def __init__(self, adapter: ModelAdapter, device: torch.device) -> None:
-        self.adapter = adapter
-        self.device = device
-        self.home = next(adapter.model.parameters()).device
-
-    def open(self, index: int) -> nn.Module:
-        return self.adapter.layers[index].to(self.device)
-
-    def close(self, index: int, layer: nn.Module, pruned: bool) -> None:
-        """`pruned`: the layer is final (False after a read-only pass such as OWL's)."""
-        layer.to(self.home)
-
-
 def owl_plan(adapter: ModelAdapter, stage: PruneStage, captured: CapturedInputs, store: LayerStore) -> dict[str, float]:
     """Per-matrix sparsity from each layer's outlier ratio of Wanda scores, measured on the dense model."""
-    hidden = captured.hidden
     ratios: list[float] = []
     selected: list[list[str]] = []
-    for index in range(len(adapter.layers)):
-        layer = store.open(index)
-        targets = _selected(adapter, stage, index, layer)
+    for visit in walk_layers(adapter, captured, store, final=False):
+        targets = _selected(adapter, stage, visit.index, visit.layer)
         selected.append(list(targets))
         if targets:
-            norms = _collect(layer, targets, "input_norms", hidden, captured.calls[index])
+            norms = _collect(visit.layer, targets, "input_norms", visit.inputs, visit.calls)
             scores = [wanda_scores(weight_matrix(lin), norms[n]) for n, lin in targets.items()]
             ratios.append(outlier_ratio(scores, stage.owl_m))
-        if index < len(adapter.layers) - 1:
-            hidden = _forward_all(layer, hidden, captured.calls[index])
-        store.close(index, layer, pruned=False)
     layer_sparsities = iter(owl_sparsities(ratios, stage.sparsity, stage.owl_lambda))
     plan: dict[str, float] = {}
     for index, names in enumerate(selected):
@@ -168,15 +146,6 @@ def owl_plan(adapter: ModelAdapter, stage: PruneStage, captured: CapturedInputs,
     return plan
 
 
-def _forward(layer: nn.Module, hidden: torch.Tensor, call: LayerCall) -> torch.Tensor:
-    out = layer(hidden, *call.args, **call.kwargs)
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _forward_all(layer: nn.Module, hidden: list[torch.Tensor], calls: list[LayerCall]) -> list[torch.Tensor]:
-    return [_forward(layer, h, call) for h, call in zip(hidden, calls, strict=True)]
-
-
 def _collect(
     layer: nn.Module, targets: dict[str, nn.Linear], statistic: str, hidden: list[torch.Tensor], calls: list[LayerCall]
 ) -> dict[str, torch.Tensor]:
@@ -184,30 +153,10 @@ def _collect(
     with collect_inputs(targets, statistic) as accumulators:
         for h, call in zip(hidden, calls, strict=True):
             try:
-                _forward(layer, h, call)
+                forward_layer(layer, h, call)
             except AllTargetsSeen:
                 pass
     return {name: acc.value for name, acc in accumulators.items()}
-
-
-def _move(tensors: list[torch.Tensor], device: torch.device) -> None:
-    for t in tensors:
-        if not t.is_meta:  # a streamed model leaves what the capture does not use (the head) unloaded
-            t.data = t.data.to(device)
-
-
-def capture_on_device(adapter: ModelAdapter, windows: torch.Tensor, batch_size: int, device: torch.device,
-                      home: torch.device) -> CapturedInputs:
-    """Capture every layer's inputs with everything outside the decoder layers (embeddings, rotary tables, norms)
-    moved to the device for the pass, and back to `home` after it."""
-    prefix = adapter.layers_path + "."
-    outside = [t for n, t in chain(adapter.model.named_parameters(), adapter.model.named_buffers())
-               if not n.startswith(prefix)]
-    _move(outside, device)
-    try:
-        return capture_layer_inputs(adapter, list(windows.split(batch_size)), device)
-    finally:
-        _move(outside, home)
 
 
 @torch.no_grad()
@@ -257,30 +206,22 @@ def prune_layerwise(
                 plans.append(owl_plan(adapter, stage, captured, store))
             else:
                 plans.append(None)
-    hidden = captured.hidden
     results: list[MatrixSparsity] = []
-    for index in range(len(layers)):
-        with timed("layer_io"):
-            layer = store.open(index)
-        calls = captured.calls[index] if needs_data else []
+    for visit in walk_layers(adapter, captured, store, final=True, timed=timed):
+        index, layer = visit.index, visit.layer
         notes: dict[str, list[str]] = {}
         for stage, plan in zip(stages, plans, strict=True):
             targets = _selected(adapter, stage, index, layer)
             if not targets:
                 continue
             with timed("statistics"):
-                stats = {need: _collect(layer, targets, need, hidden, calls)
+                stats = {need: _collect(layer, targets, need, visit.inputs, visit.calls)
                          for need in stage.impl.needs if need in STATISTICS}
             with timed("masks_and_updates"):
                 _prune_targets(stage, plan, index, targets, stats, gradients, notes)
         for name, linear in adapter.linears(layer).items():
             zeros = int((linear.weight == 0).sum())
             results.append(MatrixSparsity(f"layers.{index}.{name}", zeros, linear.weight.numel(), notes.get(name, [])))
-        if needs_data and index < len(layers) - 1:
-            with timed("recompute_outputs"):
-                hidden = _forward_all(layer, hidden, calls)
-        with timed("layer_io"):
-            store.close(index, layer, pruned=True)
         if on_layer:
             on_layer(index + 1, len(layers))
     return results

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from prunekit.methods.width import ChannelStats
+
 
 class SquaredSum:
     """Per-input-feature sum of squared activations over all calibration tokens (Wanda's ||X_j||^2)."""
@@ -32,7 +34,22 @@ class Hessian:
         self.value.addmm_(flat.T, flat)
 
 
-STATISTICS = {"input_norms": SquaredSum, "hessian": Hessian}  # by the name methods declare in `needs`
+class ChannelSums:
+    """Per-input-feature sum and sum of squares, in float64, and the token count (width methods' channel_stats)."""
+
+    def __init__(self, in_features: int, device: torch.device) -> None:
+        zeros = torch.zeros(in_features, dtype=torch.float64, device=device)
+        self.value = ChannelStats(zeros, zeros.clone(), 0)
+
+    def add(self, inputs: torch.Tensor) -> None:
+        flat = inputs.detach().reshape(-1, inputs.shape[-1]).double()
+        self.value.total += flat.sum(dim=0)
+        self.value.squares += flat.square().sum(dim=0)
+        self.value.tokens += flat.shape[0]
+
+
+# By the names methods declare in `needs`.
+STATISTICS = {"input_norms": SquaredSum, "hessian": Hessian, "channel_stats": ChannelSums}
 
 
 class AllTargetsSeen(Exception):

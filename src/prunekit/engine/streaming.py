@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PretrainedConfig
 
-from prunekit.engine.layerwise import LayerStore
+from prunekit.engine.walker import LayerStore
 from prunekit.models.adapters.base import ModelAdapter
 from prunekit.models.shards import Checkpoint, ShardWriter
 

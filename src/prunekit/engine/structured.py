@@ -23,24 +23,23 @@ from torch import nn
 from prunekit.assets.cache import cache_dir
 from prunekit.engine.capture import LayerStandIn, capture_layer_inputs
 from prunekit.engine.gradients import gradient_norms
-from prunekit.engine.layerwise import _forward, capture_on_device
+from prunekit.engine.statistics import collect_inputs
+from prunekit.engine.walker import LayerStore, LayerVisit, capture_on_device, forward_all, walk_layers
 from prunekit.errors import PrunekitError
-from prunekit.methods import depth, get_method, names, width
+from prunekit.methods import depth, get_method, width
 from prunekit.methods.registry import MethodSpec
 from prunekit.methods.width import ChannelStats
 from prunekit.models import surgery
 from prunekit.models.adapters.base import ModelAdapter, submodule
 from prunekit.models.groups import Rows, unit_indices, weight_matrix
+from prunekit.models.loss import next_token_loss
 
-# Until the command line and the sweep read the registry themselves.
-DEPTH_METHODS = {name: get_method(name).description for name in names("depth")}
-WIDTH_METHODS = {name: get_method(name).description for name in names("width")}
 PARTS = ("mlp", "heads", "kv-heads")
 
 
 @dataclass
 class StructuredStage:
-    """Remove blocks (`method` in DEPTH_METHODS) or width (`method` in WIDTH_METHODS, `part` mlp|heads|kv-heads).
+    """Remove blocks (a depth method) or width (a width method, `part` mlp|heads|kv-heads).
 
     The amount is one of: `sparsity` (fraction of the blocks / channels / heads), `size` (blocks to remove, or the
     channels / heads per layer to keep), `param_fraction` (fraction of the model's parameters to remove)."""
@@ -184,49 +183,25 @@ class ScoreCache:
 # ---------------------------------------------------------------- dense passes
 
 
-def _dense_pass(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, batch_size: int,
-                visit: Callable[[int, nn.Module, list[torch.Tensor], list[torch.Tensor]], None]) -> None:
-    """Run the calibration windows through the layers one at a time; visit(index, layer, inputs, outputs)."""
-    home = next(adapter.model.parameters()).device
-    captured = capture_on_device(adapter, windows, batch_size, device, home)
-    hidden = captured.hidden
-    for index, layer in enumerate(adapter.layers):
-        layer.to(device)
-        outputs = [_forward(layer, h, call) for h, call in zip(hidden, captured.calls[index], strict=True)]
-        visit(index, layer, hidden, outputs)
-        layer.to(home)
-        hidden = outputs
-
-
-@contextmanager
-def _channel_statistics(linears: dict[int, nn.Linear]) -> Iterator[dict[int, ChannelStats]]:
-    stats: dict[int, ChannelStats] = {}
-
-    def hook_for(index: int) -> Callable:
-        def hook(_module: nn.Module, args: tuple) -> None:
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            s = stats.setdefault(index, ChannelStats(torch.zeros(x.shape[1], dtype=torch.float64, device=x.device),
-                                                     torch.zeros(x.shape[1], dtype=torch.float64, device=x.device), 0))
-            s.total += x.sum(dim=0)
-            s.squares += x.square().sum(dim=0)
-            s.tokens += x.shape[0]
-        return hook
-
-    handles = [lin.register_forward_pre_hook(hook_for(i)) for i, lin in linears.items()]
-    try:
-        yield stats
-    finally:
-        for handle in handles:
-            handle.remove()
+def _dense_pass(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, batch_size: int
+                ) -> Iterator[LayerVisit]:
+    """The calibration windows through the layers one at a time, the model left as it is."""
+    store = LayerStore(adapter, device)
+    captured = capture_on_device(adapter, windows, batch_size, device, store.home)
+    yield from walk_layers(adapter, captured, store, final=False)
 
 
 def output_projection_statistics(adapter: ModelAdapter, part: str, windows: torch.Tensor, device: torch.device,
                                  batch_size: int) -> list[ChannelStats]:
     """Per layer: the statistics of the input of the MLP's (part mlp) or attention's output projection."""
     name = adapter.mlp.output if part == "mlp" else adapter.attention.output
-    with _channel_statistics({i: submodule(layer, name) for i, layer in enumerate(adapter.layers)}) as collected:
-        _dense_pass(adapter, windows, device, batch_size, lambda *_: None)
-    return [ChannelStats(s.total.cpu(), s.squares.cpu(), s.tokens) for _, s in sorted(collected.items())]
+    stats: list[ChannelStats] = []
+    for visit in _dense_pass(adapter, windows, device, batch_size):
+        with collect_inputs({name: submodule(visit.layer, name)}, "channel_stats", stop_when_all_seen=False) as sums:
+            visit.outputs()
+        collected = sums[name].value
+        stats.append(ChannelStats(collected.total.cpu(), collected.squares.cpu(), collected.tokens))
+    return stats
 
 
 def similarity_profile(adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, batch_size: int,
@@ -242,15 +217,14 @@ def similarity_profile(adapter: ModelAdapter, windows: torch.Tensor, device: tor
     def mean(metric: Callable, a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
         return float(torch.cat([metric(x, y) for x, y in zip(a, b, strict=True)]).double().mean())
 
-    def visit(index: int, _layer: nn.Module, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> None:
+    for visit in _dense_pass(adapter, windows, device, batch_size):
+        index, inputs, outputs = visit.index, visit.inputs, visit.outputs()
         influence[index] = mean(depth.block_influence, inputs, outputs)
         if index == 0:
             recent.append(inputs)
         recent.append(outputs)
         if len(recent) == span + 1:
             angular[index + 1 - span] = mean(depth.angular_distance, recent[0], recent[-1])
-
-    _dense_pass(adapter, windows, device, batch_size, visit)
     return influence, angular
 
 
@@ -293,8 +267,7 @@ def calibration_nll(model: nn.Module, windows: torch.Tensor, device: torch.devic
     for ids in windows.split(batch_size):
         ids = ids.to(device)
         logits = model(input_ids=ids, use_cache=False).logits
-        total += float(nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(),
-                                                   reduction="sum"))
+        total += float(next_token_loss(logits, ids, "sum"))
         count += ids[:, 1:].numel()
     return total / count
 
@@ -319,8 +292,7 @@ def perplexity_ranking(adapter: ModelAdapter, windows: torch.Tensor, device: tor
             later = live[position + 1:]
             with _running(adapter, [_Replay(blocks[block], hidden), *(blocks[i] for i in later)], [block, *later]):
                 scores[block] = math.exp(calibration_nll(model, windows, device, batch_size))
-            hidden = [_forward(blocks[block], h, call) for h, call in zip(hidden, captured.calls[position],
-                                                                           strict=True)]
+            hidden = forward_all(blocks[block], hidden, captured.calls[position])
     finally:
         model.to(home)
     return scores

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from prunekit.models.loss import next_token_loss
 
 
 @dataclass
@@ -42,7 +43,7 @@ def perplexity(
     for i, ids in enumerate(batches):
         ids = ids.to(device)
         logits = model(input_ids=ids, use_cache=False).logits.float()
-        nll += F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="sum").item()
+        nll += next_token_loss(logits, ids, "sum").item()
         count += ids[:, 1:].numel()
         if on_batch:
             on_batch(i + 1, len(batches))

@@ -8,6 +8,4 @@ from prunekit.methods import magnitude, wanda, gradient, sparsegpt, depth, width
 # isort: on
 from prunekit.methods.registry import REGISTRY, MethodSpec, Pruned, get_method, kind_of, names, register
 
-METHODS = {name: REGISTRY[name] for name in names("weights")}  # until sweep.py and the CLI read the registry
-
 __all__ = ["REGISTRY", "MethodSpec", "Pruned", "get_method", "kind_of", "names", "register"]

@@ -92,7 +92,8 @@ def _summary(run: Run) -> str:
                 + (f", {failed} failed" if failed else ""))
     if run.kind == "recovery":
         config = run.recovery.config if run.recovery else {}
-        return f"recovery: {config.get('method', '?')}, {config.get('steps', '?')} steps"
+        steps = config.get("steps")
+        return f"recovery: {config.get('method') or '?'}, {'?' if steps is None else steps} steps"
     point = run.points[0]
     return f"prune: {point.method} ({point.pattern}), sparsity {percent(point.sparsity, 0)}"
 
@@ -190,7 +191,7 @@ def _recovery_row(r: Recovery) -> list[str]:
     before, after = c.get("masked_zeros_before"), c.get("masked_zeros_after")
     known = number(before) is not None and number(after) is not None
     kept = DASH if not known else "all" if before == after else f"{integer(after)} of {integer(before)}"
-    return [escape(r.run), escape(r.model), escape(str(r.teacher or DASH)), escape(str(c.get("method", DASH))),
+    return [escape(r.run), escape(r.model), escape(str(r.teacher or DASH)), escape(str(c.get("method") or DASH)),
             integer(c.get("steps")), seconds(c.get("seconds")), measured("before"), measured("after"),
             measured("teacher"), f"{decimal(first, 3)} &rarr; {decimal(last, 3)}", _sparsity_change(r), kept]
 

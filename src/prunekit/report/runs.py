@@ -1,10 +1,10 @@
 """Reading run directories (prune, recover, sweep) into one flat shape the page and the plots share.
 
-Everything here is tolerant of missing optional keys and of values of the wrong type (a string where a number
-belongs, a list where an object does): those count as missing, so reports from older, partial or hand-edited runs
-still render, with a dash where a number is missing. What is not tolerated is a directory prunekit did not write, a
-file that is not UTF-8 or not JSON, or a format version this code does not know; those raise a one-line
-PrunekitError.
+The files are read through the typed schema (prunekit.report.schema), tolerantly: missing optional keys and values
+of the wrong type (a string where a number belongs, a list where an object does) count as missing, so reports from
+older, partial or hand-edited runs still render, with a dash where a number is missing. What is not tolerated is a
+directory prunekit did not write, a file that is not UTF-8 or not JSON, or a format version this code does not
+know; those raise a one-line PrunekitError.
 
 Nothing outside the run directories given is read: a file that resolves outside its run directory (an absolute
 `report` path in sweep.json, one with `../`, a symlink pointing out) is left out with a note, so a report made from
@@ -13,7 +13,6 @@ someone else's run cannot embed the reader's own files."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,8 +23,20 @@ import yaml
 
 from prunekit.errors import PrunekitError
 from prunekit.files import read_json, read_text
+from prunekit.report.record import Record, number
+from prunekit.report.schema import (
+    MatrixRecord,
+    PerplexityScore,
+    PruneReport,
+    RecoveryReport,
+    StageRecord,
+    SweepPoint,
+    SweepReport,
+    ZeroShotPair,
+    ZeroShotScore,
+)
 
-READS_VERSION = 1
+READS_VERSION = 1  # the format version of prune reports and sweeps this code reads
 Z95 = 1.959964  # two-sided 95% normal quantile, for results that carry a stderr but no interval
 
 
@@ -44,7 +55,7 @@ class Point:
     zero_parameters: int | None = None
     prune_seconds: float | None = None
     peak_rss_bytes: int | None = None
-    matrices: tuple[dict, ...] = ()
+    matrices: tuple[MatrixRecord, ...] = ()
     recipe_text: str | None = None
     error: str | None = None
     notes: tuple[str, ...] = ()  # what could not be read for it (a recipe.yaml linking outside its run)
@@ -67,8 +78,8 @@ class Recovery:
     run: str
     model: str
     teacher: str | None
-    config: dict  # the `recovery` section of the report
-    perplexity: dict  # before / teacher / after, each a perplexity result or absent
+    config: dict  # the `recovery` section of the report: the keys it holds, read through the schema
+    perplexity: dict  # before / teacher / after (the ones measured), each a perplexity result as a dict
     parameters: int | None = None
     zero_parameters: int | None = None
     decoder_linear_sparsity: dict | None = None  # before / after
@@ -100,8 +111,9 @@ def layer_index(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def layer_sparsity(matrices: Iterable[dict]) -> dict[int, float]:
+def layer_sparsity(matrices: Iterable[MatrixRecord | Any]) -> dict[int, float]:
     """Fraction of zeros per decoder layer, weighted by matrix size (sum of zeros / sum of numel), sorted by layer.
+    The matrices are records, or a report's raw JSON objects (read through the schema here).
 
     A plain mean of per-matrix sparsities would let a small k_proj count as much as a large MLP matrix."""
     zeros: dict[int, int] = {}
@@ -116,12 +128,16 @@ def layer_sparsity(matrices: Iterable[dict]) -> dict[int, float]:
     return {i: zeros[i] / numel[i] for i in sorted(numel)}
 
 
-def _matrix_counts(matrix: Any) -> tuple[int, int, int] | None:
+def _matrix_counts(matrix: MatrixRecord | Any) -> tuple[int, int, int] | None:
     """(layer, numel, zeros) of one recorded matrix; None for one outside the layers, empty, or not well formed
-    (a name or count of the wrong type, more zeros than weights)."""
-    if not isinstance(matrix, dict) or not isinstance(matrix.get("name"), str):
+    (not an object, a name or count of the wrong type, more zeros than weights)."""
+    if not isinstance(matrix, MatrixRecord):
+        if not isinstance(matrix, dict):
+            return None
+        matrix = MatrixRecord.read(matrix)
+    if matrix.name is None:
         return None
-    index, size, zeros = layer_index(matrix["name"]), _integer(matrix.get("numel")), _integer(matrix.get("zeros"))
+    index, size, zeros = layer_index(matrix.name), matrix.numel, matrix.zeros
     if index is None or not size or size < 0 or zeros is None or not 0 <= zeros <= size:
         return None
     return index, size, zeros
@@ -144,15 +160,10 @@ def protocol_text(source: Any, samples: Any, seq_len: Any) -> str | None:
     return f"{source or '?'}, {samples or '?'} x {seq_len or '?'} tokens"
 
 
-def number(value: Any) -> float | None:
-    """A finite float, or None for null, missing, NaN or anything non-numeric (a report may hold any of these)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        value = float(value)
-    except OverflowError:  # an integer too large for a float
-        return None
-    return value if math.isfinite(value) else None
+def _measured_on(scores: Iterable[PerplexityScore | None]) -> str | None:
+    """How the first perplexity that was measured was measured."""
+    score = next((s for s in scores if s is not None), None)
+    return protocol_text(score.source, score.samples, score.seq_len) if score is not None else None
 
 
 def fraction(value: Any) -> float | None:
@@ -161,59 +172,36 @@ def fraction(value: Any) -> float | None:
     return value if value is not None and 0.0 <= value <= 1.0 else None
 
 
-def _integer(value: Any) -> int | None:
-    value = number(value)
-    return int(value) if value is not None else None
-
-
-def _text(value: Any) -> str | None:
-    """A string field: the string, None when absent or empty; a number or other value is shown as its JSON text."""
-    if value is None or value == "" or isinstance(value, (dict, list)):
-        return None
-    return value if isinstance(value, str) else str(value)
-
-
-def _zeroshot(value: Any) -> tuple[dict, ...]:
-    """Zero-shot results that can be plotted, cleaned: a task name (string), a numeric acc, and the optional keys
-    the plots read (acc_stderr, acc_ci95, chance, examples) only where they have the right type."""
-    if not isinstance(value, list):
-        return ()
-    results = (_zeroshot_result(r) for r in value if isinstance(r, dict))
-    return tuple(r for r in results if r is not None)
-
-
-def _zeroshot_result(raw: dict) -> dict | None:
-    acc = fraction(raw.get("acc"))
-    if not isinstance(raw.get("task"), str) or not raw["task"] or acc is None:
-        return None
-    result: dict[str, Any] = {"task": raw["task"], "acc": acc, "acc_stderr": fraction(raw.get("acc_stderr")),
-                              "chance": fraction(raw.get("chance")), "examples": _integer(raw.get("examples"))}
-    interval = raw.get("acc_ci95")
-    if isinstance(interval, list) and len(interval) == 2 and all(fraction(x) is not None for x in interval):
-        result["acc_ci95"] = [fraction(x) for x in interval]
-    return result
-
-
-def _list(data: dict, key: str) -> list:
-    """data[key] when it is a JSON array, else []."""
-    value = data.get(key)
-    return value if isinstance(value, list) else []
-
-
-def _section(data: dict, key: str) -> dict:
-    """data[key] when it is a JSON object, else {} (absent, null, or the wrong shape in an older report)."""
-    value = data.get(key)
-    return value if isinstance(value, dict) else {}
-
-
 def _positive(value: Any) -> float | None:
     """A perplexity: a finite number above zero (it is at least 1), else None; it goes on a log axis."""
     value = number(value)
     return value if value is not None and value > 0 else None
 
 
-def _perplexity(value: Any) -> float | None:
-    return _positive(value.get("perplexity")) if isinstance(value, dict) else None
+def _perplexity(score: PerplexityScore | None) -> float | None:
+    return _positive(score.perplexity) if score is not None else None
+
+
+def _zeroshot(results: Iterable[ZeroShotScore]) -> tuple[dict, ...]:
+    """Zero-shot results that can be plotted, as the plots read them: a task name, an acc in [0, 1], and the
+    optional keys (acc_stderr, acc_ci95, chance, examples) only where they are well formed."""
+    cleaned = []
+    for raw in results:
+        acc = fraction(raw.acc)
+        if not raw.task or acc is None:
+            continue
+        result: dict[str, Any] = {"task": raw.task, "acc": acc, "acc_stderr": fraction(raw.acc_stderr),
+                                  "chance": fraction(raw.chance), "examples": raw.examples}
+        interval = raw.acc_ci95
+        if interval is not None and len(interval) == 2 and all(fraction(x) is not None for x in interval):
+            result["acc_ci95"] = [fraction(x) for x in interval]
+        cleaned.append(result)
+    return tuple(cleaned)
+
+
+def _dump(record: Record | None) -> dict:
+    """The keys a record read from a file held (those with a value of the wrong type as None)."""
+    return record.model_dump(exclude_unset=True) if record is not None else {}
 
 
 # --- reading --------------------------------------------------------------------------------------------------------
@@ -237,112 +225,98 @@ def _read_json(path: Path, root: Path) -> dict:
     return data
 
 
-def _check_version(path: Path, data: dict, key: str, what: str) -> None:
-    version = data.get(key)
+def _check_version(path: Path, data: dict, record: type[Record], what: str) -> None:
+    version = data.get(record.version_key or "")
     if version != READS_VERSION:
         raise PrunekitError(f"{path} was written by an incompatible prunekit version ({what} version {version}, "
                             f"this prunekit reads {READS_VERSION}); re-run it with this version")
 
 
-def _recipe_text(directory: Path, recipe: Any, root: Path) -> tuple[str | None, str | None]:
+def _recipe_text(directory: Path, recipe: dict | None, root: Path) -> tuple[str | None, str | None]:
     """The recipe as the user would write it: recipe.yaml beside the report, else the report's copy as YAML; and a
     note when recipe.yaml was left unread because it links outside the run directory `root`."""
     saved = directory / "recipe.yaml"
     if saved.is_file() and inside(saved, root):
         return read_text(saved, "recipe"), None
-    copy = yaml.safe_dump(recipe, sort_keys=False) if isinstance(recipe, dict) else None
+    copy = yaml.safe_dump(recipe, sort_keys=False) if recipe is not None else None
     if saved.is_file():
         return copy, f"{saved} links outside the run directory {root}; not read (the report's copy is shown)"
     return copy, None
 
 
-def _stages(report: dict) -> list[dict]:
-    recipe = report.get("recipe")
-    stages = recipe.get("stages") if isinstance(recipe, dict) else None
-    return [s for s in stages if isinstance(s, dict)] if isinstance(stages, list) else []
-
-
-def _method_and_pattern(stages: list[dict]) -> tuple[str, str]:
-    methods = [_text(s.get("method")) or "?" for s in stages]
+def _method_and_pattern(stages: list[StageRecord]) -> tuple[str, str]:
+    methods = [s.method or "?" for s in stages]
     # Structured stages have no `pattern`; the part they remove (blocks, heads, ...) plays its role.
-    patterns = [_text(s.get("pattern")) or f"structured {_text(s.get('part')) or ''}".strip() for s in stages]
+    patterns = [s.pattern or f"structured {s.part or ''}".strip() for s in stages]
     return "+".join(methods) or "unknown", "+".join(dict.fromkeys(patterns)) or "unknown"
 
 
-def _prune_sparsity(report: dict, stages: list[dict]) -> float | None:
-    structure = report.get("structure")
-    if isinstance(structure, dict):
-        dense, removed = number(structure.get("dense_parameters")), number(structure.get("parameters_removed"))
+def _prune_sparsity(report: PruneReport, stages: list[StageRecord]) -> float | None:
+    structure = report.structure
+    if structure is not None:
+        dense, removed = structure.dense_parameters, structure.parameters_removed
         if dense and removed is not None and fraction(removed / dense) is not None:
             return removed / dense
-    if len(stages) == 1 and fraction(stages[0].get("sparsity")) is not None:
-        return fraction(stages[0]["sparsity"])
-    return fraction(report.get("decoder_linear_sparsity"))
+    if len(stages) == 1 and fraction(stages[0].sparsity) is not None:
+        return fraction(stages[0].sparsity)
+    return fraction(report.decoder_linear_sparsity)
 
 
-def prune_point(report: dict, directory: Path, run: str, root: Path | None = None) -> Point:
-    """The Point of a prune report (format 1); `directory` holds it (for recipe.yaml), inside the run directory
-    `root` (`directory` itself when not given)."""
-    stages = _stages(report)
+def _pruned_zeroshot(report: PruneReport) -> list[ZeroShotScore]:
+    """A pruned model's zero-shot results: a list, or {"pruned": [...], "dense": [...]} when both were measured."""
+    found = report.zeroshot
+    return found.pruned if isinstance(found, ZeroShotPair) else found or []
+
+
+def prune_point(report: PruneReport, directory: Path, run: str, root: Path | None = None) -> Point:
+    """The Point of a prune report; `directory` holds it (for recipe.yaml), inside the run directory `root`
+    (`directory` itself when not given)."""
+    stages = report.stages()
     method, pattern = _method_and_pattern(stages)
-    perplexity = _section(report, "perplexity")
-    zeroshot = report.get("zeroshot")
-    seconds = _section(report, "seconds")
-    recipe, note = _recipe_text(directory, report.get("recipe"), root or directory)
+    recipe, note = _recipe_text(directory, report.recipe, root or directory)
     return Point(
-        run=run, model=_text(report.get("source_model")) or "?", method=method, pattern=pattern,
-        sparsity=_prune_sparsity(report, stages), perplexity=_perplexity(perplexity.get("pruned")),
-        # A pruned model's zero-shot results: a list, or {"pruned": [...], "dense": [...]} when both were measured.
-        zeroshot=_zeroshot(zeroshot.get("pruned") if isinstance(zeroshot, dict) else zeroshot),
-        parameters=_integer(report.get("parameters")), zero_parameters=_integer(report.get("zero_parameters")),
-        prune_seconds=number(seconds.get("prune")), peak_rss_bytes=_integer(report.get("peak_rss_bytes")),
-        matrices=tuple(m for m in _list(report, "matrices") if isinstance(m, dict)),
-        recipe_text=recipe, notes=(note,) if note else (),
+        run=run, model=report.source_model or "?", method=method, pattern=pattern,
+        sparsity=_prune_sparsity(report, stages), perplexity=_perplexity(report.perplexity.pruned),
+        zeroshot=_zeroshot(_pruned_zeroshot(report)), parameters=report.parameters,
+        zero_parameters=report.zero_parameters, prune_seconds=report.seconds.get("prune"),
+        peak_rss_bytes=report.peak_rss_bytes, matrices=tuple(report.matrices), recipe_text=recipe,
+        notes=(note,) if note else (),
     )
 
 
-def _prune_run(path: Path, label: str, report: dict) -> Run:
+def _prune_run(path: Path, label: str, report: PruneReport) -> Run:
     point = prune_point(report, path, label)
-    perplexity = _section(report, "perplexity")
-    measured = next((p for p in (perplexity.get("pruned"), perplexity.get("dense")) if isinstance(p, dict)), {})
-    zeroshot = report.get("zeroshot")
-    structure = _section(report, "structure")
-    dense = Dense(run=label, model=point.model, perplexity=_perplexity(perplexity.get("dense")),
-                  zeroshot=_zeroshot(zeroshot.get("dense")) if isinstance(zeroshot, dict) else (),
+    perplexity = report.perplexity
+    structure = report.structure
+    dense = Dense(run=label, model=point.model, perplexity=_perplexity(perplexity.dense),
+                  zeroshot=_zeroshot(report.zeroshot.dense) if isinstance(report.zeroshot, ZeroShotPair) else (),
                   # Unstructured pruning zeroes weights but keeps their count; structured pruning records the old one.
-                  parameters=_integer(structure.get("dense_parameters")) or point.parameters)
-    seconds = _section(report, "seconds")
-    versions = _section(report, "versions")
-    notes = [str(n) for n in _list(report, "notes")]
-    return Run(path=path, label=label, kind="prune", model=point.model, version=_text(versions.get("prunekit")),
+                  parameters=(structure.dense_parameters if structure else None) or point.parameters)
+    return Run(path=path, label=label, kind="prune", model=point.model, version=report.versions.get("prunekit"),
                points=(point,), dense=(dense,) if dense.perplexity is not None or dense.zeroshot else (),
-               protocol=protocol_text(measured.get("source"), measured.get("samples"), measured.get("seq_len")),
-               seconds=number(seconds.get("total")), notes=(*notes, *point.notes))
+               protocol=_measured_on((perplexity.pruned, perplexity.dense)),
+               seconds=report.seconds.get("total"), notes=(*report.notes, *point.notes))
 
 
-def _recovery_run(path: Path, label: str, report: dict) -> Run:
-    perplexity = _section(report, "perplexity")
-    config = _section(report, "recovery")
-    model = _text(report.get("model")) or "?"
-    measured = next((p for p in perplexity.values() if isinstance(p, dict)), {})
-    recovery = Recovery(run=label, model=model, teacher=_text(report.get("teacher")), config=config,
-                        perplexity=perplexity,
-                        parameters=_integer(report.get("parameters")),
-                        zero_parameters=_integer(report.get("zero_parameters")),
-                        decoder_linear_sparsity=_section(report, "decoder_linear_sparsity") or None)
-    return Run(path=path, label=label, kind="recovery", model=model, version=_text(report.get("prunekit_version")),
-               recovery=recovery, seconds=number(config.get("seconds")),
-               protocol=protocol_text(measured.get("source"), measured.get("samples"), measured.get("seq_len")))
+def _recovery_run(path: Path, label: str, report: RecoveryReport) -> Run:
+    model = report.model or "?"
+    recovery = Recovery(run=label, model=model, teacher=report.teacher, config=_dump(report.recovery),
+                        perplexity={name: _dump(score) for name, score in report.perplexity.items()},
+                        parameters=report.parameters, zero_parameters=report.zero_parameters,
+                        decoder_linear_sparsity=_dump(report.decoder_linear_sparsity) or None)
+    return Run(path=path, label=label, kind="recovery", model=model, version=report.prunekit_version,
+               recovery=recovery, seconds=report.recovery.seconds,
+               protocol=_measured_on(report.perplexity.values()))
 
 
-def _linked_report(raw: dict, sweep: Path, label: str) -> tuple[Point | None, str | None]:
+def _linked_report(raw: SweepPoint, sweep: Path, label: str) -> tuple[Point | None, str | None]:
     """The full prune report a sweep point links to, as a Point; or a note saying it is missing or lies outside the
     sweep directory (then it is not read)."""
-    link = raw.get("report")
+    link = raw.report
     if not link:
         return None, None
-    point = f"{raw.get('method')} at sparsity {raw.get('sparsity')}: its report"
-    if not isinstance(link, str) or "\0" in link:
+    point = f"{raw.method} at sparsity {raw.sparsity}: its report"
+    if "\0" in link:
         return None, f"{point} path {json.dumps(link)[:200]} is not a file name"
     where = f"{point} {link}"
     path = sweep / link
@@ -350,52 +324,51 @@ def _linked_report(raw: dict, sweep: Path, label: str) -> tuple[Point | None, st
         return None, f"{where} lies outside the sweep directory {sweep}; not read"
     if not path.is_file():
         return None, f"{where} is missing"
-    report = _read_json(path, sweep)
-    _check_version(path, report, "prunekit_report_version", "report")
-    return prune_point(report, path.parent, label, sweep), None
+    data = _read_json(path, sweep)
+    _check_version(path, data, PruneReport, "report")
+    return prune_point(PruneReport.read(data), path.parent, label, sweep), None
 
 
-def _sweep_point(raw: dict, sweep: Path, label: str, model: str, pattern: str) -> Point:
+def _sweep_point(raw: SweepPoint, sweep: Path, label: str, model: str, pattern: str) -> Point:
     """One sweep point, completed from its full report (matrices, recipe, memory); its notes say what could not be
     read (a missing report, one outside the sweep directory)."""
-    method, sparsity = _text(raw.get("method")) or "?", fraction(raw.get("sparsity"))
-    pattern = _text(raw.get("pattern")) or pattern
-    if raw.get("error"):
-        return Point(run=label, model=model, method=method, pattern=pattern, sparsity=sparsity,
-                     error=str(raw["error"]))
+    method, sparsity = raw.method or "?", fraction(raw.sparsity)
+    pattern = raw.pattern or pattern
+    if raw.error:
+        return Point(run=label, model=model, method=method, pattern=pattern, sparsity=sparsity, error=raw.error)
     full, note = _linked_report(raw, sweep, label)
     full = full or Point(run=label, model=model, method=method, pattern=pattern, sparsity=sparsity)
     if sparsity is None:  # an N:M point may leave its target implicit; what was measured stands in for it
-        sparsity = fraction(raw.get("decoder_linear_sparsity"))
+        sparsity = fraction(raw.decoder_linear_sparsity)
         sparsity = full.sparsity if sparsity is None else sparsity
+    given = raw.model_fields_set  # a key the sweep recorded wins over the linked report's, even when unreadable
     # The sweep's own numbers win over the linked report's: they are what the sweep measured and summarised.
     return Point(
         run=label, model=model, method=method, pattern=pattern, sparsity=sparsity,
-        perplexity=_positive(raw["perplexity"]) if "perplexity" in raw else full.perplexity,
-        zeroshot=_zeroshot(raw["zeroshot"]) if "zeroshot" in raw else full.zeroshot,
-        parameters=_integer(raw.get("parameters")) or full.parameters,
-        zero_parameters=_integer(raw["zero_parameters"]) if "zero_parameters" in raw else full.zero_parameters,
-        prune_seconds=number(raw.get("prune_seconds")) or full.prune_seconds,
-        peak_rss_bytes=_integer(raw.get("peak_rss_bytes")) or full.peak_rss_bytes,
+        perplexity=_positive(raw.perplexity) if "perplexity" in given else full.perplexity,
+        zeroshot=_zeroshot(raw.zeroshot) if "zeroshot" in given else full.zeroshot,
+        parameters=raw.parameters or full.parameters,
+        zero_parameters=raw.zero_parameters if "zero_parameters" in given else full.zero_parameters,
+        prune_seconds=raw.prune_seconds or full.prune_seconds,
+        peak_rss_bytes=raw.peak_rss_bytes or full.peak_rss_bytes,
         matrices=full.matrices, recipe_text=full.recipe_text, notes=full.notes + ((note,) if note else ()),
     )
 
 
-def _sweep_run(path: Path, label: str, sweep: dict) -> Run:
-    model, pattern = _text(sweep.get("model")) or "?", _text(sweep.get("pattern")) or "unstructured"
-    points = [_sweep_point(raw, path, label, model, pattern) for raw in _list(sweep, "points") if isinstance(raw, dict)]
+def _sweep_run(path: Path, label: str, sweep: SweepReport) -> Run:
+    model, pattern = sweep.model or "?", sweep.pattern or "unstructured"
+    points = [_sweep_point(raw, path, label, model, pattern) for raw in sweep.points]
     notes = [note for point in points for note in point.notes]
-    dense_raw = _section(sweep, "dense")
-    dense = Dense(run=label, model=model, perplexity=_positive(dense_raw.get("perplexity")),
-                  zeroshot=_zeroshot(dense_raw.get("zeroshot")), parameters=_integer(dense_raw.get("parameters")),
-                  zero_parameters=_integer(dense_raw.get("zero_parameters")))
-    protocol = _section(sweep, "perplexity_protocol")
-    seconds = _section(sweep, "seconds")
-    return Run(path=path, label=label, kind="sweep", model=model,
-               version=_text(_section(sweep, "versions").get("prunekit")),
-               points=tuple(points), dense=(dense,) if dense_raw else (),
-               protocol=protocol_text(protocol.get("source"), protocol.get("samples"), protocol.get("seq_len")),
-               seconds=number(seconds.get("total")), notes=tuple(notes))
+    measured = sweep.dense
+    dense = () if measured is None or not measured.model_fields_set else (
+        Dense(run=label, model=model, perplexity=_positive(measured.perplexity),
+              zeroshot=_zeroshot(measured.zeroshot), parameters=measured.parameters,
+              zero_parameters=measured.zero_parameters),)
+    protocol = sweep.perplexity_protocol
+    return Run(path=path, label=label, kind="sweep", model=model, version=sweep.versions.get("prunekit"),
+               points=tuple(points), dense=dense,
+               protocol=protocol_text(protocol.source, protocol.samples, protocol.seq_len) if protocol else None,
+               seconds=sweep.seconds.get("total"), notes=tuple(notes))
 
 
 def run_directory(path: Path) -> Path:
@@ -415,15 +388,15 @@ def load_run(path: Path, label: str | None = None) -> Run:
     label = label or path.name
     if (path / "sweep.json").is_file():
         sweep = _read_json(path / "sweep.json", path)
-        _check_version(path / "sweep.json", sweep, "prunekit_sweep_version", "sweep")
-        return _sweep_run(path, label, sweep)
+        _check_version(path / "sweep.json", sweep, SweepReport, "sweep")
+        return _sweep_run(path, label, SweepReport.read(sweep))
     if (path / "prunekit.json").is_file():
         report = _read_json(path / "prunekit.json", path)
-        if "prunekit_report_version" in report:
-            _check_version(path / "prunekit.json", report, "prunekit_report_version", "report")
-            return _prune_run(path, label, report)
-        if "recovery" in report:
-            return _recovery_run(path, label, report)
+        if PruneReport.version_key in report:
+            _check_version(path / "prunekit.json", report, PruneReport, "report")
+            return _prune_run(path, label, PruneReport.read(report))
+        if "recovery" in report:  # recovery reports carry no format version
+            return _recovery_run(path, label, RecoveryReport.read(report))
         raise PrunekitError(f"{path / 'prunekit.json'} is neither a prune nor a recovery report; pass the --out "
                             "directory of a prune, recover or sweep run")
     raise PrunekitError(f"not a prunekit run directory: {path} (expected prunekit.json or sweep.json)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
 from torch import nn
 
 from prunekit.errors import PrunekitError
@@ -101,18 +100,6 @@ class ModelAdapter:
     def linears(self, layer: nn.Module) -> dict[str, nn.Module]:
         """The prunable linears of one decoder layer, by name relative to the layer, in forward order."""
         return {name: submodule(layer, name) for name in self.linear_names}
-
-    @torch.no_grad()
-    def next_token_loss(self, input_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-        """The causal-LM loss of a batch of token windows: cross-entropy of each next token, the first unscored."""
-        logits = self.model(input_ids=input_ids, use_cache=False).logits
-        return next_token_loss(logits, input_ids, reduction)
-
-
-def next_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of each next token (in float32); `reduction` as in torch: mean, sum or none (per token)."""
-    return nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(),
-                                       reduction=reduction)
 
 
 def submodule(root: nn.Module, path: str) -> nn.Module:
