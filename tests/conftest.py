@@ -15,6 +15,7 @@ from transformers import (
     Gemma2Config,
     Gemma3TextConfig,
     GPT2Config,
+    GPTBigCodeConfig,
     GPTNeoXConfig,
     GraniteConfig,
     LlamaConfig,
@@ -61,6 +62,8 @@ CONFIGS = {
     "gpt_neox": lambda: GPTNeoXConfig(**{k: v for k, v in _COMMON.items() if k != "num_key_value_heads"}, **_TOKENS),
     "gpt2": lambda: GPT2Config(vocab_size=VOCAB, n_embd=64, n_inner=128, n_layer=2, n_head=4, n_positions=256,
                                **_TOKENS),
+    "gpt_bigcode": lambda: GPTBigCodeConfig(vocab_size=VOCAB, n_embd=64, n_inner=128, n_layer=2, n_head=4,
+                                            n_positions=256, multi_query=True, **_TOKENS),
     "falcon": lambda: FalconConfig(vocab_size=VOCAB, hidden_size=64, ffn_hidden_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, max_position_embeddings=256, **_TOKENS),
 }

@@ -97,6 +97,7 @@ class StageConfig(_Strict):
     gradient_samples: int = Field(32, gt=0)  # gradient/gblm: calibration windows back-propagated
     block_size: int = 128  # SparseGPT: columns per block
     damping: float = Field(0.01, allow_inf_nan=False)  # SparseGPT: dampening, fraction of the mean Hessian diagonal
+    parameters: dict[str, Any] = Field(default_factory=dict)  # a method's own options (see `prunekit methods`)
 
     @field_validator("method")
     @classmethod
@@ -113,6 +114,7 @@ class StageConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> StageConfig:
         get_method(self.method).check_options(_changed(self))
+        get_method(self.method).check_parameters(self.parameters)
         pattern = SparsityPattern.parse(self.pattern)
         if pattern.is_nm:
             if self.sparsity is not None and abs(self.sparsity - pattern.sparsity) > 1e-9:
@@ -165,6 +167,7 @@ class StageConfig(_Strict):
             owl_m=self.owl_m,
             owl_lambda=self.owl_lambda,
             gradient_samples=self.gradient_samples,
+            parameters=dict(self.parameters),
         )
 
 

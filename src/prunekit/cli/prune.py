@@ -52,8 +52,9 @@ def methods() -> None:
     for column in ("method", "kind", "what it does", "needs", "options"):
         table.add_column(column, no_wrap=column in ("method", "kind"))
     for spec in REGISTRY.values():
+        own = [f"parameters.{name}={value!r}" for name, value in spec.parameters.items()]
         table.add_row(spec.name, spec.kind, spec.description, ", ".join(spec.needs) or "-",
-                      ", ".join(spec.accepted_options) or "-")
+                      ", ".join([*spec.accepted_options, *own]) or "-")
     stdout.print(table)
     stdout.print(" ".join(f"{kind}: {what}." for kind, what in KINDS.items()))
 

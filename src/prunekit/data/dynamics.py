@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from prunekit.data import scores as S
-from prunekit.data.registry import TRAINING_DYNAMICS, score_names
+from prunekit.data.registry import TRAINING_DYNAMICS, get_score, score_names
 from prunekit.errors import PrunekitError
 
 MISSING = ("error", "skip")
@@ -61,10 +61,11 @@ Statistic = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def default_epochs(method: str, num_epochs: int) -> slice:
     """The window of recorded-epoch positions a score reads when the caller gives none (see the module doc)."""
-    if method == "el2n":
+    epochs = get_score(method).epochs
+    if epochs == "early":
         at = max(1, math.ceil(num_epochs / 10)) - 1
         return slice(at, at + 1)
-    if method == "entropy":
+    if epochs == "last":
         return slice(num_epochs - 1, num_epochs)
     return slice(0, num_epochs)
 
@@ -240,11 +241,7 @@ class TrainingDynamics:
             correct, present = self._per_record(window, lambda z, y: (z.argmax(-1) == y).double())
             self._check_missing(present, window, missing)
             return self.ids, self._forgetting(correct > 0.5, present)
-        statistic: Statistic = {
-            "el2n": lambda z, y: S.el2n_per_record(z.softmax(-1), y),
-            "aum": lambda z, y: -S.margins(z, y),
-            "entropy": lambda z, y: S.entropy_per_record(z.softmax(-1)),
-        }[method]
+        statistic: Statistic = get_score(method).per_record
         values, present = self._per_record(window, statistic)
         self._check_missing(present, window, missing)
         return self.ids, _masked_mean(values, present)

@@ -35,6 +35,10 @@ class DataScore:
     formula: Callable[..., torch.Tensor]
     description: str
     needs: frozenset[str]
+    # Training-dynamics scores: the value of one recorded epoch, (logits [N, C], labels [N]) -> [N], which the
+    # recorder averages over the epochs it reads ("early": the first tenth, "last", or "all") and the runs.
+    per_record: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    epochs: str = "all"
 
     @property
     def needs_training(self) -> bool:
@@ -45,13 +49,16 @@ DATA_SCORES: dict[str, DataScore] = {
     entry.name: entry
     for entry in (
         DataScore("el2n", formulas.el2n, "||softmax - onehot(label)||_2 early in training, averaged over runs "
-                  "(Paul et al. 2021)", frozenset({TRAINING_DYNAMICS, LABELS})),
+                  "(Paul et al. 2021)", frozenset({TRAINING_DYNAMICS, LABELS}),
+                  lambda logits, labels: formulas.el2n_per_record(logits.softmax(-1), labels), "early"),
         DataScore("forgetting", formulas.forgetting_events, "times an example goes from classified correctly "
                   "to wrongly between epochs (Toneva et al. 2019)", frozenset({TRAINING_DYNAMICS, LABELS})),
         DataScore("aum", formulas.aum, "minus the mean logit margin of the assigned label over epochs "
-                  "(Pleiss et al. 2020)", frozenset({TRAINING_DYNAMICS, LABELS})),
+                  "(Pleiss et al. 2020)", frozenset({TRAINING_DYNAMICS, LABELS}),
+                  lambda logits, labels: -formulas.margins(logits, labels)),
         DataScore("entropy", formulas.entropy, "predictive entropy of the trained model",
-                  frozenset({TRAINING_DYNAMICS})),
+                  frozenset({TRAINING_DYNAMICS}), lambda logits, _labels: formulas.entropy_per_record(
+                      logits.softmax(-1)), "last"),
         DataScore("prototype", formulas.prototype_distance, "distance to the nearest k-means centroid of the "
                   "embeddings (Sorscher et al. 2022)", frozenset({EMBEDDINGS})),
         DataScore(RANDOM, formulas.random_scores, "uniform in [0, 1), seeded: the baseline", frozenset()),

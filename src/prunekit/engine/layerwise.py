@@ -46,6 +46,7 @@ class PruneStage:
     gradient_samples: int = 32  # gradient scores: calibration windows back-propagated, one at a time
     block_size: int = 128  # SparseGPT column block
     damping: float = 0.01  # SparseGPT dampening, fraction of the mean Hessian diagonal
+    parameters: dict[str, object] = field(default_factory=dict)  # the method's own (MethodSpec.parameters)
 
     @property
     def impl(self) -> MethodSpec:
@@ -62,7 +63,8 @@ class PruneStage:
     @property
     def options(self) -> dict[str, object]:
         """The method's own options, as this stage sets them."""
-        return {name: getattr(self, name) for name in self.impl.options}
+        return {**{name: getattr(self, name) for name in self.impl.options},
+                **self.impl.check_parameters(self.parameters)}
 
     def selects(self, layer_index: int, name: str) -> bool:
         in_layer = self.layers is None or layer_index in self.layers

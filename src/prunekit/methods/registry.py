@@ -17,7 +17,7 @@ Statistics by name (what the engine collects, on the model as it is when the sta
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -58,6 +58,9 @@ class MethodSpec:
     comparable_across_layers: bool = False  # weights: one global threshold over its scores is meaningful
     prepare: Callable[..., Any] | None = None  # weights: per-input work shared by the linears that see one input
     bias_by_default: bool = False  # width: bias compensation is on unless the stage turns it off
+    # Options of the method's own, beyond the stage fields prunekit knows, with their defaults (which fix their
+    # types): a recipe stage gives them as `parameters: {name: value}`; they reach `function` as keywords.
+    parameters: dict[str, Any] = field(default_factory=dict)
 
     @property
     def accepted_options(self) -> tuple[str, ...]:
@@ -70,6 +73,21 @@ class MethodSpec:
         if self.updates_weights:
             return self.function(weight, **statistics, sparsity=sparsity, pattern=pattern, **options)
         return Pruned(make_mask(self.function(weight, **statistics, **options), sparsity, pattern, per_row=per_row))
+
+    def check_parameters(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The method's own parameters with the defaults filled in; one-line errors for unknown names and types."""
+        unknown = sorted(set(given) - set(self.parameters))
+        if unknown:
+            takes = ", ".join(f"{k} (default {v!r})" for k, v in self.parameters.items()) or "no parameters"
+            raise PrunekitError(f"{self.name} has no parameter {', '.join(unknown)}: it takes {takes}")
+        for name, value in given.items():
+            default = self.parameters[name]
+            expected = float if isinstance(default, float) else type(default)
+            if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
+                if not (expected is float and isinstance(value, int) and not isinstance(value, bool)):
+                    raise PrunekitError(f"{self.name}: parameter {name} must be a {expected.__name__} like "
+                                        f"{default!r}, not {value!r}")
+        return {**self.parameters, **given}
 
     def check_options(self, given: set[str]) -> None:
         """One-line error for a method-specific option this method does not read."""

@@ -1,32 +1,33 @@
-"""One adapter per architecture family; `adapter_for` picks it from the model's config."""
+"""One adapter per architecture family, one file each in this package; `adapter_for` picks it from the config.
+
+Every module here is imported and every ModelAdapter subclass it defines is used: a new family is one new file."""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 from torch import nn
 
 from prunekit.errors import PrunekitError
 from prunekit.models.adapters.base import ModelAdapter
-from prunekit.models.adapters.cohere import CohereAdapter
-from prunekit.models.adapters.falcon import FalconAdapter
-from prunekit.models.adapters.gemma2 import Gemma2Adapter
-from prunekit.models.adapters.gemma3 import Gemma3Adapter
-from prunekit.models.adapters.gpt2 import GPT2Adapter
-from prunekit.models.adapters.gpt_neox import GPTNeoXAdapter
-from prunekit.models.adapters.granite import GraniteAdapter
-from prunekit.models.adapters.llama import LlamaAdapter
-from prunekit.models.adapters.olmo2 import Olmo2Adapter
-from prunekit.models.adapters.opt import OPTAdapter
-from prunekit.models.adapters.phi import PhiAdapter
-from prunekit.models.adapters.phi3 import Phi3Adapter
-from prunekit.models.adapters.stablelm import StableLmAdapter
-from prunekit.models.adapters.starcoder2 import Starcoder2Adapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (
-    LlamaAdapter, Gemma3Adapter, OPTAdapter,
-    Gemma2Adapter, Olmo2Adapter, GraniteAdapter, StableLmAdapter, Starcoder2Adapter, CohereAdapter, PhiAdapter,
-    Phi3Adapter, GPTNeoXAdapter, GPT2Adapter, FalconAdapter,
-)
+
+def _discover() -> tuple[type[ModelAdapter], ...]:
+    found: list[type[ModelAdapter]] = []
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        for value in vars(importlib.import_module(f"{__name__}.{module}")).values():
+            if isinstance(value, type) and issubclass(value, ModelAdapter) and value.model_types \
+                    and value not in found:
+                found.append(value)
+    return tuple(found)
+
+
+ADAPTERS: tuple[type[ModelAdapter], ...] = _discover()
 SUPPORTED_MODEL_TYPES = tuple(t for a in ADAPTERS for t in a.model_types)
+_claimed = [t for t in SUPPORTED_MODEL_TYPES if SUPPORTED_MODEL_TYPES.count(t) > 1]
+if _claimed:
+    raise RuntimeError(f"model types claimed by two adapters: {sorted(set(_claimed))}")
 
 
 def adapter_class_for(model_type: str) -> type[ModelAdapter]:
