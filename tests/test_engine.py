@@ -223,3 +223,34 @@ def test_gradient_methods_prune_exactly_and_differ_from_wanda(method):
     prune_layerwise(adapter_for(reference), calibration(), [PruneStage("wanda", 0.5)], CPU)
     assert not torch.equal(model.model.layers[0].mlp.up_proj.weight != 0,
                            reference.model.layers[0].mlp.up_proj.weight != 0)
+
+
+def test_owl_ratios_are_cached_and_reused_exactly(tmp_path, monkeypatch):
+    """OWL's dense pass is measured once per model, calibration and targets; another sparsity reuses it."""
+    import prunekit
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    ids = calibration()
+    stage = {"method": "wanda", "sparsity": 0.6, "allocation": "owl", "owl_lambda": 0.1}
+    fresh = tiny_model("llama")
+    prunekit.prune(fresh, stages=[stage], calibration=ids, progress=False, cache_scores=False)
+    assert not (tmp_path / "scores").exists()
+    first = tiny_model("llama")
+    prunekit.prune(first, stages=[{**stage, "sparsity": 0.5}], calibration=ids, progress=False)
+    assert len(list((tmp_path / "scores").iterdir())) == 1
+    second = tiny_model("llama")
+    prunekit.prune(second, stages=[stage], calibration=ids, progress=False)
+    assert len(list((tmp_path / "scores").iterdir())) == 1  # the same entry served the second sparsity
+    for a, b in zip(fresh.state_dict().values(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_damaged_cache_entry_is_computed_again(tmp_path, monkeypatch):
+    from prunekit.engine.cache import ScoreCache
+
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path))
+    cache = ScoreCache()
+    cache.save("k", {"x": torch.ones(3)})
+    (tmp_path / "scores" / "k.safetensors").write_bytes(b"not safetensors")
+    assert torch.equal(cache.get_or_compute("k", lambda: {"x": torch.zeros(3)})["x"], torch.zeros(3))
+    assert torch.equal(cache.load("k")["x"], torch.zeros(3)) and cache.hits == ["k"]

@@ -55,13 +55,15 @@ REFUSED = {
     ("cohere", "flap-bias-mlp"): NO_MLP_BIAS,
     ("phi3", "flap-bias-mlp"): NO_MLP_BIAS,
     ("phi3", "flap-bias-attention"): NO_O_PROJ_BIAS,
-    **{(family, kind): derived_head_size(family) for family in ("opt", "stablelm", "gpt_neox", "gpt2", "gpt_bigcode", "falcon")
+    **{(family, kind): derived_head_size(family)
+       for family in ("opt", "stablelm", "gpt_neox", "gpt2", "gpt_bigcode", "falcon")
        for kind in ("heads", "kv-heads", "flap-bias-attention")},
 }
 # (attention, mlp); the others: attention_bias, mlp_bias; None: every linear has a bias already, no flag changes
 BIAS_FLAGS = {"starcoder2": ("use_bias", "use_bias"), "phi": (None, None), "gpt_neox": (None, None),
               "gpt2": (None, None), "gpt_bigcode": (None, None), "falcon": ("bias", "bias"), "opt": (None, None)}
-WIDTH_FIELD = {"gpt2": "n_inner", "gpt_bigcode": "n_inner", "falcon": "ffn_hidden_size", "opt": "ffn_dim"}  # the others: intermediate_size
+# the others: intermediate_size
+WIDTH_FIELD = {"gpt2": "n_inner", "gpt_bigcode": "n_inner", "falcon": "ffn_hidden_size", "opt": "ffn_dim"}
 FIELDS = ("num_hidden_layers", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
           "layer_types", "attention_bias", "mlp_bias", "use_bias", "bias", "n_inner", "ffn_hidden_size",
           "ffn_dim")

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from prunekit.engine.cache import ScoreCache
 from prunekit.engine.layerwise import MatrixSparsity, Phases, prune_layerwise
 from prunekit.engine.streaming import StreamedLayers, load_outside_layers, meta_model, release_memory
-from prunekit.engine.structured import ScoreCache, StructuredResult, run_structured
+from prunekit.engine.structured import StructuredResult, run_structured
 from prunekit.errors import PrunekitError
 from prunekit.eval.perplexity import PerplexityResult, perplexity
 from prunekit.models.adapters import ModelAdapter, adapter_for
@@ -161,6 +162,7 @@ def prune(
                 batch_size=batch_size,
                 on_layer=lambda done, _total, task=task: bar.update(task, completed=done),
                 phases=phases,
+                cache=cache,
             )
         for m in matrices:
             notes.setdefault(m.name, []).extend(m.notes)

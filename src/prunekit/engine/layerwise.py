@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from prunekit.engine.cache import ScoreCache, fingerprint
 from prunekit.engine.capture import CapturedInputs, LayerCall
 from prunekit.engine.gradients import gradient_norms
 from prunekit.engine.statistics import STATISTICS, AllTargetsSeen, collect_inputs
@@ -128,18 +129,24 @@ class Phases(dict[str, float]):
             self[name] = self.get(name, 0.0) + time.perf_counter() - started
 
 
-def owl_plan(adapter: ModelAdapter, stage: PruneStage, captured: CapturedInputs, store: LayerStore) -> dict[str, float]:
-    """Per-matrix sparsity from each layer's outlier ratio of Wanda scores, measured on the dense model."""
-    ratios: list[float] = []
-    selected: list[list[str]] = []
-    for visit in walk_layers(adapter, captured, store, final=False):
-        targets = _selected(adapter, stage, visit.index, visit.layer)
-        selected.append(list(targets))
-        if targets:
-            norms = _collect(visit.layer, targets, "input_norms", visit.inputs, visit.calls)
-            scores = [wanda_scores(weight_matrix(lin), norms[n]) for n, lin in targets.items()]
-            ratios.append(outlier_ratio(scores, stage.owl_m))
-    layer_sparsities = iter(owl_sparsities(ratios, stage.sparsity, stage.owl_lambda))
+def owl_plan(adapter: ModelAdapter, stage: PruneStage, captured: CapturedInputs, store: LayerStore,
+             cache: ScoreCache | None = None, key: str = "") -> dict[str, float]:
+    """Per-matrix sparsity from each layer's outlier ratio of Wanda scores, measured on the dense model (and kept
+    in `cache` under `key`, so another sparsity or lambda reuses them)."""
+    selected = [[n for n in adapter.linear_names if stage.selects(i, n)] for i in range(len(adapter.layers))]
+
+    def measure() -> dict[str, torch.Tensor]:
+        ratios: list[float] = []
+        for visit in walk_layers(adapter, captured, store, final=False):
+            targets = _selected(adapter, stage, visit.index, visit.layer)
+            if targets:
+                norms = _collect(visit.layer, targets, "input_norms", visit.inputs, visit.calls)
+                scores = [wanda_scores(weight_matrix(lin), norms[n]) for n, lin in targets.items()]
+                ratios.append(outlier_ratio(scores, stage.owl_m))
+        return {"ratios": torch.tensor(ratios, dtype=torch.float64)}
+
+    measured = (cache or ScoreCache(enabled=False)).get_or_compute(key, measure)
+    layer_sparsities = iter(owl_sparsities(measured["ratios"].tolist(), stage.sparsity, stage.owl_lambda))
     plan: dict[str, float] = {}
     for index, names in enumerate(selected):
         if names:
@@ -171,6 +178,7 @@ def prune_layerwise(
     on_layer: Callable[[int, int], None] | None = None,
     store: LayerStore | None = None,
     phases: Phases | None = None,
+    cache: ScoreCache | None = None,
 ) -> list[MatrixSparsity]:
     """Prune the adapter's model in place, stage after stage within each layer. Returns per-matrix sparsity.
 
@@ -205,7 +213,9 @@ def prune_layerwise(
             if stage.allocation == "global":
                 plans.append(global_plan(adapter, stage))
             elif stage.allocation == "owl":
-                plans.append(owl_plan(adapter, stage, captured, store))
+                key = fingerprint(adapter, calibration, "owl-ratios", stage.targets, stage.layers, stage.owl_m,
+                                  batch_size) if cache and cache.enabled else ""
+                plans.append(owl_plan(adapter, stage, captured, store, cache, key))
             else:
                 plans.append(None)
     results: list[MatrixSparsity] = []

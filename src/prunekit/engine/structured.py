@@ -8,19 +8,16 @@ loses the same number of channels / heads, so the output keeps uniform shapes th
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from prunekit.assets.cache import cache_dir
+from prunekit.engine.cache import ScoreCache, fingerprint
 from prunekit.engine.capture import LayerStandIn, capture_layer_inputs
 from prunekit.engine.gradients import gradient_norms
 from prunekit.engine.statistics import collect_inputs
@@ -130,54 +127,6 @@ def removal_count(adapter: ModelAdapter, stage: StructuredStage) -> int:
             f"multiple of {kv} ({options}), or remove whole key/value groups (part kv-heads)"
         )
     return remove
-
-
-# ---------------------------------------------------------------- score cache
-
-
-def fingerprint(adapter: ModelAdapter, windows: torch.Tensor, *parts: object) -> str:
-    """A key for scores: the layer shapes, a strided sample of every weight, the calibration tokens, the method."""
-    digest = hashlib.sha256()
-    for name, p in adapter.model.named_parameters():
-        flat = p.detach().reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)].float().cpu()
-        digest.update(f"{name}{tuple(p.shape)}".encode())
-        digest.update(sample.numpy().tobytes())
-    digest.update(windows.cpu().numpy().tobytes())
-    digest.update(repr(parts).encode())
-    return digest.hexdigest()[:24]
-
-
-class ScoreCache:
-    """Scores on disk under <cache>/scores, one safetensors file per key; `enabled=False` turns it off."""
-
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.hits: list[str] = []
-
-    def _path(self, key: str) -> Path:
-        return cache_dir() / "scores" / f"{key}.safetensors"
-
-    def load(self, key: str) -> dict[str, torch.Tensor] | None:
-        if not (self.enabled and self._path(key).exists()):
-            return None
-        self.hits.append(key)
-        return load_file(self._path(key))
-
-    def save(self, key: str, scores: dict[str, torch.Tensor]) -> None:
-        if self.enabled:
-            path = self._path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".partial")
-            save_file({k: v.contiguous().cpu() for k, v in scores.items()}, tmp)
-            tmp.replace(path)
-
-    def get_or_compute(self, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        scores = self.load(key)
-        if scores is None:
-            scores = compute()
-            self.save(key, scores)
-        return scores
 
 
 # ---------------------------------------------------------------- dense passes
