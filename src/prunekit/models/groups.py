@@ -97,6 +97,18 @@ class AttentionHeads:
             setattr(config, self.kv_heads_field, kv_heads)
 
 
+@dataclass(frozen=True)
+class Vocabulary:
+    """Token rows: the input embedding's rows with the head's output rows (one tensor when they are tied)."""
+
+    embedding: str  # module paths from the model's root
+    head: str
+    size_field: str = "vocab_size"
+
+    def write_config(self, config: object, size: int) -> None:
+        setattr(config, self.size_field, size)
+
+
 def separate_attention(q: str, k: str, v: str, output: str, **fields: str | None) -> AttentionHeads:
     return AttentionHeads(Rows(q), Rows(k), Rows(v), output, **fields)
 

@@ -166,3 +166,24 @@ def add_output_bias(adapter: ModelAdapter, layer: nn.Module, part: str, bias: to
     """Add `bias` to the output projection of `part` (after `enable_output_bias`)."""
     linear = submodule(layer, _part(adapter, part).output)
     linear.bias.data += bias.to(linear.bias.dtype)
+
+
+def shrink_vocabulary(adapter: ModelAdapter, keep: torch.Tensor) -> None:
+    """Keep the token ids `keep` (ascending), which become ids 0..len(keep)-1: embedding rows and head rows (the
+    same tensor when tied), the padding index, the config's vocabulary size. The tokenizer must be remapped alike."""
+    vocabulary = adapter.vocabulary
+    embedding, head = submodule(adapter.model, vocabulary.embedding), submodule(adapter.model, vocabulary.head)
+    tied = head.weight is embedding.weight
+    rows = keep.to(embedding.weight.device)
+    # edited in place, so a family's own embedding class (Gemma's scaled one) keeps what else it holds
+    embedding.weight = nn.Parameter(embedding.weight.detach()[rows].clone())
+    embedding.num_embeddings = len(keep)
+    if embedding.padding_idx is not None:
+        kept = (keep == embedding.padding_idx).nonzero()
+        embedding.padding_idx = int(kept[0]) if len(kept) else None
+    if tied:
+        head.weight = embedding.weight
+        head.out_features = len(keep)
+    else:
+        set_submodule(adapter.model, vocabulary.head, sliced(head, rows=keep))
+    vocabulary.write_config(adapter.config, len(keep))

@@ -12,7 +12,7 @@ from typing import ClassVar
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.models.groups import LINEAR_TYPES, AttentionHeads, MlpChannels, Sizes, weight_matrix
+from prunekit.models.groups import LINEAR_TYPES, AttentionHeads, MlpChannels, Sizes, Vocabulary, weight_matrix
 
 
 class ModelAdapter:
@@ -96,6 +96,12 @@ class ModelAdapter:
         attention_width = weight_matrix(submodule(layer, output)).shape[1]
         channels = weight_matrix(submodule(layer, self.mlp.output)).shape[1]
         return Sizes(self.num_heads, self.num_kv_heads, attention_width // self.num_heads, channels)
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        """The token rows of the embedding and the head, found through transformers' own accessors."""
+        paths = {id(module): name for name, module in self.model.named_modules()}
+        return Vocabulary(paths[id(self.model.get_input_embeddings())], paths[id(self.model.get_output_embeddings())])
 
     def linears(self, layer: nn.Module) -> dict[str, nn.Module]:
         """The prunable linears of one decoder layer, by name relative to the layer, in forward order."""
