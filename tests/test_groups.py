@@ -133,3 +133,49 @@ def test_vocabulary_rows_shrink_together_and_reload(family, tmp_path):
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, expected, atol=1e-5)
         assert torch.equal(reloaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "phi3", "granite", "cohere"])
+def test_hidden_channels_shrink_together_and_reload(family, tmp_path):
+    """The hidden-size group (for hidden / embedding pruning): every reader's columns, writer's rows and norm."""
+    from prunekit.models.surgery import shrink_hidden
+
+    model = tiny_model(family)
+    keep = torch.tensor([i for i in range(64) if i % 4])  # 48 of 64
+    shrink_hidden(adapter_for(model), keep)
+    assert model.config.hidden_size == 48
+    model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert reloaded.num_parameters() == model.num_parameters() < tiny_model(family).num_parameters()
+    with torch.no_grad():
+        assert torch.equal(reloaded(IDS).logits, model(IDS).logits)
+
+
+@pytest.mark.parametrize(("family", "message"), [
+    ("gpt2", "gpt2 derives its head size from hidden_size / heads"),
+    ("gemma2", "which scales by the hidden size"),
+    ("olmo2", "holds model.layers.0.self_attn.q_norm.weight, sized by the hidden size"),
+])
+def test_hidden_size_refusals_are_one_line(family, message):
+    from prunekit.models.surgery import shrink_hidden
+
+    model = tiny_model(family)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    with pytest.raises(PrunekitError) as error:
+        shrink_hidden(adapter_for(model), torch.arange(48))
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())  # nothing touched
+
+
+@pytest.mark.parametrize("family", ["llama", "phi3", "cohere"])
+def test_hidden_group_covers_the_whole_residual_stream(family):
+    """Permuting every hidden channel through the group leaves the model's function unchanged: a reader or writer
+    the group missed or mistook would scramble it."""
+    from prunekit.models.surgery import shrink_hidden
+
+    model = tiny_model(family)
+    with torch.no_grad():
+        expected = model(IDS).logits
+    shrink_hidden(adapter_for(model), torch.randperm(64, generator=torch.Generator().manual_seed(0)))
+    with torch.no_grad():
+        assert torch.allclose(model(IDS).logits, expected, atol=1e-5)

@@ -187,3 +187,58 @@ def shrink_vocabulary(adapter: ModelAdapter, keep: torch.Tensor) -> None:
     else:
         set_submodule(adapter.model, vocabulary.head, sliced(head, rows=keep))
     vocabulary.write_config(adapter.config, len(keep))
+
+
+def shrink_hidden(adapter: ModelAdapter, keep: torch.Tensor) -> None:
+    """Keep the hidden (residual-stream) channels `keep`: embedding columns, the columns of every linear that reads
+    the stream (queries, keys, values, MLP inputs, the head), the rows of every linear that writes it (attention and
+    MLP outputs), every norm's weight and bias, and `hidden_size`. The head size is written explicitly, as it no
+    longer equals hidden / heads. One-line errors where the family cannot express it or holds weights sized by the
+    hidden size that this does not know."""
+    config, model = adapter.config, adapter.model
+    hidden = adapter.hidden_size
+    if adapter.attention is None or adapter.attention.head_dim_field is None:
+        raise PrunekitError(f"{config.model_type} derives its head size from hidden_size / heads, so its hidden size "
+                            "cannot shrink alone: prune the MLP width or whole blocks instead")
+    vocabulary = adapter.vocabulary
+    embedding, head = submodule(model, vocabulary.embedding), submodule(model, vocabulary.head)
+    if type(embedding) is not nn.Embedding:
+        raise PrunekitError(f"{config.model_type} embeds tokens with {type(embedding).__name__}, which scales by the "
+                            "hidden size: prunekit does not shrink its hidden size; prune the MLP width or blocks")
+    tied = head.weight is embedding.weight
+    readers = [*(r.path for r in (adapter.attention.query, adapter.attention.key, adapter.attention.value)),
+               *(r.path for r in adapter.mlp.inputs)]
+    writers = [adapter.attention.output, adapter.mlp.output]
+    edits: list[tuple[nn.Module, str, str, nn.Module]] = []  # (layer, path, reads | writes, linear)
+    for layer in adapter.layers:
+        edits += [(layer, path, "reads", submodule(layer, path)) for path in dict.fromkeys(readers)]
+        edits += [(layer, path, "writes", submodule(layer, path)) for path in writers]
+    covered = {id(p) for _, _, _, m in edits for p in m.parameters()} | {id(embedding.weight), id(head.weight)}
+    # the residual stream's norms: direct children of a decoder layer or of the base model (q/k norms inside the
+    # attention are not, whatever their size)
+    parents = [*adapter.layers, adapter.base_model]
+    norms = [m for parent in parents for m in parent.children()
+             if list(m.parameters()) and all(p.dim() == 1 and p.shape[0] == hidden for p in m.parameters())]
+    covered |= {id(p) for m in norms for p in m.parameters()}
+    unknown = [n for n, p in model.named_parameters() if id(p) not in covered and hidden in p.shape]
+    if unknown:
+        raise PrunekitError(f"{config.model_type} holds {unknown[0]}, sized by the hidden size, which prunekit does "
+                            "not slice: its hidden size cannot shrink; prune the MLP width or whole blocks instead")
+    rows = keep.to(embedding.weight.device)
+    head_dim = adapter.head_dim
+    for layer, path, kind, module in edits:
+        set_submodule(layer, path, sliced(module, cols=keep) if kind == "reads" else sliced(module, rows=keep))
+    for norm in norms:
+        for name, param in list(norm.named_parameters(recurse=False)):
+            setattr(norm, name, nn.Parameter(param.detach()[rows].clone()))
+        if hasattr(norm, "normalized_shape"):
+            norm.normalized_shape = (len(keep),)
+    embedding.weight = nn.Parameter(embedding.weight.detach()[:, rows].clone())
+    embedding.embedding_dim = len(keep)
+    if tied:
+        head.weight = embedding.weight
+        head.in_features = len(keep)
+    else:
+        set_submodule(model, vocabulary.head, sliced(head, cols=keep))
+    setattr(config, adapter.attention.head_dim_field, head_dim)
+    config.hidden_size = len(keep)
