@@ -14,6 +14,7 @@ import pytest
 from prunekit.errors import PrunekitError
 from prunekit.report import write_report
 from prunekit.report.runs import accuracy_interval, layer_index, layer_sparsity, load_run
+from prunekit.report.tables import paper_table
 
 CHROMIUM = os.environ.get("PRUNEKIT_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("PRUNEKIT_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -344,3 +345,135 @@ def test_single_run_report_renders_in_chromium(browser, tmp_path):
     figures = render(browser, report)
     check_figures(figures, {"perplexity": 30, "layer-sparsity": LAYERS + 20})
     check_not_blank(screenshot(browser, tmp_path / "report-single.png"))
+
+
+# --- the paper-style table and each result's own metric ---------------------------------------------------------------
+
+def svg_comments(html: str) -> list[str]:
+    """The text of every label the plots drew (matplotlib writes it as a comment before the glyph outlines)."""
+    return re.findall(r"<!-- (.*?) -->", html)
+
+
+def scored(task: str, value: float, stderr: float, metric: str | None = "acc", ci: list | None = None) -> dict:
+    """A ZeroShotResult.to_dict() record whose `metric` holds `value` (+- stderr); the other number is off by 0.1, so
+    a table or plot that read the wrong one would show it. metric=None: an older record, which names none."""
+    record = {"task": task, "examples": 100, "seconds": 1.0, "chance": 0.0 if metric == "exact_match" else 0.5,
+              "metric": metric}
+    if metric == "acc_norm":
+        record.update(acc=value - 0.1, acc_stderr=0.03, acc_ci95=[value - 0.16, value - 0.04], acc_norm=value,
+                      acc_norm_stderr=stderr, **({"acc_norm_ci95": ci} if ci else {}))
+    elif metric == "exact_match":  # generation: the rate is held in acc; acc_norm is None and has no interval
+        record.update(acc=value, acc_stderr=stderr, acc_norm=None, acc_norm_stderr=None,
+                      **({"acc_ci95": ci} if ci else {}))
+    else:
+        record.update(acc=value, acc_stderr=stderr, acc_norm=value - 0.1, acc_norm_stderr=0.03,
+                      **({"acc_ci95": ci} if ci else {}))
+    if metric is None:
+        del record["metric"]
+    return record
+
+
+def scored_sweep(root: Path, dense: list[dict], points: dict[str, list[dict]]) -> Path:
+    write_json(root / "sweep.json", {
+        "prunekit_sweep_version": 1, "model": "tiny-llama", "pattern": "unstructured", "dense": {"zeroshot": dense},
+        "points": [{"method": method, "sparsity": 0.5, "pattern": "unstructured", "zeroshot": results}
+                   for method, results in points.items()]})
+    return root
+
+
+DENSE = [scored("boolq", 0.80, 0.02, ci=[0.76, 0.84]),  # the recorded interval, not 0.80 +- 0.0392
+         scored("hellaswag", 0.50, 0.025, "acc_norm", ci=[0.45, 0.55]),
+         scored("piqa", 0.70, 0.02, "acc_norm"),  # no interval recorded: 0.70 +- 1.96 * 0.02
+         scored("rte", 0.55, 0.03),  # only the dense model has it: left out of the mean
+         scored("triviaqa", 0.20, 0.01, "exact_match", ci=[0.18, 0.22]),
+         scored("nq_open", 0.10, 0.01, "exact_match")]
+WANDA = [scored("nq_open", 0.05, 0.01, "exact_match"), scored("boolq", 0.70, 0.03),
+         scored("hellaswag", 0.40, 0.02, "acc_norm"), scored("piqa", 0.60, 0.04, "acc_norm"),
+         scored("triviaqa", 0.12, 0.02, "exact_match")]
+
+
+def test_paper_table_cells_means_and_intervals(tmp_path):
+    run = load_run(scored_sweep(tmp_path / "sweep", DENSE, {"wanda": WANDA}))
+    found = paper_table(run.points, run.dense)
+    assert found.columns == ("dense", "wanda 50%")
+    assert [row.text for row in found.rows] == [
+        "BoolQ (acc)", "HellaSwag (acc_norm)", "PIQA (acc_norm)", "RTE (acc)", "TriviaQA (exact_match)",
+        "NQ-Open (exact_match)", "mean", "knowledge mean"]
+    cells = {row.label: row.cells for row in found.rows}
+
+    def check(cell, value, low, high):
+        assert (cell.value, cell.low, cell.high) == pytest.approx((value, low, high))
+
+    check(cells["BoolQ"][0], 0.80, 0.76, 0.84)
+    check(cells["BoolQ"][1], 0.70, 0.70 - 1.959964 * 0.03, 0.70 + 1.959964 * 0.03)
+    check(cells["HellaSwag"][0], 0.50, 0.45, 0.55)  # acc_norm and its interval, not acc (0.40)
+    check(cells["PIQA"][0], 0.70, 0.70 - 1.959964 * 0.02, 0.70 + 1.959964 * 0.02)
+    check(cells["TriviaQA"][0], 0.20, 0.18, 0.22)  # exact match, held in acc
+    check(cells["NQ-Open"][1], 0.05, 0.05 - 1.959964 * 0.01, 0.05 + 1.959964 * 0.01)
+    assert cells["RTE"][1] is None
+    # The mean over the multiple-choice tasks both columns have; stderr sqrt(sum se^2) / k.
+    mean, knowledge = found.rows[-2], found.rows[-1]
+    assert mean.tasks == ("boolq", "hellaswag", "piqa") and mean.left_out == ("rte",)
+    assert mean.metric == "acc/acc_norm"
+    dense_se = (0.02 ** 2 + 0.025 ** 2 + 0.02 ** 2) ** 0.5 / 3
+    check(mean.cells[0], 2.0 / 3, 2.0 / 3 - 1.959964 * dense_se, 2.0 / 3 + 1.959964 * dense_se)
+    wanda_se = (0.03 ** 2 + 0.02 ** 2 + 0.04 ** 2) ** 0.5 / 3
+    check(mean.cells[1], 1.7 / 3, 1.7 / 3 - 1.959964 * wanda_se, 1.7 / 3 + 1.959964 * wanda_se)
+    assert knowledge.tasks == ("triviaqa", "nq_open") and knowledge.metric == "exact_match"
+    check(knowledge.cells[1], 0.085, 0.085 - 1.959964 * 0.05 ** 0.5 / 20, 0.085 + 1.959964 * 0.05 ** 0.5 / 20)
+
+    html = write_report([tmp_path / "sweep"], tmp_path / "report.html").read_text()
+    assert ('<tr><td>HellaSwag (acc_norm)</td><td class="n">50.0<span class="ci"> [45.0, 55.0]</span></td>'
+            '<td class="n">40.0<span class="ci"> [36.1, 43.9]</span></td></tr>') in html
+    assert '<tr><td>RTE (acc)</td><td class="n">55.0<span class="ci"> [49.1, 60.9]</span></td><td class="n">\u2013' \
+        in html
+    assert '<tr class="mean"><td>mean</td><td class="n">66.7<span class="ci"> [64.2, 69.1]</span></td>' in html
+    assert "Mean: over the 3 multiple-choice tasks every column has (BoolQ, HellaSwag, PIQA); left out" in html
+
+
+def test_zeroshot_plot_uses_each_results_metric(tmp_path, monkeypatch):
+    from matplotlib.axes import Axes
+
+    drawn_bars, drawn_lines = [], []
+    errorbar, axhline = Axes.errorbar, Axes.axhline
+    monkeypatch.setattr(Axes, "errorbar", lambda self, x, y, *a, **k: drawn_bars.append(
+        (self.get_title(), list(y), [list(e) for e in k["yerr"]])) or errorbar(self, x, y, *a, **k))
+    monkeypatch.setattr(Axes, "axhline", lambda self, y=0, *a, **k: drawn_lines.append(
+        (k.get("label"), y)) or axhline(self, y, *a, **k))
+    dense = [scored("hellaswag", 0.50, 0.025, "acc_norm", ci=[0.45, 0.55]),
+             scored("triviaqa", 0.20, 0.01, "exact_match", ci=[0.18, 0.22]), scored("boolq", 0.8, 0.02, None)]
+    points = [scored("hellaswag", 0.40, 0.02, "acc_norm", ci=[0.30, 0.45]),
+              scored("triviaqa", 0.12, 0.02, "exact_match", ci=[0.10, 0.16]), scored("boolq", 0.7, 0.02, None)]
+    html = write_report([scored_sweep(tmp_path / "sweep", dense, {"wanda": points})],
+                        tmp_path / "report.html").read_text()
+    # Panels are titled before they are drawn: the bars carry no title yet; their order is the panels' order.
+    assert [(y, e) for _, y, e in drawn_bars] == [([0.40], [[pytest.approx(0.10)], [pytest.approx(0.05)]]),
+                                                   ([0.12], [[pytest.approx(0.02)], [pytest.approx(0.04)]]),
+                                                   ([0.7], [[pytest.approx(1.959964 * 0.02)]] * 2)]
+    assert [y for label, y in drawn_lines if label == "dense"] == [0.50, 0.20, 0.8]  # acc_norm, exact match, acc
+    drawn = svg_comments(html)
+    assert "hellaswag (acc_norm, 100 examples)" in drawn and "accuracy (acc_norm)" in drawn
+    assert "triviaqa (exact_match, 100 examples)" in drawn and "exact match" in drawn
+    assert "boolq (100 examples)" in drawn and "accuracy" in drawn  # an older record: as before
+
+
+def test_paper_table_escapes_task_names(tmp_path):
+    write_json(tmp_path / "run" / "prunekit.json", prune_report(
+        "wanda", 0.5, 36.0, zeroshot=[scored("<script>alert(1)</script>", 0.6, 0.02, "acc_norm")]))
+    html = write_report([tmp_path / "run"], tmp_path / "report.html").read_text()
+    assert "<script" not in html
+    assert "<td>&lt;script&gt;alert(1)&lt;/script&gt; (acc_norm)</td>" in html
+
+
+def test_paper_table_from_older_records_without_metric(runs, tmp_path):
+    sweep = load_run(runs[0])
+    found = paper_table(sweep.points, sweep.dense)
+    assert found.columns[:4] == ("dense", "magnitude 30%", "magnitude 50%", "magnitude 70%")
+    assert len(found.columns) == 10  # the dense model and the nine points that did not fail
+    assert [row.text for row in found.rows] == ["goal_inference (acc)", "causal_judgment (acc)", "mean"]
+    assert found.rows[0].cells[0].value == pytest.approx(0.41)
+    assert found.rows[2].cells[0].value == pytest.approx((0.41 + 0.58) / 2)
+    assert (found.rows[0].cells[0].low, found.rows[0].cells[0].high) == pytest.approx((0.32, 0.50))
+    html = write_report(runs, tmp_path / "report.html").read_text()
+    assert "<h3>Zero-shot tasks</h3>" in html and "<td>goal_inference (acc)</td>" in html
+    assert "goal_inference (100 examples)" in svg_comments(html)  # the plot's title as before

@@ -20,19 +20,16 @@ from prunekit.assets.fetch import sha256_of
 from prunekit.assets.registry import BIGBENCH
 from prunekit.errors import PrunekitError
 from prunekit.eval import zeroshot
+from prunekit.eval.loglikelihood import Example, continuation_loglikelihoods, encode_pair, score_examples
 from prunekit.eval.zeroshot import (
-    Example,
     Task,
     ZeroShotResult,
     bigbench_examples,
-    continuation_loglikelihoods,
-    encode_pair,
     evaluate_task,
     evaluate_tasks,
     load_task,
     mean_stderr,
     predictions,
-    score_examples,
     subsample,
     summarize,
 )
@@ -339,7 +336,7 @@ def bigbench_cache(tmp_path, monkeypatch) -> Path:
 
 
 def test_bigbench_prompt_is_bigbench_own_format(bigbench_cache):
-    task = load_task("social_iqa", prompt="bigbench")
+    task = load_task("bigbench:social_iqa", prompt="bigbench")
     assert len(task.examples) == 2  # the duplicate is dropped, as BIG-bench does
     order = np.random.RandomState(42).permutation(["Eat", "Rest", "Sleep"])  # BIG-bench's fixed order
     assert task.examples[0] == Example(
@@ -354,7 +351,7 @@ def test_bigbench_prompt_is_bigbench_own_format(bigbench_cache):
 
 
 def test_plain_prompt_is_the_input_with_the_task_own_prefixes(bigbench_cache):
-    social = load_task("social_iqa")
+    social = load_task("bigbench:social_iqa")
     assert [e.context for e in social.examples] == ["Tracy went home. What does Tracy need to do?",
                                                     "Riley sang. How does Riley feel?"]
     assert load_task("goal_inference").examples[0].context == "The most reasonable goal of 'Boil water' is"
@@ -363,7 +360,7 @@ def test_plain_prompt_is_the_input_with_the_task_own_prefixes(bigbench_cache):
     assert physics.examples == (Example("Identify the formula.\n\n\nProblem: A drop in a field.\nFormula:",
                                         ("F = q * E", "a = v / t", "p = m v"), (0, 2)),)
     with pytest.raises(PrunekitError, match="unknown prompt 'fancy': use plain or bigbench"):
-        load_task("social_iqa", prompt="fancy")
+        load_task("bigbench:social_iqa", prompt="fancy")
 
 
 def test_bigbench_index_lists_multiple_choice_tasks_only(bigbench_cache):
@@ -390,7 +387,7 @@ def test_bigbench_examples_without_appended_choices():
 
 @pytest.mark.real
 def test_real_bigbench_tasks():
-    social, goal = load_task("social_iqa"), load_task("goal_inference")
+    social, goal = load_task("bigbench:social_iqa"), load_task("goal_inference")
     assert len(social.examples) == 1935 and len(goal.examples) == 1703  # social_iqa has 19 duplicates
     # a few examples have a choice fewer or more than the task's 3 or 4 (as in the source data); one correct each
     social_sizes, goal_sizes = [len(e.choices) for e in social.examples], [len(e.choices) for e in goal.examples]
@@ -398,5 +395,5 @@ def test_real_bigbench_tasks():
     assert goal_sizes.count(4) == 1701 and set(goal_sizes) == {4, 5}
     assert all(len(e.gold) == 1 for e in social.examples + goal.examples)
     assert social.examples[0].context.endswith("What does Tracy need to do before this?")
-    listed = load_task("social_iqa", prompt="bigbench").examples[0].context
+    listed = load_task("bigbench:social_iqa", prompt="bigbench").examples[0].context
     assert listed.startswith("Q: Tracy") and "\n  choice: Find somewhere to go" in listed and listed.endswith("\nA:")

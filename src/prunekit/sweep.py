@@ -25,7 +25,7 @@ import torch
 from prunekit.api import calibration_data, evaluate, evaluation_data, prune, prune_report
 from prunekit.engine.layerwise import check_selection
 from prunekit.errors import PrunekitError
-from prunekit.eval.zeroshot import evaluate_tasks, load_task
+from prunekit.eval.zeroshot import evaluate_tasks, expand_tasks, load_task
 from prunekit.methods import kind_of
 from prunekit.methods import names as method_names
 from prunekit.methods.patterns import SparsityPattern
@@ -228,7 +228,7 @@ def run_sweep(config: SweepConfig, out: Path, overwrite: bool = False) -> dict:
     inputs = (config.model,)
     out = check_output(out, overwrite, inputs)
     stages = config.stages()  # every point is validated before any work
-    for task in config.tasks:
+    for task in expand_tasks(config.tasks):
         load_task(task, config.prompt)
     _check_work_dir(out, config, inputs)
     device = resolve_device(config.device)

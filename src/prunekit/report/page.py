@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from prunekit.report import plots
+from prunekit.report import plots, tables
 from prunekit.report.runs import Dense, Point, Recovery, Run, number
 
 CSS = """
@@ -22,6 +22,7 @@ table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
 th, td { border: 1px solid #d0d7de; padding: .25em .6em; text-align: left; vertical-align: top; }
 th { background: #f6f8fa; } td.n { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tr.dense td { background: #f6f8fa; font-style: italic; }
+tr.mean td { font-weight: 600; border-top: 2px solid #8c959f; } span.ci { color: #59636e; font-size: .85em; }
 figure.plot { margin: 1.2em 0; } figure.plot svg { display: block; max-width: 100%; height: auto; }
 details { margin: .4em 0; } summary { cursor: pointer; }
 pre { background: #f6f8fa; padding: .8em; overflow-x: auto; font-size: .85em; }
@@ -121,11 +122,52 @@ def _quality(points: Sequence[Point], dense: Sequence[Dense], runs: Sequence[Run
         out.append('<p class="note">No perplexity results in these runs.</p>')
     svg = plots.zeroshot_plot(points, dense)
     if svg:
-        out.append(figure("zeroshot", svg, "Zero-shot accuracy against sparsity, one panel per task; error bars: 95% "
-                                           "intervals; dashed: the dense model; dotted: chance."))
+        out.append(figure("zeroshot", svg, "Zero-shot scores against sparsity, one panel per task and metric (the one "
+                                           "a paper reports for the task); error bars: 95% intervals; dashed: the "
+                                           "dense model; dotted: chance."))
     else:
         out.append('<p class="note">No zero-shot results in these runs.</p>')
+    out.append(_paper_table(tables.paper_table(points, dense)))
     return "".join(out)
+
+
+def _score(cell: tables.Cell | None) -> str:
+    """A table cell: the value in percent, then its 95% interval."""
+    if cell is None:
+        return DASH
+    interval = "" if cell.stderr is None and cell.low == cell.high else \
+        f'<span class="ci"> [{100 * cell.low:.1f}, {100 * cell.high:.1f}]</span>'
+    return f"{100 * cell.value:.1f}{interval}"
+
+
+def _mean_note(row: tables.Row, kind: str) -> str:
+    names = escape(", ".join(tables.title(t) for t in row.tasks))
+    note = f"{escape(row.label.capitalize())}: over the {len(row.tasks)} {kind} tasks every column has ({names})"
+    if row.left_out:
+        note += f"; left out, as some column lacks them: {escape(', '.join(tables.title(t) for t in row.left_out))}"
+    return note + "."
+
+
+def _paper_table(table_: tables.PaperTable | None) -> str:
+    """The zero-shot results as the papers print them: tasks by models, then the means."""
+    if table_ is None:
+        return ""
+    rows = [[escape(row.text), *(_score(c) for c in row.cells)] for row in table_.rows]
+    classes = ["" if row.task is not None else "mean" for row in table_.rows]
+    notes = [_mean_note(row, "generation" if row.metric == tables.GENERATION else "multiple-choice")
+             for row in table_.rows if row.task is None]
+    return "".join([
+        "<h3>Zero-shot tasks</h3>",
+        table(["task (metric)", *(escape(c) for c in table_.columns)], rows, set(range(1, len(table_.columns) + 1)),
+              classes),
+        '<p class="note">Each task\'s metric in percent, the one a paper reports for it (acc: accuracy; acc_norm: '
+        "accuracy with each choice's log-likelihood divided by its length in characters; exact_match: generated "
+        "answers that match a reference), with its 95% interval in brackets (as recorded, else &plusmn;1.96 "
+        "standard errors)."
+        + "".join(f" {note}" for note in notes)
+        + (" A mean's interval treats its tasks as independent: standard error &radic;(&Sigma; se&sup2;) / k."
+           if notes else "") + "</p>",
+    ])
 
 
 def _layers(points: Sequence[Point]) -> str:

@@ -14,7 +14,16 @@ from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter  # noqa: E402
 
-from prunekit.report.runs import Dense, Point, Recovery, accuracy_interval, layer_sparsity, number  # noqa: E402
+from prunekit.report.runs import (  # noqa: E402
+    Dense,
+    Point,
+    Recovery,
+    layer_sparsity,
+    metric_interval,
+    metric_name,
+    metric_value,
+    number,
+)
 
 Key = tuple[str, str, str]  # (model, method, pattern): the points joined by one line
 COLOURS = plt.get_cmap("tab10").colors
@@ -126,31 +135,39 @@ def perplexity_plot(points: Sequence[Point], dense: Sequence[Dense]) -> str | No
         return svg_text(figure)
 
 
-def _tasks(points: Sequence[Point], dense: Sequence[Dense]) -> list[str]:
-    found = [r["task"] for p in points if p.error is None for r in p.zeroshot] + \
-        [r["task"] for d in dense for r in d.zeroshot]
-    return list(dict.fromkeys(found))
+YLABELS = {"acc": "accuracy", "acc_norm": "accuracy (acc_norm)", "exact_match": "exact match"}
+Panel = tuple[str, str]  # (task, metric): results of another metric of the same task get their own panel
+
+
+def _panels(points: Sequence[Point], dense: Sequence[Dense]) -> list[Panel]:
+    found = [r for p in points if p.error is None for r in p.zeroshot] + [r for d in dense for r in d.zeroshot]
+    return list(dict.fromkeys((r["task"], metric_name(r)) for r in found))
+
+
+def _in_panel(result: dict, panel: Panel) -> bool:
+    return result["task"] == panel[0] and metric_name(result) == panel[1] and metric_value(result) is not None
 
 
 def zeroshot_plot(points: Sequence[Point], dense: Sequence[Dense]) -> str | None:
-    """Zero-shot accuracy against sparsity, one panel per task, 95% intervals as error bars; None without results."""
-    tasks = _tasks(points, dense)
-    if not tasks:
+    """Zero-shot scores against sparsity, one panel per task and metric (each result's own: acc, acc_norm or
+    exact_match), 95% intervals as error bars; None without results."""
+    panels = _panels(points, dense)
+    if not panels:
         return None
     lines = series(points)
     keys = [k for k, v in lines.items() if any(p.zeroshot for p in v)]
     names, colour = series_labels(keys), colours(keys)
-    columns = min(3, len(tasks))
-    rows = math.ceil(len(tasks) / columns)
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
     with plt.rc_context(STYLE):
         figure, grid = plt.subplots(rows, columns, figsize=(4.3 * columns, 3.3 * rows + 0.5), squeeze=False)
-        for axes in grid.flat[len(tasks):]:
+        for axes in grid.flat[len(panels):]:
             axes.set_visible(False)
-        for task, axes in zip(tasks, grid.flat, strict=False):
-            _task_panel(axes, task, [(k, lines[k]) for k in keys], names, colour, dense)
+        for panel, axes in zip(panels, grid.flat, strict=False):
+            _task_panel(axes, panel, [(k, lines[k]) for k in keys], names, colour, dense)
         # One legend for all panels: methods first, then the baselines, each once.
         legend: dict[str, object] = {}
-        for axes in grid.flat[:len(tasks)]:
+        for axes in grid.flat[:len(panels)]:
             for handle, text in zip(*axes.get_legend_handles_labels(), strict=True):
                 legend.setdefault(text, handle)
         texts = sorted(legend, key=lambda t: t in ("dense", "chance"))
@@ -160,34 +177,38 @@ def zeroshot_plot(points: Sequence[Point], dense: Sequence[Dense]) -> str | None
         return svg_text(figure)
 
 
-def _task_panel(axes: plt.Axes, task: str, lines: list[tuple[Key, list[Point]]], names: dict[Key, str],
+def _task_panel(axes: plt.Axes, panel: Panel, lines: list[tuple[Key, list[Point]]], names: dict[Key, str],
                 colour: dict[Key, tuple], dense: Sequence[Dense]) -> None:
-    chance, examples = None, set()
+    chance, examples, named = None, set(), False  # named: some result recorded its metric (older ones did not)
     for index, (k, line) in enumerate(lines):
-        found = [(p.sparsity, r) for p in line for r in p.zeroshot if r["task"] == task]
+        found = [(p.sparsity, r) for p in line for r in p.zeroshot if _in_panel(r, panel)]
         if not found:
             continue
         # Nudge each method sideways a little so error bars at the same sparsity do not hide each other.
         shift = (index - (len(lines) - 1) / 2) * 0.004
         xs = [s + shift for s, _ in found]
-        ys = [float(r["acc"]) for _, r in found]
-        intervals = [accuracy_interval(r) for _, r in found]
+        ys = [metric_value(r) for _, r in found]
+        intervals = [metric_interval(r) for _, r in found]
         errors = [[max(0.0, y - lo) for y, (lo, _) in zip(ys, intervals, strict=True)],
                   [max(0.0, hi - y) for y, (_, hi) in zip(ys, intervals, strict=True)]]
         axes.errorbar(xs, ys, yerr=errors, marker="o", markersize=4, capsize=3, color=colour[k], label=names[k])
         chance = chance or next((float(r["chance"]) for _, r in found if r.get("chance")), None)
         examples |= {r.get("examples") for _, r in found}
+        named = named or any(r.get("metric") for _, r in found)
     for d in dense:
         for r in d.zeroshot:
-            if r["task"] == task:
-                axes.axhline(float(r["acc"]), color="0.35", linestyle="--", linewidth=1, label="dense")
+            if _in_panel(r, panel):
+                axes.axhline(metric_value(r), color="0.35", linestyle="--", linewidth=1, label="dense")
                 chance = chance or (float(r["chance"]) if r.get("chance") else None)
                 examples.add(r.get("examples"))
+                named = named or bool(r.get("metric"))
     if chance:
         axes.axhline(chance, color="0.55", linestyle=":", linewidth=1.2, label="chance")
     counts = sorted(e for e in examples if isinstance(e, int))
-    axes.set_title(task + (f" ({counts[-1]} examples)" if len(counts) == 1 else ""))
-    axes.set_ylabel("accuracy")
+    task, metric = panel
+    details = ([metric] if named else []) + ([f"{counts[-1]} examples"] if len(counts) == 1 else [])
+    axes.set_title(task + (f" ({', '.join(details)})" if details else ""))
+    axes.set_ylabel(YLABELS[metric])
     axes.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
     _sparsity_axis(axes, [p.sparsity for _, line in lines for p in line] or [0.5])
 

@@ -143,15 +143,53 @@ def _matrix_counts(matrix: MatrixRecord | Any) -> tuple[int, int, int] | None:
     return index, size, zeros
 
 
+METRICS = ("acc", "acc_norm", "exact_match")  # what a result's `metric` may name (exact_match is held in acc)
+
+
 def accuracy_interval(result: dict) -> tuple[float, float]:
     """95% interval of a zero-shot `acc`: the one the evaluator recorded, else acc +- 1.96 stderr clipped to [0, 1]."""
-    interval = result.get("acc_ci95")
+    return _interval(result, "acc")
+
+
+def _interval(result: dict, key: str) -> tuple[float, float]:
+    """95% interval of `result[key]` (acc or acc_norm): `{key}_ci95` as recorded, else the value +- 1.96 stderr
+    clipped to [0, 1]; an unreadable value counts as 0."""
+    interval = result.get(f"{key}_ci95")
     if isinstance(interval, (list, tuple)) and len(interval) == 2:
         low, high = fraction(interval[0]), fraction(interval[1])
         if low is not None and high is not None:
             return low, high
-    acc, stderr = fraction(result.get("acc")) or 0.0, fraction(result.get("acc_stderr")) or 0.0
-    return max(0.0, acc - Z95 * stderr), min(1.0, acc + Z95 * stderr)
+    value, stderr = fraction(result.get(key)) or 0.0, fraction(result.get(f"{key}_stderr")) or 0.0
+    return max(0.0, value - Z95 * stderr), min(1.0, value + Z95 * stderr)
+
+
+def metric_name(result: dict) -> str:
+    """The metric a paper's table reports for a zero-shot result: the one it recorded (acc, acc_norm or
+    exact_match), "acc" for a record that names none (older versions) or names an acc_norm it does not hold."""
+    metric = result.get("metric")
+    if metric == "acc_norm":
+        return "acc_norm" if fraction(result.get("acc_norm")) is not None else "acc"
+    return "exact_match" if metric == "exact_match" else "acc"
+
+
+def _held_in(metric: str) -> str:
+    return "acc_norm" if metric == "acc_norm" else "acc"  # an exact-match rate is held in acc
+
+
+def metric_value(result: dict) -> float | None:
+    """The value of the result's metric (see metric_name), in [0, 1]; None when not recorded."""
+    return fraction(result.get(_held_in(metric_name(result))))
+
+
+def metric_stderr(result: dict) -> float | None:
+    """The standard error of the result's metric, as recorded; None when not recorded."""
+    return fraction(result.get(f"{_held_in(metric_name(result))}_stderr"))
+
+
+def metric_interval(result: dict) -> tuple[float, float]:
+    """95% interval of the result's metric: the matching recorded interval (acc_ci95 or acc_norm_ci95), else the
+    value +- 1.96 stderr clipped to [0, 1]."""
+    return _interval(result, _held_in(metric_name(result)))
 
 
 def protocol_text(source: Any, samples: Any, seq_len: Any) -> str | None:
@@ -182,19 +220,30 @@ def _perplexity(score: PerplexityScore | None) -> float | None:
     return _positive(score.perplexity) if score is not None else None
 
 
+def _interval_of(values: list[Any] | None) -> list[float] | None:
+    """A recorded 95% interval: two fractions, else None."""
+    if values is None or len(values) != 2 or any(fraction(x) is None for x in values):
+        return None
+    return [fraction(x) for x in values]
+
+
 def _zeroshot(results: Iterable[ZeroShotScore]) -> tuple[dict, ...]:
-    """Zero-shot results that can be plotted, as the plots read them: a task name, an acc in [0, 1], and the
-    optional keys (acc_stderr, acc_ci95, chance, examples) only where they are well formed."""
+    """Zero-shot results that can be plotted, as the plots and tables read them: a task name, an acc in [0, 1], and
+    the optional keys (acc_stderr, acc_norm, acc_norm_stderr, chance, examples; acc_ci95 and acc_norm_ci95 only where
+    recorded) as None where they are not well formed. `metric` is None where none of METRICS is recorded (an older
+    record: its metric is acc)."""
     cleaned = []
     for raw in results:
         acc = fraction(raw.acc)
         if not raw.task or acc is None:
             continue
         result: dict[str, Any] = {"task": raw.task, "acc": acc, "acc_stderr": fraction(raw.acc_stderr),
-                                  "chance": fraction(raw.chance), "examples": raw.examples}
-        interval = raw.acc_ci95
-        if interval is not None and len(interval) == 2 and all(fraction(x) is not None for x in interval):
-            result["acc_ci95"] = [fraction(x) for x in interval]
+                                  "acc_norm": fraction(raw.acc_norm), "acc_norm_stderr": fraction(raw.acc_norm_stderr),
+                                  "chance": fraction(raw.chance), "examples": raw.examples,
+                                  "metric": raw.metric if raw.metric in METRICS else None}
+        for key, interval in (("acc_ci95", raw.acc_ci95), ("acc_norm_ci95", raw.acc_norm_ci95)):
+            if _interval_of(interval) is not None:
+                result[key] = _interval_of(interval)
         cleaned.append(result)
     return tuple(cleaned)
 

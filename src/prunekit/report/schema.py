@@ -37,6 +37,7 @@ class ZeroShotScore(Record):
     acc_norm_stderr: Number = None
     seconds: Number = None
     chance: Number = None
+    metric: Text = None  # the one a paper's table reports: acc, acc_norm, or exact_match (held in acc)
     acc_ci95: list[Number] | None = None
     acc_norm_ci95: list[Number] | None = None
 
