@@ -47,7 +47,7 @@ VARIANTS: dict[str, dict | None] = {
     "depth-25": {"method": "block-influence", "sparsity": 0.25},
 }
 KNOWLEDGE = TASK_GROUPS["knowledge"]
-RESUME_KEYS = ("model", "limit", "seed", "calibration")
+RESUME_KEYS = ("model", "limit", "seed", "calibration", "eval_dtype")
 
 
 def main() -> None:
@@ -62,6 +62,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="sequences (or questions) per forward pass")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's own)")
     parser.add_argument("--device", default="auto", help="where to prune and evaluate: auto | cpu | cuda")
+    parser.add_argument("--eval-dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"],
+                        help="dtype of the evaluation (pruning runs in float32); bfloat16 is ~3x faster on CPUs "
+                             "with AVX512-BF16, and the papers evaluate in half precision")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--print-only", action="store_true", help="print the table of an existing --out")
     args = parser.parse_args()
@@ -81,7 +84,7 @@ def main() -> None:
     calib = CalibrationConfig(samples=args.calib_samples, seq_len=args.calib_seq_len)
     doc = {"model": args.model, "limit": args.limit or None, "seed": args.seed,
            "calibration": {"source": calib.source, "samples": calib.samples, "seq_len": calib.seq_len},
-           "tasks": [], "variants": {}}
+           "eval_dtype": args.eval_dtype, "tasks": [], "variants": {}}
     if out.exists():
         old = json.loads(out.read_text())
         if any(old.get(k) != doc[k] for k in RESUME_KEYS):
@@ -120,7 +123,7 @@ def main() -> None:
                               "blocks_removed": result.structured[0].removed.get("blocks") if result.structured
                               else None}
             write()
-        model.to(resolve_device(args.device))
+        model.to(resolve_device(args.device), dtype=getattr(torch, args.eval_dtype))
         print(f"{name}: {_pruned(entry)}", flush=True)
         for task in todo:
             (result_,) = evaluate_tasks(model, tokenizer, [task], args.limit or None, args.seed, args.batch_size)
@@ -161,7 +164,8 @@ def print_table(doc: dict, tasks: list[str], variants: list[str]) -> None:
     by = {v: {r["task"]: r for r in doc["variants"][v]["results"]} for v in variants}
     calib = doc["calibration"]
     print(f"\n{doc['model']}: zero-shot, {doc['limit'] or 'all'} examples per task at most, seed {doc['seed']}, "
-          f"calibration {calib['samples']} x {calib['seq_len']} {calib['source']} tokens; % with 95% interval")
+          f"calibration {calib['samples']} x {calib['seq_len']} {calib['source']} tokens, evaluated in "
+          f"{doc.get('eval_dtype', 'float32')}; % with 95% interval")
     print(f"| task | metric | n | {' | '.join(variants)} |\n|---|---|---:|{'---:|' * len(variants)}")
     for task in tasks:
         some = next((by[v][task] for v in variants if task in by[v]), None)

@@ -136,3 +136,14 @@ def test_bad_sweeps_are_one_line_errors(tiny_model_dir, tmp_path, capsys, monkey
     assert_one_line_error(err)
     assert fragment in err
     assert not (tmp_path / "s.partial").exists()  # rejected before any work
+
+
+def test_sweep_expands_task_groups(tiny_model_dir, text_file, task_file, tmp_path, monkeypatch):
+    from prunekit.eval.harness import TASK_GROUPS
+
+    monkeypatch.setitem(TASK_GROUPS, "mine", (str(task_file),))  # a group, as `paper` is, of a local task
+    config = small_config(tiny_model_dir, text_file, task_file, methods=["magnitude"], sparsities=[0.5],
+                          patterns=["unstructured"], tasks=["mine"], evaluation=None)
+    result = run_sweep(config, tmp_path / "sweep")
+    assert [r["task"] for r in result["dense"]["zeroshot"]] == [str(task_file)]
+    assert [r["task"] for p in result["points"] for r in p["zeroshot"]] == [str(task_file)]

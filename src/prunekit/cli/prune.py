@@ -60,7 +60,8 @@ def methods() -> None:
 
 
 def fetch(
-    names: Annotated[list[str], typer.Argument(help="Offline model names and/or 'wikipedia'.")],
+    names: Annotated[list[str], typer.Argument(help="Offline model names, 'wikipedia' and/or 'tasks' (the data of "
+                                               "the papers' evaluation tasks).")],
 ) -> None:
     """Download, verify and convert offline assets now, so later runs work with no network."""
     from prunekit.assets.registry import MODELS, TEXTS
@@ -68,13 +69,18 @@ def fetch(
     from prunekit.text.sources import wikipedia_articles
 
     for name in names:
-        if name.lower() in MODELS:
+        if name.lower() == "tasks":
+            from prunekit.eval.harness import HARNESS_TASKS
+
+            sizes = {task.name: len(task.examples()) for task in HARNESS_TASKS.values() if task.name != "mmlu"}
+            stdout.print(f"tasks: {len(sizes)} tasks, {sum(sizes.values()):,} examples")
+        elif name.lower() in MODELS:
             stdout.print(f"{name}: {cached_asset(MODELS[name.lower()])}")
         elif name.lower() in TEXTS:
             stdout.print(f"{name}: {len(wikipedia_articles('calibration'))} calibration and "
                          f"{len(wikipedia_articles('evaluation'))} evaluation articles")
         else:
-            raise PrunekitError(f"unknown asset {name!r}: choose from {', '.join([*MODELS, *TEXTS])}")
+            raise PrunekitError(f"unknown asset {name!r}: choose from {', '.join([*MODELS, *TEXTS, 'tasks'])}")
 
 
 def prune(

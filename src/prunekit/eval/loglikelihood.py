@@ -25,6 +25,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -94,7 +95,7 @@ def model_max_length(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> in
 @dataclass(frozen=True)
 class _Row:
     example: int
-    tokens: tuple[int, ...]  # context + continuation, cut on the left to max_length + 1
+    tokens: np.ndarray  # int32 ids of context + continuation, cut on the left to max_length + 1
     n_target: int  # continuation tokens, the last n_target of `tokens`
 
     @property
@@ -115,7 +116,8 @@ def _example_rows(tokenizer: PreTrainedTokenizerBase, example: Example, index: i
                                 "own" if context_ids else f"context {context[:40]!r} has no tokens")
         if len(target_ids) > max_length:
             raise PrunekitError(f"a choice of {len(target_ids)} tokens exceeds the model's context of {max_length}")
-        rows.append(_Row(index, tuple((context_ids + target_ids)[-(max_length + 1):]), len(target_ids)))
+        tokens = np.asarray((context_ids + target_ids)[-(max_length + 1):], dtype=np.int32)  # compact: rows are kept
+        rows.append(_Row(index, tokens, len(target_ids)))
     return rows
 
 
@@ -148,6 +150,11 @@ def _tokenizer_key(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 _TOKENIZED = _TokenizedRows()
+
+
+def forget_tokenization() -> None:
+    """Drop the kept tokenization (the next call tokenizes afresh)."""
+    _TOKENIZED.__init__()
 
 
 # --- batching: the choices of an example share a batch ------------------------------------------------------------
@@ -228,11 +235,11 @@ def _fits_window(examples: Sequence[Sequence[_Row]], window: int | None) -> bool
 def shared_prefix(rows: Sequence[_Row]) -> int:
     """Input tokens the rows of one example have in common, stopping where the first continuation is scored (so
     every scored logit comes from the second pass)."""
-    inputs = [r.tokens[: r.inputs] for r in rows]
-    limit = min(min(r.first_scored for r in rows), min(len(x) for x in inputs))
-    n = 0
-    while n < limit and all(x[n] == inputs[0][n] for x in inputs):
-        n += 1
+    n = min(r.first_scored for r in rows)
+    first = rows[0].tokens
+    for r in rows[1:]:
+        differ = np.flatnonzero(r.tokens[:n] != first[:n])
+        n = int(differ[0]) if differ.size else n
     return n
 
 
