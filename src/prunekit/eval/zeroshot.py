@@ -106,10 +106,8 @@ class ZeroShotResult:
 
     def to_dict(self) -> dict:
         fields = {k: v for k, v in asdict(self).items() if k != "hits"}
-        out = {**fields, "acc_ci95": list(self.interval("acc"))}
-        if self.acc_norm is not None:
-            out["acc_norm_ci95"] = list(self.interval("acc_norm"))
-        return out
+        norm = list(self.interval("acc_norm")) if self.acc_norm is not None else None
+        return {**fields, "acc_ci95": list(self.interval("acc")), "acc_norm_ci95": norm}
 
 
 # --- scoring: pure functions of tensors and numbers ---------------------------------------------------------------
