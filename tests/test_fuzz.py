@@ -69,9 +69,11 @@ def examples(n: int) -> settings:
 
 def _download_names() -> set[str]:
     from prunekit.assets.registry import MODELS, TEXTS
+    from prunekit.eval.harness import HARNESS_TASKS, TASK_GROUPS
 
     return {*(n.lower() for n in MODELS), *(n.lower() for n in TEXTS), "all-minilm-l6-v2", "cifar10-test", "",
-            "social_iqa", "goal_inference", "step_inference", "date_understanding", "physics", "causal_judgment"}
+            "goal_inference", "step_inference", "date_understanding", "physics", "causal_judgment", "tasks",
+            *HARNESS_TASKS, *TASK_GROUPS}
 
 
 DOWNLOADS = _download_names()

