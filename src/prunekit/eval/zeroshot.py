@@ -91,8 +91,8 @@ class ZeroShotResult:
     acc_norm_stderr: float | None
     seconds: float
     chance: float = 0.0  # expected acc of a uniform random guess
-    metric: str = "acc"  # the one a paper's table reports: acc, acc_norm, or exact_match (held in acc)
     hits: tuple[int, ...] = field(default=(), repr=False)  # acc per example (1 or 0), in example order
+    metric: str = "acc"  # the one a paper's table reports: acc, acc_norm, or exact_match (held in acc)
 
     def interval(self, metric: str = "acc") -> tuple[float, float]:
         """95% normal-approximation interval of `acc` or `acc_norm`, clipped to [0, 1]."""
@@ -153,15 +153,15 @@ def summarize(task: str, examples: Sequence[Example], loglikelihoods: Sequence[S
         acc.append(float(pred in example.gold))
         acc_norm.append(float(pred_norm in example.gold))
     chance = sum(len(e.gold) / len(e.choices) for e in examples) / max(1, len(examples))
-    return ZeroShotResult(task, len(examples), *mean_stderr(acc), *mean_stderr(acc_norm), seconds, chance, metric,
-                          tuple(int(a) for a in acc))
+    return ZeroShotResult(task, len(examples), *mean_stderr(acc), *mean_stderr(acc_norm), seconds, chance,
+                          tuple(int(a) for a in acc), metric)
 
 
 def summarize_generation(task: str, hits: Sequence[bool], seconds: float) -> ZeroShotResult:
     """Exact-match rate (held in acc) of a generation task; there is no acc_norm and no chance level."""
     mean, stderr = mean_stderr([float(h) for h in hits])
-    return ZeroShotResult(task, len(hits), mean, stderr, None, None, seconds, 0.0, "exact_match",
-                          tuple(int(h) for h in hits))
+    return ZeroShotResult(task, len(hits), mean, stderr, None, None, seconds, 0.0, tuple(int(h) for h in hits),
+                          "exact_match")
 
 
 # --- tasks --------------------------------------------------------------------------------------------------------
