@@ -36,6 +36,7 @@ from prunekit.eval.harness import TASK_GROUPS
 from prunekit.eval.zeroshot import evaluate_tasks, expand_tasks
 from prunekit.models.loading import resolve_device
 from prunekit.recipe import CalibrationConfig, needs_calibration, parse_stage, split_list
+from prunekit.report.runs import metric_interval, metric_value
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS: dict[str, dict | None] = {
@@ -145,11 +146,9 @@ def _pruned(entry: dict) -> str:
     return f"decoder linear sparsity {prune['decoder_linear_sparsity']:.1%}"
 
 
-def _score(result: dict) -> tuple[float, list[float]]:
-    """The paper's metric and its 95% interval."""
-    if result["metric"] == "acc_norm":
-        return result["acc_norm"], result["acc_norm_ci95"]
-    return result["acc"], result["acc_ci95"]
+def _score(result: dict) -> tuple[float, tuple[float, float]]:
+    """The paper's metric and its 95% interval, read as the report reads them."""
+    return metric_value(result), metric_interval(result)
 
 
 def _mean(by_task: dict[str, dict], tasks: list[str]) -> float | None:
