@@ -17,7 +17,8 @@ from transformers import PreTrainedTokenizerBase
 from prunekit.engine.cache import ScoreCache
 from prunekit.engine.layerwise import MatrixSparsity, Phases, prune_layerwise
 from prunekit.engine.streaming import StreamedLayers, load_outside_layers, meta_model, release_memory
-from prunekit.engine.structured import StructuredResult, run_structured
+from prunekit.engine.structured import StructuredResult, StructuredStage, run_structured
+from prunekit.engine.vocabulary import prune_vocabulary
 from prunekit.errors import PrunekitError
 from prunekit.eval.perplexity import PerplexityResult, perplexity
 from prunekit.models.adapters import ModelAdapter, adapter_for
@@ -68,6 +69,7 @@ class PruneResult:
     seconds: float
     phases: dict[str, float] = field(default_factory=dict)  # where the seconds went (see prune_layerwise)
     structured: list[StructuredResult] = field(default_factory=list)  # what each structured stage removed
+    tokenizer: PreTrainedTokenizerBase | None = None  # the rewritten tokenizer, after a vocabulary stage
 
     @property
     def sparsity(self) -> float:
@@ -123,6 +125,9 @@ def prune(
     128 x 512 tokens of the Wikipedia calibration split). `sparsity` defaults to 0.5, or to what an N:M `pattern`
     implies. `batch_size` windows go through a layer at once (a CalibrationConfig's own batch_size wins).
     `cache_scores`: keep structured importance scores on disk, so another target size reuses them.
+
+    A vocabulary stage (method vocab, last) counts tokens on the whole calibration text (or on the token ids given
+    as `calibration`) and rewrites the tokenizer as well: use `result.tokenizer` with the model from then on.
     """
     if stages is None:
         stages = [dict(method=method, sparsity=sparsity, pattern=pattern, targets=list(targets))]
@@ -144,9 +149,15 @@ def prune(
     cache = ScoreCache(cache_scores)
     notes: dict[str, list[str]] = {}
     structured: list[StructuredResult] = []
+    trimmed: PreTrainedTokenizerBase | None = None
     for is_structured, group in groupby(parsed, key=lambda s: isinstance(s, StructuredStageConfig)):
         if is_structured:
             for stage in group:
+                if stage.is_vocabulary:
+                    with phases("vocabulary"):
+                        result, trimmed = _prune_vocabulary(adapter, tokenizer, stage.to_stage(seed), calibration)
+                    structured.append(result)
+                    continue
                 with phases("structured"):
                     result = run_structured(adapter, stage.to_stage(seed), windows, target, batch_size, cache,
                                             on_step=console.log if progress else None)
@@ -166,7 +177,24 @@ def prune(
             )
         for m in matrices:
             notes.setdefault(m.name, []).extend(m.notes)
-    return PruneResult(_matrix_sparsity(adapter, notes), time.perf_counter() - start, dict(phases), structured)
+    return PruneResult(_matrix_sparsity(adapter, notes), time.perf_counter() - start, dict(phases), structured,
+                       trimmed)
+
+
+def _prune_vocabulary(adapter: ModelAdapter, tokenizer: PreTrainedTokenizerBase | None, stage: StructuredStage,
+                      calibration: torch.Tensor | CalibrationConfig | None) -> tuple[StructuredResult,
+                                                                                     PreTrainedTokenizerBase]:
+    """The vocabulary stage on the calibration text: its documents, or the text of the token ids given."""
+    if tokenizer is None:
+        raise PrunekitError(f"{stage.method} rewrites the tokenizer along with the model: pass the tokenizer")
+    if isinstance(calibration, torch.Tensor):
+        texts = [tokenizer.decode(row) for row in calibration.tolist()]
+    else:
+        config = calibration or CalibrationConfig()
+        with console.status("reading the calibration text"):
+            texts = load_texts(config.source, "calibration", config.text_column)
+    with console.status("counting tokens and rewriting the tokenizer"):
+        return prune_vocabulary(adapter, tokenizer, stage, texts)
 
 
 def decoder_linear_sparsity(model: nn.Module) -> float:
@@ -203,7 +231,8 @@ def evaluate(
         windows = evaluation_data(model, tokenizer, config)
     with progress_bar() as bar:
         task = bar.add_task(description, total=len(windows), visible=progress)
-        return perplexity(model, windows, config.source, on_batch=lambda d, t: bar.update(task, completed=d))
+        return perplexity(model, windows, config.source, on_batch=lambda d, t: bar.update(task, completed=d),
+                          tokenizer=tokenizer)
 
 
 STRUCTURE_FIELDS = ("num_hidden_layers", "intermediate_size", "ffn_dim", "num_attention_heads",
@@ -278,7 +307,9 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
     eval_windows = evaluation_data(model, tokenizer, evaluation) if evaluation.ppl else None  # bad text fails now
     t0 = time.perf_counter()
     windows = None
-    if any(needs_calibration(s) for s in recipe.stages):
+    # a vocabulary stage reads the whole calibration text: prune() draws the other stages' windows from it then
+    vocabulary = any(isinstance(s, StructuredStageConfig) and s.is_vocabulary for s in recipe.stages)
+    if any(needs_calibration(s) for s in recipe.stages) and not vocabulary:
         windows = calibration_data(model, tokenizer, recipe.calibration, recipe.seed)
     timed("calibration_data", t0)
     dense = None
@@ -289,9 +320,13 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
         model.to("cpu")
         timed("eval_dense", t0)
     dense_parameters = count_parameters(model)
-    result = prune(model, tokenizer, stages=recipe.stages, calibration=windows, seed=recipe.seed,
+    result = prune(model, tokenizer, stages=recipe.stages,
+                   calibration=windows if windows is not None else recipe.calibration, seed=recipe.seed,
                    device=recipe.device, batch_size=recipe.calibration.batch_size)
     timings["prune"] = round(result.seconds, 2)
+    if result.tokenizer is not None:  # the same text, tokenized by the model's new tokenizer
+        loaded.tokenizer = tokenizer = result.tokenizer
+        eval_windows = evaluation_data(model, tokenizer, evaluation) if evaluation.ppl else None
     pruned = None
     if evaluation.ppl:
         t0 = time.perf_counter()

@@ -172,16 +172,21 @@ class StageConfig(_Strict):
 
 
 class StructuredStageConfig(_Strict):
-    """Remove whole blocks (depth methods) or MLP channels / attention heads in every layer (width methods).
+    """Remove whole blocks (depth methods), MLP channels / attention heads in every layer (width methods), or tokens
+    (the vocab method: tokenizer, embedding and head rows).
 
-    How much: `sparsity` (fraction of the blocks, or of each layer's channels / heads), `size` (blocks to remove,
-    or channels / heads per layer to keep), or `param_fraction` (fraction of all the model's parameters)."""
+    How much: `sparsity` (fraction of the blocks, of each layer's channels / heads, or of the tokens), `size`
+    (blocks to remove, or channels / heads per layer or tokens to keep), `param_fraction` (fraction of all the
+    model's parameters), or for vocab `coverage` (keep the tokens that make up this fraction of the calibration
+    text's tokens)."""
 
     method: str
-    part: Literal["blocks", "mlp", "heads", "kv-heads"] | None = None  # default: blocks, or mlp for width methods
+    # default: blocks, mlp for width methods, vocab for the vocabulary method
+    part: Literal["blocks", "mlp", "heads", "kv-heads", "vocab"] | None = None
     sparsity: float | None = Field(None, gt=0, lt=1)
     size: int | None = Field(None, gt=0)
     param_fraction: float | None = Field(None, gt=0, lt=1)
+    coverage: float | None = Field(None, gt=0, le=1)
     bias_compensation: bool | None = None  # add removed channels' mean output as a bias; default on for flap
     gradient_samples: int = Field(32, gt=0)  # taylor / block-taylor: calibration windows back-propagated
     seed: Seed | None = None  # block-random; default: the recipe's seed
@@ -194,35 +199,47 @@ class StructuredStageConfig(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> StructuredStageConfig:
         get_method(self.method).check_options(_changed(self))
-        depth = kind_of(self.method) == "depth"
-        part = self.part or ("blocks" if depth else "mlp")
-        if depth != (part == "blocks"):
-            fix = "drop part (it is blocks)" if depth else f"use part {' | '.join(PARTS)}"
-            raise PrunekitError(f"{self.method} {'removes blocks' if depth else 'prunes width'}, not {part}: {fix}")
+        kind = kind_of(self.method)
+        natural = {"depth": "blocks", "vocabulary": "vocab"}.get(str(kind), "mlp")
+        part = self.part or natural
+        if kind in ("depth", "vocabulary") and part != natural:
+            raise PrunekitError(f"{self.method} removes {natural}, not {part}: drop part (it is {natural})")
+        if kind == "width" and part not in PARTS:
+            raise PrunekitError(f"{self.method} prunes width, not {part}: use part {' | '.join(PARTS)}")
         self.part = part
-        given = [n for n in ("sparsity", "size", "param_fraction") if getattr(self, n) is not None]
+        amounts = ("sparsity", "size", "param_fraction", *(("coverage",) if kind == "vocabulary" else ()))
+        if kind != "vocabulary" and self.coverage is not None:
+            raise PrunekitError(f"{self.method}: coverage is for the vocab method; give sparsity, size or "
+                                "param_fraction")
+        given = [n for n in amounts if getattr(self, n) is not None]
         if len(given) != 1:
-            raise PrunekitError(
-                f"{self.method}: give exactly one of sparsity (fraction removed), size (count) or param_fraction "
-                f"(fraction of the model's parameters); got {', '.join(given) or 'none'}"
-            )
+            described = {"sparsity": "sparsity (fraction removed)", "size": "size (count)",
+                         "param_fraction": "param_fraction (fraction of the model's parameters)",
+                         "coverage": "coverage (fraction of the text's tokens)"}
+            raise PrunekitError(f"{self.method}: give exactly one of {', '.join(described[n] for n in amounts)}; "
+                                f"got {', '.join(given) or 'none'}")
         return self
 
     def to_stage(self, seed: int = 0) -> StructuredStage:
         return StructuredStage(method=self.method, part=self.part or "blocks", sparsity=self.sparsity,
-                               size=self.size, param_fraction=self.param_fraction,
+                               size=self.size, param_fraction=self.param_fraction, coverage=self.coverage,
                                bias_compensation=self.bias_compensation,
                                seed=self.seed if self.seed is not None else seed,
                                gradient_samples=self.gradient_samples)
 
     @property
+    def is_vocabulary(self) -> bool:
+        return kind_of(self.method) == "vocabulary"
+
+    @property
     def needs_calibration(self) -> bool:
-        return bool(get_method(self.method).needs)
+        """Whether it needs calibration windows (the vocabulary stage reads the calibration text itself)."""
+        return bool(get_method(self.method).needs) and not self.is_vocabulary
 
 
 def _stage_kind(value: object) -> str:
     method = value.get("method") if isinstance(value, dict) else getattr(value, "method", None)
-    return "structured" if kind_of(str(method)) in ("depth", "width") else "weights"
+    return "structured" if kind_of(str(method)) in ("depth", "width", "vocabulary") else "weights"
 
 
 AnyStage = Annotated[
@@ -252,6 +269,14 @@ class Recipe(_Strict):
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     stages: list[AnyStage] = Field(min_length=1)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _vocabulary_last(self) -> Recipe:
+        for stage in self.stages[:-1]:
+            if isinstance(stage, StructuredStageConfig) and stage.is_vocabulary:
+                raise PrunekitError(f"{stage.method} renumbers the tokens the later stages would calibrate on: put "
+                                    "the vocabulary stage last")
+        return self
 
     @model_validator(mode="after")
     def _streamable(self) -> Recipe:

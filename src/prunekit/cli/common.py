@@ -41,7 +41,8 @@ def method_choices() -> dict[str, list[str]]:
     tables, so a new method shows up in every command's help."""
     from prunekit.methods import names
 
-    return {"weights": names("weights"), "blocks": names("depth"), "width": names("width")}
+    return {"weights": names("weights"), "blocks": names("depth"), "width": names("width"),
+            "vocabulary": names("vocabulary")}
 
 
 def methods_help() -> str:
@@ -50,7 +51,8 @@ def methods_help() -> str:
 
     kinds = method_choices()
     return (f"Weights: {' | '.join(kinds['weights'])}.  Blocks: {' | '.join(kinds['blocks'])}.  "
-            f"Width (with --part): {' | '.join(kinds['width'])}.  `prunekit methods` says what each does.  "
+            f"Width (with --part): {' | '.join(kinds['width'])}.  Tokens (with --coverage or --keep-tokens): "
+            f"{' | '.join(kinds['vocabulary'])}.  `prunekit methods` says what each does.  "
             f"[default: {DEFAULT_METHOD}]")
 
 

@@ -106,6 +106,15 @@ def prune(
         float | None,
         typer.Option(help="Structured, instead of --sparsity: fraction of all the model's parameters to remove."),
     ] = None,
+    keep_tokens: Annotated[
+        int | None,
+        typer.Option(help="Vocab, instead of --coverage: tokens to keep in all (special and byte tokens count)."),
+    ] = None,
+    coverage: Annotated[
+        float | None,
+        typer.Option(help="Vocab: keep the most used tokens until they make up this fraction of the calibration "
+                     "text's tokens (e.g. 0.999), with their merge parts, special and byte tokens."),
+    ] = None,
     bias_compensation: Annotated[
         bool | None,
         typer.Option("--bias-compensation/--no-bias-compensation",
@@ -181,13 +190,18 @@ def prune(
       prunekit prune smollm2-135m --method block-influence --size 8 --out out/smol-minus8
 
       prunekit prune smollm2-135m --method flap --part mlp --sparsity 0.25 --out out/smol-mlp75
+
+      prunekit prune smollm2-135m --method vocab --coverage 0.999 --calib my-domain.txt --out out/smol-vocab
     """
     from prunekit.api import run
 
+    if keep_tokens is not None and size is not None:
+        raise PrunekitError("--keep-tokens is the vocab method's --size: give one of them")
+    size = keep_tokens if keep_tokens is not None else size
     stage = {"method": method, "sparsity": sparsity, "pattern": pattern, "allocation": allocation,
              "targets": split_list(targets) if targets is not None else None, "damping": damping,
              "block_size": block_size, "owl_lambda": owl_lambda, "owl_m": owl_m, "part": part, "size": size,
-             "param_fraction": param_fraction, "bias_compensation": bias_compensation}
+             "param_fraction": param_fraction, "coverage": coverage, "bias_compensation": bias_compensation}
     calibration = {"source": calib, "samples": calib_samples, "seq_len": calib_seq_len, "text_column": text_column,
                    "batch_size": calib_batch_size}
     evaluation = {"source": eval_text, "samples": ppl_samples, "seq_len": ppl_seq_len, "text_column": text_column,
@@ -214,6 +228,10 @@ def print_prune_report(report: dict, out: Path) -> None:
             f"{dense['perplexity']:.2f}" if dense else "-",
             f"{pruned['perplexity']:.2f}" if pruned else "-",
         )
+        if any(p and p.get("char_perplexity") for p in (dense, pruned)):
+            table.add_row("perplexity per character (compares tokenizers)",
+                          *(f"{p['char_perplexity']:.4f}" if p and p.get("char_perplexity") else "-"
+                            for p in (dense, pruned)))
     params = report["parameters"]
     structure = report.get("structure") or {}
     table.add_row("parameters", f"{structure.get('dense_parameters', params):,}", f"{params:,}")
@@ -228,6 +246,9 @@ def print_prune_report(report: dict, out: Path) -> None:
 
 def removed_summary(removed: dict) -> str:
     """What a structured stage removed, in a few words."""
+    if "tokens_after" in removed:
+        return (f"{removed['tokens_before']:,} -> {removed['tokens_after']:,} tokens, "
+                f"{removed['tokens_per_char_before']:.4f} -> {removed['tokens_per_char_after']:.4f} tokens/char")
     if "blocks" in removed:
         return f"blocks {removed['blocks']} removed"
     return f"{removed['per_layer_before']} -> {removed['per_layer_after']} per layer"

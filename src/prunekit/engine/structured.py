@@ -36,16 +36,19 @@ PARTS = ("mlp", "heads", "kv-heads")
 
 @dataclass
 class StructuredStage:
-    """Remove blocks (a depth method) or width (a width method, `part` mlp|heads|kv-heads).
+    """Remove blocks (a depth method), width (a width method, `part` mlp|heads|kv-heads) or tokens (a vocabulary
+    method, `part` vocab).
 
-    The amount is one of: `sparsity` (fraction of the blocks / channels / heads), `size` (blocks to remove, or the
-    channels / heads per layer to keep), `param_fraction` (fraction of the model's parameters to remove)."""
+    The amount is one of: `sparsity` (fraction of the blocks / channels / heads / tokens), `size` (blocks to
+    remove, or the channels / heads per layer or tokens to keep), `param_fraction` (fraction of the model's
+    parameters to remove), `coverage` (vocabulary: keep the tokens covering this fraction of the text's tokens)."""
 
     method: str
     part: str = "blocks"
     sparsity: float | None = None
     size: int | None = None
     param_fraction: float | None = None
+    coverage: float | None = None
     bias_compensation: bool | None = None  # default: on for flap
     span: bool = False  # angular: remove one contiguous span (always true for angular)
     seed: int = 0

@@ -12,6 +12,8 @@ Statistics by name (what the engine collects, on the model as it is when the sta
   width:    channel_stats (sum, sum of squares and count of the output projection's input per channel),
             output_weight (the output projection's (outputs, inputs) matrix), taylor_terms (the group's weights with
             their loss gradients summed over samples).
+  vocabulary: token_counts (occurrences of each token id in the calibration text), with the tokenizer's required
+            tokens and merge parts.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from prunekit.errors import PrunekitError
 from prunekit.methods.masks import make_mask
 from prunekit.methods.patterns import SparsityPattern
 
-Kind = Literal["weights", "depth", "width"]
+Kind = Literal["weights", "depth", "width", "vocabulary"]
 KINDS: dict[str, str] = {"weights": "weight pruning (unstructured or N:M)", "depth": "remove whole blocks",
-                         "width": "remove MLP channels or attention heads in every layer"}
+                         "width": "remove MLP channels or attention heads in every layer",
+                         "vocabulary": "remove tokens: tokenizer, embedding and head rows"}
 # Stage options that statistics read (the engine uses them while collecting, not the method).
 STATISTIC_OPTIONS: dict[str, tuple[str, ...]] = {"gradient_norms": ("gradient_samples",),
                                                  "block_taylor": ("gradient_samples",),

@@ -24,6 +24,8 @@ class PerplexityScore(Record):
     samples: Integer = None
     seq_len: Integer = None
     source: Text = None
+    characters: Integer = None  # characters the predicted tokens spell
+    char_perplexity: Number = None  # per character: compares models with different tokenizers
 
 
 class ZeroShotScore(Record):
