@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # CPU build of PyTorch by default (a GPU machine whose Python already has torch keeps its own, see below).
 TORCH ?= torch==2.13.0
 
-.PHONY: setup browser demo test lint bench bench-structured bench-corpus bench-peers bench-vs-llmcompressor clean
+.PHONY: setup browser demo test lint bench bench-structured bench-corpus bench-peers bench-vs-llmcompressor bench-llamacpp clean
 
 setup: $(VENV)/.installed
 
@@ -65,6 +65,31 @@ bench/.venv-peers/.installed: bench/peers-requirements.txt
 
 bench-vs-llmcompressor: setup bench-peers
 	$(BIN)/python bench/vs_llmcompressor.py
+
+# llama.cpp's llama-bench and llama-perplexity, built once (CPU only, -j2) from the sources vendored in the
+# llama-cpp-python sdist into a cache outside the repository; a second run finds the binaries and builds nothing.
+# Needs cmake and a C++ compiler: installed with apt-get when missing. LLAMACPP_ARGS="--threads 2 --type q8_0" passes
+# options to bench/llamacpp.py.
+LLAMACPP_VERSION ?= 0.3.36
+LLAMACPP_DIR := $(HOME)/.cache/prunekit/llama.cpp/$(LLAMACPP_VERSION)
+LLAMACPP_SRC := $(LLAMACPP_DIR)/llama_cpp_python-$(LLAMACPP_VERSION)/vendor/llama.cpp
+LLAMACPP_BIN := $(LLAMACPP_DIR)/build/bin
+$(LLAMACPP_BIN)/llama-bench:
+	@command -v cmake >/dev/null && command -v c++ >/dev/null || { \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends cmake g++ || \
+		{ $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+		--no-install-recommends cmake g++; }; }
+	mkdir -p $(LLAMACPP_DIR)
+	[ -f $(LLAMACPP_DIR)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz ] || $(BIN)/python -m pip download -q \
+		--no-binary :all: --no-deps llama-cpp-python==$(LLAMACPP_VERSION) -d $(LLAMACPP_DIR)
+	[ -d $(LLAMACPP_SRC) ] || tar xzf $(LLAMACPP_DIR)/llama_cpp_python-$(LLAMACPP_VERSION).tar.gz -C $(LLAMACPP_DIR)
+	cmake -S $(LLAMACPP_SRC) -B $(LLAMACPP_DIR)/build -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
+		-DGGML_CUDA=OFF -DGGML_METAL=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+		-DLLAMA_BUILD_SERVER=OFF -DBUILD_SHARED_LIBS=OFF
+	cmake --build $(LLAMACPP_DIR)/build -j2 --target llama-bench llama-perplexity
+
+bench-llamacpp: setup $(LLAMACPP_BIN)/llama-bench
+	$(BIN)/python bench/llamacpp.py --bin $(LLAMACPP_BIN) $(LLAMACPP_ARGS)
 
 clean:
 	rm -rf $(VENV) out bench/results

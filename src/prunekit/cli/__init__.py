@@ -10,7 +10,7 @@ import sys
 import typer
 from rich.console import Console
 
-from prunekit.cli import bench, corpus, data, prune, recover, report, sweep
+from prunekit.cli import bench, corpus, data, export, prune, recover, report, sweep
 from prunekit.cli import eval as evaluation
 from prunekit.cli.common import say_error
 from prunekit.errors import PrunekitError
@@ -33,6 +33,7 @@ app.command()(recover.recover)
 app.command()(sweep.sweep)
 app.command()(report.report)
 app.command()(bench.bench)
+app.command()(export.export)
 
 data_app = typer.Typer(help="Data pruning. Labelled datasets: score examples, keep a subset, run pruning-rate "
                        "experiments (prune, experiment). Text corpora: semantic dedup, perplexity filter, recipes "
