@@ -8,18 +8,17 @@ what vocabulary trimming makes) and a draft with a tokenizer trained on other te
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import make_text
+from test_cli import run_cli
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-from prunekit.cli import main
 from prunekit.errors import PrunekitError
 from prunekit.eval import assisted, sparse_kernels
 from prunekit.eval.assisted import Acceptance, AssistedConfig, compare_drafts, match_vocab, read_prompts
@@ -221,18 +220,6 @@ def test_a_renumbered_draft_stops_at_the_targets_eos_in_its_own_numbering():
 
 
 # ---- the command line ----
-
-
-def run_cli(args, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["prunekit", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code, err, *fragments):

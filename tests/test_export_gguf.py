@@ -4,7 +4,6 @@ the tokenizer read back vs the directory's, the metadata vs the weights' shapes;
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,10 @@ import pytest
 import torch
 from conftest import CONFIGS, make_text
 from gguf import GGMLQuantizationType, GGUFReader
+from test_cli import run_cli
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from prunekit.cli import main
 from prunekit.models.export_gguf import export_gguf, identify_pre_tokenizer
 
 TEXT = "The old stone bridge was built in 1234; people crossed the river<|im_end|> <think> king's ship!"
@@ -231,18 +230,6 @@ def test_pre_tokenizer_is_recognised_by_behaviour(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- command line
 
 
-def _run(args: list[str], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["prunekit", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as done:
-        code = done.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def _one_line_error(code: int, err: str, words: str) -> None:
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], err
@@ -253,14 +240,14 @@ def test_cli_exports_and_refuses_to_overwrite(bpe: PreTrainedTokenizerFast, tmp_
                                               ) -> None:
     source = _save(tmp_path / "model", "llama", bpe, num_hidden_layers=1)
     out = tmp_path / "m.gguf"
-    code, stdout, err = _run(["export", str(source), "--to", "gguf", "--type", "q8_0", "--out", str(out)],
+    code, stdout, err = run_cli(["export", str(source), "--to", "gguf", "--type", "q8_0", "--out", str(out)],
                              capsys, monkeypatch)
     assert code == 0 and "wrote" in stdout and out.exists(), err
     before = out.read_bytes()
-    code, _, err = _run(["export", str(source), "--out", str(out)], capsys, monkeypatch)
+    code, _, err = run_cli(["export", str(source), "--out", str(out)], capsys, monkeypatch)
     _one_line_error(code, err, "already exists")
     assert out.read_bytes() == before
-    code, _, err = _run(["export", str(source), "--type", "f32", "--out", str(out), "--overwrite"], capsys,
+    code, _, err = run_cli(["export", str(source), "--type", "f32", "--out", str(out), "--overwrite"], capsys,
                         monkeypatch)
     assert code == 0 and out.read_bytes() != before, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf", "model"]  # no temporary left behind
@@ -283,7 +270,7 @@ def test_cli_bad_inputs_are_one_line_errors_and_write_nothing(bpe: PreTrainedTok
         (["export", str(source), "--out", str(source / "model.safetensors"), "--overwrite"], "input"),
     ]
     for args, words in cases:
-        code, _, err = _run(args, capsys, monkeypatch)
+        code, _, err = run_cli(args, capsys, monkeypatch)
         _one_line_error(code, err, words)
     assert not out.exists() and (source / "model.safetensors").stat().st_size > 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "gpt2", "model"]
