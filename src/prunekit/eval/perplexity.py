@@ -32,7 +32,8 @@ class PerplexityResult:
     char_perplexity: float | None = None  # exp(total NLL / characters)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields; the per-character ones only when they were measured (reports without them stay as before)."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("characters", "char_perplexity")}
 
 
 @torch.no_grad()

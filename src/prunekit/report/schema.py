@@ -27,6 +27,8 @@ class PerplexityScore(Record):
     characters: Integer = None  # characters the predicted tokens spell
     char_perplexity: Number = None  # per character: compares models with different tokenizers
 
+    optional = frozenset({"characters", "char_perplexity"})  # only when a tokenizer counted the characters
+
 
 class ZeroShotScore(Record):
     """prunekit.eval.zeroshot.ZeroShotResult.to_dict()."""
