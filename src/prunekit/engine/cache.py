@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from prunekit.assets.cache import cache_dir
 from prunekit.models.adapters.base import ModelAdapter
+from prunekit.outputs import temporary_sibling
 
 
 def fingerprint(adapter: ModelAdapter, windows: torch.Tensor, *parts: object) -> str:
@@ -53,7 +54,7 @@ class ScoreCache:
         if self.enabled:
             path = self._path(key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".partial")
+            tmp = temporary_sibling(path)
             save_file({k: v.contiguous().cpu() for k, v in scores.items()}, tmp)
             tmp.replace(path)
 

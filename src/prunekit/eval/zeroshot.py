@@ -49,6 +49,7 @@ from prunekit.eval.harness import HARNESS_TASKS, TASK_GROUPS
 from prunekit.eval.loglikelihood import Example, model_max_length, score_examples
 from prunekit.eval.sources import SOURCES
 from prunekit.files import json_lines
+from prunekit.outputs import temporary_sibling
 from prunekit.progress import progress_bar
 
 Z95 = 1.959963984540054
@@ -257,7 +258,7 @@ def bigbench_tasks() -> list[str]:
                 if match and source is not None and b'"target_scores"' in source.read():
                     names.append(match.group(1))
         index.parent.mkdir(parents=True, exist_ok=True)
-        partial = index.with_name(".tasks.json.partial")
+        partial = temporary_sibling(index)
         partial.write_text(json.dumps(sorted(names)))
         partial.replace(index)
     return json.loads(index.read_text())
