@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/paper_table.py [--model smollm2-135m] [--variants dense,wanda-50,...]
         [--tasks paper,knowledge] [--limit 500] [--seed 0] [--calib-samples 128] [--calib-seq-len 512]
-        [--batch-size 16] [--threads 1] [--device auto] [--out bench/results/paper_table_MODEL.json] [--print-only]
+        [--batch-size 16] [--threads 1] [--device auto] [--out bench/measured/paper_table_MODEL.json] [--print-only]
 
 Variants: dense; magnitude, Wanda and SparseGPT at 50% unstructured; SparseGPT 2:4; depth-25, 25% of the decoder
 blocks removed by block influence (ShortGPT). Every variant prunes a fresh load of the dense model in memory with
@@ -38,7 +38,9 @@ from prunekit.models.loading import resolve_device
 from prunekit.recipe import CalibrationConfig, needs_calibration, parse_stage, split_list
 from prunekit.report.runs import metric_interval, metric_value
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# Tracked in git, unlike bench/results/: a variant takes the best part of an hour on a CPU, so a run resumes from
+# what earlier sessions and machines measured.
+RESULTS = Path(__file__).resolve().parent / "measured"
 VARIANTS: dict[str, dict | None] = {
     "dense": None,
     "magnitude-50": {"method": "magnitude", "sparsity": 0.5},

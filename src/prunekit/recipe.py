@@ -98,6 +98,9 @@ class StageConfig(_Strict):
     block_size: int = 128  # SparseGPT: columns per block
     damping: float = Field(0.01, allow_inf_nan=False)  # SparseGPT: dampening, fraction of the mean Hessian diagonal
     parameters: dict[str, Any] = Field(default_factory=dict)  # a method's own options (see `prunekit methods`)
+    refine: Literal["dsnot"] | None = None  # mask refinement after the method (DSnoT prune-and-grow)
+    refine_steps: int = Field(50, gt=0)  # dsnot: prune-and-grow cycles at most
+    permute: bool = False  # N:M only: reorder the MLP's intermediate channels first (absorbed, same function)
 
     @field_validator("method")
     @classmethod
@@ -127,6 +130,12 @@ class StageConfig(_Strict):
                 raise PrunekitError(f"allocation {self.allocation!r} does not apply to N:M patterns: use uniform")
         elif self.sparsity is None:
             self.sparsity = 0.5
+        if self.permute and not pattern.is_nm:
+            raise PrunekitError("permute reorders input channels for N:M patterns; unstructured sparsity has no "
+                                "groups to fill: give pattern 2:4 (or 4:8), or drop permute")
+        if "refine_steps" in _changed(self) and self.refine is None:
+            raise PrunekitError("refine_steps is the cap of a refinement: add refine: dsnot (--refine dsnot) or "
+                                "drop it")
         if self.damping <= 0:
             raise PrunekitError(f"dampening {self.damping:g} must be > 0 (default 0.01 of the mean Hessian diagonal)")
         if self.block_size <= 0 or (pattern.is_nm and self.block_size % pattern.m):
@@ -168,6 +177,9 @@ class StageConfig(_Strict):
             owl_lambda=self.owl_lambda,
             gradient_samples=self.gradient_samples,
             parameters=dict(self.parameters),
+            refine=self.refine,
+            refine_steps=self.refine_steps,
+            permute=self.permute,
         )
 
 
@@ -190,6 +202,21 @@ class StructuredStageConfig(_Strict):
     bias_compensation: bool | None = None  # add removed channels' mean output as a bias; default on for flap
     gradient_samples: int = Field(32, gt=0)  # taylor / block-taylor: calibration windows back-propagated
     seed: Seed | None = None  # block-random; default: the recipe's seed
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_weight_settings(cls, data: Any) -> Any:
+        """The weight stages' refine / refine_steps / permute: refused with a message that says why."""
+        if isinstance(data, dict):
+            given = [k for k in ("refine", "refine_steps", "permute") if data.get(k) not in (None, False)]
+            if given:
+                what = ("permute reorders the channels of N:M weight masks" if given == ["permute"] else
+                        f"refine {data.get('refine') or 'dsnot'} refines weight masks")
+                raise PrunekitError(f"{what}, but {data.get('method')} is a structured method (it removes whole "
+                                    "blocks, channels or tokens): use it with a weight method such as wanda or "
+                                    "sparsegpt")
+            data = {k: v for k, v in data.items() if k not in ("refine", "refine_steps", "permute")}
+        return data
 
     @field_validator("method")
     @classmethod

@@ -47,6 +47,9 @@ from prunekit.rundir import REPORT_FILE, report_text, write_run
 from prunekit.runinfo import count_parameters, count_zeros, peak_rss_bytes, versions
 
 SWEEP_FILE = "sweep.json"
+# Suffixes of a sweep's method names: a weight method, then any of these, e.g. wanda+dsnot, ria+permute, wanda+++dsnot
+# (wanda++ with DSnoT). +permute points are N:M only: a sweep skips its unstructured sparsities.
+SUFFIXES: dict[str, dict[str, Any]] = {"dsnot": {"refine": "dsnot"}, "permute": {"permute": True}}
 RESULTS_FILE = "results.csv"
 
 
@@ -78,21 +81,28 @@ class SweepConfig:
         """One validated stage per grid point: unstructured at each sparsity, N:M patterns at their own."""
         if not self.methods:
             raise PrunekitError("no methods to sweep: pass e.g. --methods magnitude,wanda,sparsegpt")
-        structured = [m for m in self.methods if kind_of(m) in ("depth", "width")]
+        structured = [m for m in self.methods if kind_of(split_method(m)["method"]) in ("depth", "width")]
         if structured:
             raise PrunekitError(f"{', '.join(structured)} removes blocks or channels; a sweep covers weight pruning "
                                 f"({', '.join(method_names('weights'))}): use `prunekit prune --method "
                                 f"{structured[0]}` per size")
         points = []
-        for method in self.methods:
+        for label in self.methods:
+            method = split_method(label)
+            before = len(points)
             for pattern in self.patterns:
                 if SparsityPattern.parse(pattern).is_nm:
-                    points.append(StageConfig.parse({"method": method, "pattern": pattern}))
+                    points.append(StageConfig.parse({**method, "pattern": pattern}))
                     continue
+                if method.get("permute"):
+                    continue  # a channel permutation is for N:M patterns
                 if not self.sparsities:
                     raise PrunekitError("an unstructured sweep needs sparsities: pass e.g. --sparsity 0.3,0.5,0.7")
-                points += [StageConfig.parse({"method": method, "sparsity": s, "pattern": pattern})
+                points += [StageConfig.parse({**method, "sparsity": s, "pattern": pattern})
                            for s in self.sparsities]
+            if len(points) == before:
+                raise PrunekitError(f"{label}: +permute is for N:M patterns and the sweep has none: add e.g. "
+                                    "--pattern unstructured,2:4")
         names = [point_name(p) for p in points]
         if len(set(names)) != len(names):
             raise PrunekitError("the sweep lists a point twice: remove the repeated method, sparsity or pattern")
@@ -105,9 +115,27 @@ class SweepConfig:
                 "limit": self.limit, "prompt": self.prompt, "seed": self.seed, "dtype": self.dtype}
 
 
+def split_method(label: str) -> dict[str, Any]:
+    """A sweep's method name as stage settings: "sparsegpt+dsnot" -> {method: sparsegpt, refine: dsnot}; a name
+    the registry knows is never split (wanda++)."""
+    name, settings = label.strip().lower(), {}
+    while kind_of(name) is None and "+" in name:
+        base, _, suffix = name.rpartition("+")
+        if suffix not in SUFFIXES or not base:
+            break
+        settings.update(SUFFIXES[suffix])
+        name = base
+    return {"method": name, **settings}
+
+
+def method_label(stage: StageConfig) -> str:
+    """The sweep's name for a stage's method with its refinement and permutation (inverse of split_method)."""
+    return stage.method + ("+dsnot" if stage.refine == "dsnot" else "") + ("+permute" if stage.permute else "")
+
+
 def point_name(stage: StageConfig) -> str:
     pattern = "" if stage.pattern == "unstructured" else f"-{stage.pattern.replace(':', 'of')}"
-    return f"{stage.method}{pattern}-{stage.sparsity:g}"
+    return f"{method_label(stage)}{pattern}-{stage.sparsity:g}"
 
 
 def _work_path(out: Path) -> Path:
@@ -186,7 +214,7 @@ def _run_point(loaded: LoadedModel, dense_state: dict[str, torch.Tensor], window
 
 def _point_row(stage: StageConfig, report: PruneReport, folder: str) -> SweepPoint:
     ppl = report.perplexity.pruned
-    return SweepPoint(method=stage.method, sparsity=stage.sparsity, pattern=stage.pattern,
+    return SweepPoint(method=method_label(stage), sparsity=stage.sparsity, pattern=stage.pattern,
                       perplexity=ppl.perplexity if ppl else None,
                       zeroshot=report.zeroshot if isinstance(report.zeroshot, list) else [],
                       prune_seconds=report.seconds["prune"], decoder_linear_sparsity=report.decoder_linear_sparsity,

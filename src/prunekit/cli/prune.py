@@ -140,6 +140,26 @@ def prune(
         float | None, typer.Option(help="SparseGPT dampening, fraction of the mean Hessian diagonal.  [default: 0.01]")
     ] = None,
     block_size: Annotated[int | None, typer.Option(help="SparseGPT columns per block.  [default: 128]")] = None,
+    refine: Annotated[
+        str | None,
+        typer.Option(help="Refine the weight method's mask: dsnot (DSnoT prune-and-grow, training-free; each swap "
+                     "kept only if it lowers the layer's reconstruction error; keeps the exact sparsity / N:M).  "
+                     "[default: none]"),
+    ] = None,
+    refine_steps: Annotated[
+        int | None, typer.Option(help="DSnoT: prune-and-grow cycles at most (one swap per row each).  [default: 50]")
+    ] = None,
+    permute: Annotated[
+        bool,
+        typer.Option("--permute", help="N:M patterns: reorder each MLP's intermediate channels (input projections' "
+                     "rows with the output projection's columns: the same function, stock transformers loads it) so "
+                     "the output projection's N:M groups keep more importance (RIA's channel permutation)."),
+    ] = False,
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="A method parameter NAME=VALUE (repeatable), e.g. --param a=0.5 (ria), "
+                     "--param rho0=0.1 (alps), --param lr=3e-6 (wanda++); `prunekit methods` lists them."),
+    ] = None,
     calib: Annotated[
         str | None,
         typer.Option("--calib", help="Calibration text: wikipedia, a file/folder (.txt .jsonl .json .parquet) "
@@ -192,6 +212,12 @@ def prune(
       prunekit prune smollm2-135m --method flap --part mlp --sparsity 0.25 --out out/smol-mlp75
 
       prunekit prune smollm2-135m --method vocab --coverage 0.999 --calib my-domain.txt --out out/smol-vocab
+
+      prunekit prune smollm2-135m --method ria --pattern 2:4 --permute --out out/smol-ria24
+
+      prunekit prune smollm2-135m --method sparsegpt --sparsity 0.6 --refine dsnot --out out/smol-sgpt-dsnot
+
+      prunekit prune smollm2-135m --method alps --sparsity 0.7 --param rho0=0.1 --out out/smol-alps70
     """
     from prunekit.api import run
 
@@ -201,7 +227,9 @@ def prune(
     stage = {"method": method, "sparsity": sparsity, "pattern": pattern, "allocation": allocation,
              "targets": split_list(targets) if targets is not None else None, "damping": damping,
              "block_size": block_size, "owl_lambda": owl_lambda, "owl_m": owl_m, "part": part, "size": size,
-             "param_fraction": param_fraction, "coverage": coverage, "bias_compensation": bias_compensation}
+             "param_fraction": param_fraction, "coverage": coverage, "bias_compensation": bias_compensation,
+             "refine": refine.lower() if refine is not None else None, "refine_steps": refine_steps,
+             "permute": True if permute else None, "parameters": parse_parameters(param) if param else None}
     calibration = {"source": calib, "samples": calib_samples, "seq_len": calib_seq_len, "text_column": text_column,
                    "batch_size": calib_batch_size}
     evaluation = {"source": eval_text, "samples": ppl_samples, "seq_len": ppl_seq_len, "text_column": text_column,
@@ -211,6 +239,28 @@ def prune(
                                  stage=stage, calibration=calibration, evaluation=evaluation)
     report = run(settings, out, overwrite=overwrite)
     print_prune_report(report, out)
+
+
+def parse_parameters(values: list[str]) -> dict[str, object]:
+    """NAME=VALUE pairs as a dict, each value read as YAML (0.5 is a number, true a bool); one-line errors."""
+    import yaml
+
+    parsed: dict[str, object] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise PrunekitError(f"--param takes NAME=VALUE, e.g. --param rho0=0.1; got {item!r}")
+        try:
+            read = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise PrunekitError(f"--param {name.strip()}: cannot read the value {value!r}") from None
+        if isinstance(read, str):  # YAML 1.1 reads 3e-6 (no dot) as text
+            try:
+                read = float(read)
+            except ValueError:
+                pass
+        parsed[name.strip()] = read
+    return parsed
 
 
 def print_prune_report(report: dict, out: Path) -> None:

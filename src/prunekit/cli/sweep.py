@@ -26,7 +26,9 @@ from prunekit.recipe import SEED_MAX, parse_floats, split_list
 def sweep(
     model: ModelArg,
     out: OutDirOption = ...,
-    methods: Annotated[str, typer.Option(help=weight_methods_help())] = "magnitude,wanda,sparsegpt",
+    methods: Annotated[str, typer.Option(help=weight_methods_help() + "  Add +dsnot (DSnoT mask refinement) and/or "
+                                         "+permute (N:M channel permutation; N:M points only) to a name: "
+                                         "wanda+dsnot, ria+permute, wanda+++dsnot.")] = "magnitude,wanda,sparsegpt",
     sparsity: Annotated[str, typer.Option(help="Comma-separated fractions of the weights removed (unstructured "
                                           "patterns).")] = "0.3,0.5,0.6,0.7",
     pattern: Annotated[str, typer.Option(help="Comma-separated: unstructured (at every --sparsity) and/or N:M such "
@@ -61,6 +63,8 @@ def sweep(
       prunekit sweep smollm2-135m --methods magnitude,wanda,sparsegpt --sparsity 0.3,0.5,0.6,0.7 --out out/sweep
 
       prunekit sweep smollm2-135m --methods wanda,sparsegpt --pattern 2:4,4:8 --tasks goal_inference --out out/nm
+
+      prunekit sweep smollm2-135m --methods wanda+dsnot,ria+permute,alps,wanda++ --pattern unstructured,2:4 --out out/os
     """
     from prunekit.recipe import CalibrationConfig, EvaluationConfig
     from prunekit.sweep import SweepConfig, results_rows, run_sweep

@@ -20,15 +20,28 @@ from torch import nn
 from prunekit.engine.cache import ScoreCache, fingerprint
 from prunekit.engine.capture import CapturedInputs, LayerCall
 from prunekit.engine.gradients import gradient_norms
+from prunekit.engine.regional import regional_gradients, regional_optimise
 from prunekit.engine.statistics import STATISTICS, AllTargetsSeen, collect_inputs
-from prunekit.engine.walker import LayerStore, capture_on_device, forward_layer, walk_layers
+from prunekit.engine.walker import (
+    LayerStore,
+    LayerVisit,
+    capture_on_device,
+    forward_all,
+    forward_layer,
+    walk_layers,
+)
 from prunekit.errors import PrunekitError
 from prunekit.methods import MethodSpec, get_method
 from prunekit.methods.allocation import global_threshold_sparsities, outlier_ratio, owl_sparsities
+from prunekit.methods.dsnot import dsnot
 from prunekit.methods.patterns import SparsityPattern
+from prunekit.methods.permutation import channel_permutation
+from prunekit.methods.registry import REFINEMENTS
 from prunekit.methods.wanda import wanda_scores
-from prunekit.models.adapters.base import ModelAdapter
+from prunekit.models.adapters.base import ModelAdapter, submodule
 from prunekit.models.groups import weight_matrix
+
+PERMUTATION_ROUNDS = 2  # passes of the assignment refinement of a channel permutation (methods/permutation.py)
 
 
 @dataclass
@@ -48,14 +61,22 @@ class PruneStage:
     block_size: int = 128  # SparseGPT column block
     damping: float = 0.01  # SparseGPT dampening, fraction of the mean Hessian diagonal
     parameters: dict[str, object] = field(default_factory=dict)  # the method's own (MethodSpec.parameters)
+    refine: str | None = None  # a mask refinement after the method: "dsnot"
+    refine_steps: int = 50  # dsnot: prune-and-grow cycles at most (one swap per row per cycle)
+    permute: bool = False  # N:M: reorder the MLP's intermediate channels first (methods/permutation.py)
 
     @property
     def impl(self) -> MethodSpec:
         return get_method(self.method, "weights")
 
     @property
+    def needs(self) -> tuple[str, ...]:
+        """The statistics the method and the refinement need."""
+        return tuple(dict.fromkeys((*self.impl.needs, *REFINEMENTS.get(self.refine or "", ()))))
+
+    @property
     def needs_calibration(self) -> bool:
-        return bool(self.impl.needs) or self.allocation == "owl"
+        return bool(self.needs) or self.allocation == "owl" or self.permute
 
     @property
     def needs_gradients(self) -> bool:
@@ -95,6 +116,15 @@ def check_selection(adapter: ModelAdapter, stage: PruneStage) -> None:
     if not any(fnmatch.fnmatchcase(n, t) for n in names for t in stage.targets):
         raise PrunekitError(f"{stage.method}: targets {list(stage.targets)} match no linear of a decoder layer; its "
                             f"linears are {', '.join(names)} (globs such as 'mlp.*' work)")
+    if stage.permute:
+        if not stage.pattern.is_nm:
+            raise PrunekitError("--permute reorders input channels for N:M patterns; unstructured sparsity has no "
+                                "groups to fill: give --pattern 2:4 (or 4:8), or drop --permute")
+        output = adapter.mlp.output
+        if not any(fnmatch.fnmatchcase(output, t) for t in stage.targets):
+            raise PrunekitError(f"--permute reorders the MLP's intermediate channels, the input of {output}, which "
+                                f"targets {list(stage.targets)} do not select: add {output} to the targets or drop "
+                                "--permute")
 
 
 def _selected(adapter: ModelAdapter, stage: PruneStage, index: int, layer: nn.Module) -> dict[str, nn.Linear]:
@@ -226,11 +256,32 @@ def prune_layerwise(
             targets = _selected(adapter, stage, index, layer)
             if not targets:
                 continue
+            if stage.permute:
+                with timed("permutation"):
+                    _permute_mlp(adapter, stage, index, layer, visit, gradients, notes)
+            dense_outputs: list[torch.Tensor] | None = None
+            options = stage.options
+            if stage.impl.regional and int(options.get("steps", 0)) > 0 and float(options.get("lr", 0.0)) > 0:
+                with timed("regional"):
+                    dense_outputs = forward_all(layer, visit.inputs, visit.calls)
             with timed("statistics"):
                 stats = {need: _collect(layer, targets, need, visit.inputs, visit.calls)
-                         for need in stage.impl.needs if need in STATISTICS}
+                         for need in stage.needs if need in STATISTICS}
+                if "regional_gradients" in stage.needs:
+                    stats["regional_gradients"] = regional_gradients(layer, targets, visit.inputs, visit.calls,
+                                                                     index)
             with timed("masks_and_updates"):
                 _prune_targets(stage, plan, index, targets, stats, gradients, notes)
+            if dense_outputs is not None:
+                with timed("regional"):
+                    result = regional_optimise(layer, targets, visit.inputs, visit.calls, dense_outputs,
+                                               int(options.get("steps", 0)), float(options.get("lr", 0.0)), index)
+                del dense_outputs
+                text = (f"regional optimisation: block output MSE {result.before:.4g} -> {result.after:.4g}"
+                        if result.kept else f"regional optimisation undone: it did not lower the block output "
+                        f"MSE {result.before:.4g}" if result.tried else None)
+                for name in targets if text else ():
+                    notes.setdefault(name, []).append(text)
         for name, linear in adapter.linears(layer).items():
             zeros = int((linear.weight == 0).sum())
             results.append(MatrixSparsity(f"layers.{index}.{name}", zeros, linear.weight.numel(), notes.get(name, [])))
@@ -244,10 +295,11 @@ def _prune_targets(stage: PruneStage, plan: dict[str, float] | None, index: int,
                    notes: dict[str, list[str]]) -> None:
     """Prune the selected linears of one layer in place; notes (such as dampening retries) go into `notes`.
 
-    `stats`: per statistic the method needs, its value per linear (linears fed one input share one tensor)."""
+    `stats`: per statistic the stage needs, its value per linear (linears fed one input share one tensor)."""
     method, options = stage.impl, stage.options
+    own = {need: dict(stats[need]) for need in method.needs if need in stats}
     if method.prepare is not None:
-        for values in stats.values():
+        for values in own.values():
             prepared: dict[int, object] = {}  # linears sharing an input share its prepared statistic
             for name, stat in values.items():
                 if id(stat) not in prepared:
@@ -257,12 +309,70 @@ def _prune_targets(stage: PruneStage, plan: dict[str, float] | None, index: int,
         sparsity = plan[f"{index}.{name}"] if plan is not None else stage.sparsity
         per_row = stage.allocation != "global"
         weight = weight_matrix(linear)
-        statistics = {need: values[name] for need, values in stats.items()}
+        statistics = {need: values[name] for need, values in own.items()}
         if "gradient_norms" in method.needs:
             statistics["gradient_norms"] = gradients[f"{index}.{name}"]
         pruned = method.prune(weight, statistics, sparsity, stage.pattern, per_row=per_row, **options)
+        if stage.refine == "dsnot":
+            pruned = dsnot(weight, pruned, stats["hessian"][name], stage.pattern, stage.refine_steps)
         if pruned.weight is not None:
             weight.copy_(pruned.weight)
         weight.masked_fill_(~pruned.keep.to(weight.device), 0)
         if pruned.note:
             notes.setdefault(name, []).append(pruned.note)
+
+
+def _permute_mlp(adapter: ModelAdapter, stage: PruneStage, index: int, layer: nn.Module, visit: LayerVisit,
+                 gradients: dict[str, torch.Tensor], notes: dict[str, list[str]]) -> None:
+    """Reorder the MLP's intermediate channels (rows of its input projections, columns of its output projection:
+    the layer computes exactly the same function) so that the output projection's N:M groups keep more score.
+
+    The score is the stage method's own when it needs only input norms (magnitude, wanda, ria), else Wanda's.
+    Gradients already measured for these linears are reordered with them."""
+    group = adapter.mlp
+    output = submodule(layer, group.output)
+    if not stage.selects(index, group.output):
+        return
+    norms = _collect(layer, {group.output: output}, "input_norms", visit.inputs, visit.calls)[group.output]
+    weight = weight_matrix(output)
+    method = stage.impl
+    if not method.updates_weights and set(method.needs) <= {"input_norms"}:
+        extra = {"input_norms": norms} if method.needs else {}
+        scores = method.function(weight, **extra, **method.check_parameters(stage.parameters))
+    else:
+        scores = wanda_scores(weight, norms)
+    perm = channel_permutation(scores, stage.pattern.n, stage.pattern.m, rounds=PERMUTATION_ROUNDS)
+    apply_mlp_permutation(adapter, layer, perm, gradients, index)
+    channels = weight.shape[1]
+    moved = int((perm != torch.arange(channels, device=perm.device)).sum())
+    notes.setdefault(group.output, []).append(f"channel permutation: {moved} of {channels} intermediate channels "
+                                              "reordered (with the input projections' rows)")
+
+
+def apply_mlp_permutation(adapter: ModelAdapter, layer: nn.Module, perm: torch.Tensor,
+                          gradients: dict[str, torch.Tensor] | None = None, index: int = 0) -> None:
+    """Reorder the layer's MLP intermediate channels by `perm` (new channel k = old channel perm[k]): the rows of
+    every input projection part (gate and up, both halves of a fused gate_up, fc1) with their biases, and the
+    columns of the output projection. The layer computes the same function (up to float summation order);
+    `gradients` measured for these linears (keys "index.path") are reordered with them."""
+    group = adapter.mlp
+    output = weight_matrix(submodule(layer, group.output))
+    perm = perm.to(output.device)
+    channels = output.shape[1]
+    sizes = adapter.sizes(layer)
+    gradients = gradients if gradients is not None else {}
+    for rows in group.inputs:
+        linear = submodule(layer, rows.path)
+        start = rows.start(sizes)
+        block = weight_matrix(linear)[start:start + channels]
+        block.copy_(block[perm])
+        if linear.bias is not None:
+            bias = linear.bias.data[start:start + channels]
+            bias.copy_(bias[perm])
+        key = f"{index}.{rows.path}"
+        if key in gradients:
+            gradients[key][start:start + channels] = gradients[key][start:start + channels][perm]
+    output.copy_(output[:, perm])
+    key = f"{index}.{group.output}"
+    if key in gradients:
+        gradients[key] = gradients[key][:, perm]

@@ -5,7 +5,10 @@ the command line lists methods from it.
 
 Statistics by name (what the engine collects, on the model as it is when the stage starts):
   weights:  input_norms (per-input-feature sum of squared activations of the linear), hessian (X^T X of its input),
-            gradient_norms (per-weight L2 norm over calibration samples of the loss gradient, dense model).
+            gradient_norms (per-weight L2 norm over calibration samples of the loss gradient, dense model),
+            channel_stats (per-input-feature sum, sum of squares and token count: mean and variance),
+            regional_gradients (per-weight RMS over calibration batches of the gradient of ||block(x)||_2 through
+            the one decoder block, Wanda++).
   depth:    block_influence (1 - cos between a block's input and output), angular_distance (between the inputs of
             blocks n apart), perplexity_without_block, greedy_perplexity (SLEB's removal order), block_taylor
             (sum |w x dL/dw| per block), or nothing.
@@ -38,6 +41,8 @@ STATISTIC_OPTIONS: dict[str, tuple[str, ...]] = {"gradient_norms": ("gradient_sa
                                                  "taylor_terms": ("gradient_samples",)}
 # Every method-specific stage option: a stage may set one only if its method reads it.
 METHOD_OPTIONS = ("gradient_samples", "block_size", "damping", "bias_compensation", "seed")
+# Mask refinements a weight stage may add after its method (`refine`), with the statistics they need.
+REFINEMENTS: dict[str, tuple[str, ...]] = {"dsnot": ("hessian",)}
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,11 @@ class MethodSpec:
     # Options of the method's own, beyond the stage fields prunekit knows, with their defaults (which fix their
     # types): a recipe stage gives them as `parameters: {name: value}`; they reach `function` as keywords.
     parameters: dict[str, Any] = field(default_factory=dict)
+    # Checks the values of the parameters (defaults filled in): one-line PrunekitError for a bad one.
+    check: Callable[[dict[str, Any]], None] | None = None
+    # weights: after the block's linears are pruned, the engine optimises the kept weights of the whole decoder
+    # block against the dense block's outputs (engine/regional.py; Wanda++'s regional optimisation).
+    regional: bool = False
 
     @property
     def accepted_options(self) -> tuple[str, ...]:
@@ -92,7 +102,10 @@ class MethodSpec:
             if not fits:
                 raise PrunekitError(f"{self.name}: parameter {name} must be a {type(default).__name__} like "
                                     f"{default!r}, not {value!r}")
-        return {**self.parameters, **given}
+        merged = {**self.parameters, **given}
+        if self.check is not None:
+            self.check(merged)
+        return merged
 
     def check_options(self, given: set[str]) -> None:
         """One-line error for a method-specific option this method does not read."""
@@ -108,7 +121,7 @@ REGISTRY: dict[str, MethodSpec] = {}
 def register(name: str, kind: Kind, description: str, *, needs: tuple[str, ...] = (), options: tuple[str, ...] = (),
              **flags: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register the decorated function as method `name`; flags: updates_weights, comparable_across_layers,
-    prepare (see MethodSpec)."""
+    prepare, parameters, check, regional (see MethodSpec)."""
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
         if name in REGISTRY:
             raise ValueError(f"method {name!r} is registered twice")
