@@ -25,10 +25,6 @@ def relative_importance(weight: torch.Tensor) -> torch.Tensor:
     return w / w.sum(dim=1, keepdim=True).clamp_min(TINY) + w / w.sum(dim=0, keepdim=True).clamp_min(TINY)
 
 
-def ria_scores_of(weight: torch.Tensor, input_norms: torch.Tensor, a: float = 0.5) -> torch.Tensor:
-    return relative_importance(weight) * input_norms.float().clamp_min(0).pow(a / 2).unsqueeze(0)
-
-
 def check_ria(parameters: dict[str, object]) -> None:
     a = float(parameters["a"])  # type: ignore[arg-type]
     if not math.isfinite(a) or a < 0:
@@ -40,4 +36,4 @@ def check_ria(parameters: dict[str, object]) -> None:
           needs=("input_norms",), parameters={"a": 0.5}, check=check_ria)
 def ria_scores(weight: torch.Tensor, input_norms: torch.Tensor, a: float = 0.5) -> torch.Tensor:
     """Scores from the weight [out, in] and the per-input-feature sum of squared activations [in]."""
-    return ria_scores_of(weight, input_norms, a)
+    return relative_importance(weight) * input_norms.float().clamp_min(0).pow(a / 2).unsqueeze(0)
