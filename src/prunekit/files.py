@@ -7,11 +7,20 @@ argument to fix.
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prunekit.errors import PrunekitError
+
+
+def temporary_sibling(out: Path, kind: str = "partial") -> Path:
+    """A fresh name next to `out` for writing it before a rename (`.NAME.KIND-PID-XXXX`): unique per process and
+    call, so two processes filling the same cache entry at once never rename each other's file away."""
+    out = Path(out)
+    return out.with_name(f".{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def first_line(error: BaseException) -> str:

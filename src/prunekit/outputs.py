@@ -16,13 +16,13 @@ import json
 import os
 import re
 import shutil
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from prunekit.assets.cache import cache_dir
 from prunekit.errors import PrunekitError
+from prunekit.files import temporary_sibling
 
 INCOMPLETE = "INCOMPLETE"  # inside a temporary output until it is renamed into place
 WORK_MARKER = ".prunekit-work"  # inside every work folder prunekit made: {"kind": ...}
@@ -127,13 +127,7 @@ def _alive(pid: int) -> bool:
 
 
 def _temporary_name(out: Path, kind: str) -> Path:
-    return out.with_name(f".{out.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
-def temporary_sibling(out: Path) -> Path:
-    """A fresh name next to `out` for writing it before a rename: unique per process and call, so two processes
-    filling the same cache entry at once never rename each other's file away."""
-    return _temporary_name(Path(out), "partial")
+    return temporary_sibling(out, kind)
 
 
 def _replace(tmp: Path, out: Path) -> None:

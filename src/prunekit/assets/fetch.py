@@ -22,7 +22,7 @@ from typing import BinaryIO
 from prunekit.assets.cache import cache_dir
 from prunekit.assets.registry import Package
 from prunekit.errors import PrunekitError
-from prunekit.outputs import temporary_sibling
+from prunekit.files import temporary_sibling
 from prunekit.progress import console, progress_bar
 
 INDEX_URL = os.environ.get("PRUNEKIT_PYPI_URL", "https://pypi.org").rstrip("/")

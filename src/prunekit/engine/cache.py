@@ -13,8 +13,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from prunekit.assets.cache import cache_dir
+from prunekit.files import temporary_sibling
 from prunekit.models.adapters.base import ModelAdapter
-from prunekit.outputs import temporary_sibling
 
 
 def fingerprint(adapter: ModelAdapter, windows: torch.Tensor, *parts: object) -> str:

@@ -48,8 +48,7 @@ from prunekit.eval.generation import ExactMatch, Question, generate_answers
 from prunekit.eval.harness import HARNESS_TASKS, TASK_GROUPS
 from prunekit.eval.loglikelihood import Example, model_max_length, score_examples
 from prunekit.eval.sources import SOURCES
-from prunekit.files import json_lines
-from prunekit.outputs import temporary_sibling
+from prunekit.files import json_lines, temporary_sibling
 from prunekit.progress import progress_bar
 
 Z95 = 1.959963984540054
