@@ -17,16 +17,22 @@ from transformers import (
     GPT2Config,
     GPTBigCodeConfig,
     GPTNeoXConfig,
+    GptOssConfig,
     GraniteConfig,
+    GraniteMoeConfig,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     Olmo2Config,
+    OlmoeConfig,
     OPTConfig,
     Phi3Config,
     PhiConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen2MoeConfig,
     Qwen3Config,
+    Qwen3MoeConfig,
     StableLmConfig,
     Starcoder2Config,
 )
@@ -67,6 +73,21 @@ CONFIGS = {
     "falcon": lambda: FalconConfig(vocab_size=VOCAB, hidden_size=64, ffn_hidden_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, max_position_embeddings=256, **_TOKENS),
 }
+# Mixture-of-experts families: 6 experts, 2 per token, experts narrower than the dense MLP.
+_EXPERTS = dict(num_experts_per_tok=2)
+MOE_CONFIGS = {
+    "mixtral": lambda: MixtralConfig(**_COMMON, **_EXPERTS, num_local_experts=6),
+    "qwen2_moe": lambda: Qwen2MoeConfig(**_COMMON, **_EXPERTS, num_experts=6, moe_intermediate_size=32,
+                                        shared_expert_intermediate_size=64),
+    "qwen3_moe": lambda: Qwen3MoeConfig(**_COMMON, **_EXPERTS, head_dim=16, num_experts=6, moe_intermediate_size=32),
+    "olmoe": lambda: OlmoeConfig(**{**_COMMON, "intermediate_size": 32}, **_TOKENS, **_EXPERTS, num_experts=6),
+    "granitemoe": lambda: GraniteMoeConfig(**{**_COMMON, "intermediate_size": 32}, **_TOKENS, **_EXPERTS,
+                                           num_local_experts=6),
+    "gpt_oss": lambda: GptOssConfig(**{**_COMMON, "intermediate_size": 32}, **_TOKENS, **_EXPERTS, head_dim=16,
+                                    num_local_experts=6, sliding_window=8,
+                                    layer_types=["sliding_attention", "full_attention"]),
+}
+CONFIGS.update(MOE_CONFIGS)
 
 WORDS = ("the river city north old stone bridge was built in year people market king church small large "
          "green house road water mountain winter summer light music school book war peace ship island").split()

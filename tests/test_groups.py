@@ -72,6 +72,9 @@ def test_fused_projections_shrink_like_the_separate_ones(stage):
 def test_every_method_declares_what_it_needs_and_takes():
     assert sorted(m.name for m in REGISTRY.values() if m.kind == "weights") == [
         "alps", "gblm", "gradient", "magnitude", "ria", "sparsegpt", "wanda", "wanda++"]
+    assert sorted(m.name for m in REGISTRY.values() if m.kind == "experts") == [
+        "expert-frequency", "expert-merge", "expert-random", "expert-search", "reap"]
+    assert get_method("reap").needs == ("expert_routing",) and get_method("moefy").kind == "conversion"
     assert get_method("alps").needs == ("hessian",) and get_method("ria").parameters == {"a": 0.5}
     assert get_method("sparsegpt").accepted_options == ("block_size", "damping")
     assert get_method("gblm").needs == ("gradient_norms", "input_norms")

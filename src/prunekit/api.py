@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from prunekit.engine.cache import ScoreCache
 from prunekit.engine.layerwise import MatrixSparsity, Phases, prune_layerwise
+from prunekit.engine.moefy import moefy
 from prunekit.engine.streaming import StreamedLayers, load_outside_layers, meta_model, release_memory
 from prunekit.engine.structured import StructuredResult, StructuredStage, run_structured
 from prunekit.engine.vocabulary import prune_vocabulary
@@ -70,6 +71,7 @@ class PruneResult:
     phases: dict[str, float] = field(default_factory=dict)  # where the seconds went (see prune_layerwise)
     structured: list[StructuredResult] = field(default_factory=list)  # what each structured stage removed
     tokenizer: PreTrainedTokenizerBase | None = None  # the rewritten tokenizer, after a vocabulary stage
+    model: nn.Module | None = None  # the new model, after a conversion stage (moefy): use it from then on
 
     @property
     def sparsity(self) -> float:
@@ -158,6 +160,16 @@ def prune(
                         result, trimmed = _prune_vocabulary(adapter, tokenizer, stage.to_stage(seed), calibration)
                     structured.append(result)
                     continue
+                if stage.is_conversion:
+                    with phases("conversion"):
+                        converted, done = moefy(adapter, stage.size, stage.top_k, windows, target, batch_size,
+                                                stage.seed if stage.seed is not None else seed,
+                                                console.log if progress else None)
+                    adapter = adapter_for(converted)
+                    structured.append(StructuredResult(
+                        f"moefy: {done['experts']} experts of {done['expert_width']} channels, top {done['top_k']} "
+                        f"per token ({done['family']})", removed=done))
+                    continue
                 with phases("structured"):
                     result = run_structured(adapter, stage.to_stage(seed), windows, target, batch_size, cache,
                                             on_step=console.log if progress else None)
@@ -178,7 +190,7 @@ def prune(
         for m in matrices:
             notes.setdefault(m.name, []).extend(m.notes)
     return PruneResult(_matrix_sparsity(adapter, notes), time.perf_counter() - start, dict(phases), structured,
-                       trimmed)
+                       trimmed, adapter.model if adapter.model is not model else None)
 
 
 def _prune_vocabulary(adapter: ModelAdapter, tokenizer: PreTrainedTokenizerBase | None, stage: StructuredStage,
@@ -203,10 +215,11 @@ def decoder_linear_sparsity(model: nn.Module) -> float:
 
 
 def _matrix_sparsity(adapter: ModelAdapter, notes: dict[str, list[str]]) -> list[MatrixSparsity]:
-    """Zeros per linear of the decoder layers as the model is now."""
+    """Zeros per linear (and per expert matrix of an MoE model) of the decoder layers as the model is now."""
     return [MatrixSparsity(f"layers.{i}.{name}", int((lin.weight == 0).sum()), lin.weight.numel(),
                            notes.get(f"layers.{i}.{name}", []))
-            for i, layer in enumerate(adapter.layers) for name, lin in adapter.linears(layer).items()]
+            for i, layer in enumerate(adapter.layers)
+            for name, lin in {**adapter.linears(layer), **adapter.expert_matrices(layer)}.items()]
 
 
 def evaluation_data(model: nn.Module, tokenizer: PreTrainedTokenizerBase, config: EvaluationConfig) -> torch.Tensor:
@@ -235,8 +248,9 @@ def evaluate(
                           tokenizer=tokenizer)
 
 
-STRUCTURE_FIELDS = ("num_hidden_layers", "intermediate_size", "ffn_dim", "num_attention_heads",
-                    "num_key_value_heads", "head_dim", "layer_types", "attention_bias", "mlp_bias")
+STRUCTURE_FIELDS = ("model_type", "num_hidden_layers", "intermediate_size", "ffn_dim", "num_attention_heads",
+                    "num_key_value_heads", "head_dim", "layer_types", "attention_bias", "mlp_bias",
+                    "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size")
 
 
 def save(loaded: LoadedModel, out: Path, report: Record | dict, recipe: Recipe | None = None,
@@ -324,6 +338,8 @@ def run(recipe: Recipe, out: Path, overwrite: bool = False) -> dict:
                    calibration=windows if windows is not None else recipe.calibration, seed=recipe.seed,
                    device=recipe.device, batch_size=recipe.calibration.batch_size)
     timings["prune"] = round(result.seconds, 2)
+    if result.model is not None:  # converted into another family
+        loaded.model = model = result.model
     if result.tokenizer is not None:  # the same text, tokenized by the model's new tokenizer
         loaded.tokenizer = tokenizer = result.tokenizer
         eval_windows = evaluation_data(model, tokenizer, evaluation) if evaluation.ppl else None

@@ -194,7 +194,7 @@ class StructuredStageConfig(_Strict):
 
     method: str
     # default: blocks, mlp for width methods, vocab for the vocabulary method
-    part: Literal["blocks", "mlp", "heads", "kv-heads", "vocab"] | None = None
+    part: Literal["blocks", "mlp", "heads", "kv-heads", "vocab", "experts"] | None = None
     sparsity: float | None = Field(None, gt=0, lt=1)
     size: int | None = Field(None, gt=0)
     param_fraction: float | None = Field(None, gt=0, lt=1)
@@ -202,6 +202,7 @@ class StructuredStageConfig(_Strict):
     bias_compensation: bool | None = None  # add removed channels' mean output as a bias; default on for flap
     gradient_samples: int = Field(32, gt=0)  # taylor / block-taylor: calibration windows back-propagated
     seed: Seed | None = None  # block-random; default: the recipe's seed
+    top_k: int | None = Field(None, gt=0)  # moefy: experts each token uses (default 2)
 
     @model_validator(mode="before")
     @classmethod
@@ -227,14 +228,28 @@ class StructuredStageConfig(_Strict):
     def _consistent(self) -> StructuredStageConfig:
         get_method(self.method).check_options(_changed(self))
         kind = kind_of(self.method)
-        natural = {"depth": "blocks", "vocabulary": "vocab"}.get(str(kind), "mlp")
+        natural = {"depth": "blocks", "vocabulary": "vocab", "experts": "experts", "conversion": "mlp"}.get(
+            str(kind), "mlp")
         part = self.part or natural
-        if kind in ("depth", "vocabulary") and part != natural:
+        if kind in ("depth", "vocabulary", "experts", "conversion") and part != natural:
             raise PrunekitError(f"{self.method} removes {natural}, not {part}: drop part (it is {natural})")
         if kind == "width" and part not in PARTS:
             raise PrunekitError(f"{self.method} prunes width, not {part}: use part {' | '.join(PARTS)}")
         self.part = part
-        amounts = ("sparsity", "size", "param_fraction", *(("coverage",) if kind == "vocabulary" else ()))
+        amounts = ("sparsity", "size", *(() if kind == "experts" else ("param_fraction",)),
+                   *(("coverage",) if kind == "vocabulary" else ()))
+        if (self.top_k is not None) != (kind == "conversion") and self.top_k is not None:
+            raise PrunekitError(f"top_k is moefy's (experts per token); {self.method} does not take it")
+        if kind == "conversion":
+            if self.sparsity is not None or self.param_fraction is not None or self.coverage is not None:
+                raise PrunekitError(f"{self.method} converts every MLP: give the expert count (size / --experts, "
+                                    "default 8) and top_k (--top-k, default 2), not an amount to remove")
+            self.size = self.size or 8
+            self.top_k = self.top_k or 2
+            return self
+        if kind == "experts" and self.param_fraction is not None:
+            raise PrunekitError(f"{self.method}: say how many experts each layer keeps (size / --experts-keep) or "
+                                "the fraction of experts removed (sparsity), not param_fraction")
         if kind != "vocabulary" and self.coverage is not None:
             raise PrunekitError(f"{self.method}: coverage is for the vocab method; give sparsity, size or "
                                 "param_fraction")
@@ -252,21 +267,26 @@ class StructuredStageConfig(_Strict):
                                size=self.size, param_fraction=self.param_fraction, coverage=self.coverage,
                                bias_compensation=self.bias_compensation,
                                seed=self.seed if self.seed is not None else seed,
-                               gradient_samples=self.gradient_samples)
+                               gradient_samples=self.gradient_samples, top_k=self.top_k)
 
     @property
     def is_vocabulary(self) -> bool:
         return kind_of(self.method) == "vocabulary"
 
     @property
+    def is_conversion(self) -> bool:
+        return kind_of(self.method) == "conversion"
+
+    @property
     def needs_calibration(self) -> bool:
         """Whether it needs calibration windows (the vocabulary stage reads the calibration text itself)."""
-        return bool(get_method(self.method).needs) and not self.is_vocabulary
+        return bool(set(get_method(self.method).needs) - {"layer_index"}) and not self.is_vocabulary
 
 
 def _stage_kind(value: object) -> str:
     method = value.get("method") if isinstance(value, dict) else getattr(value, "method", None)
-    return "structured" if kind_of(str(method)) in ("depth", "width", "vocabulary") else "weights"
+    structured = ("depth", "width", "vocabulary", "experts", "conversion")
+    return "structured" if kind_of(str(method)) in structured else "weights"
 
 
 AnyStage = Annotated[

@@ -90,7 +90,7 @@ def prune(
     sparsity: Annotated[
         float | None,
         typer.Option(help="Fraction removed, in [0, 1): of the weights (implied by an N:M pattern), of the blocks, "
-                     "or of each layer's channels / heads."),
+                     "or of each layer's channels / heads / experts."),
     ] = None,
     part: Annotated[
         str | None,
@@ -106,6 +106,16 @@ def prune(
         float | None,
         typer.Option(help="Structured, instead of --sparsity: fraction of all the model's parameters to remove."),
     ] = None,
+    experts_keep: Annotated[
+        int | None,
+        typer.Option(help="Expert methods (MoE), instead of --sparsity: experts every MoE layer keeps (at least the "
+                     "router's top k)."),
+    ] = None,
+    experts: Annotated[
+        int | None,
+        typer.Option(help="moefy: experts each MLP is split into (a divisor of its width).  [default: 8]"),
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(help="moefy: experts each token uses.  [default: 2]")] = None,
     keep_tokens: Annotated[
         int | None,
         typer.Option(help="Vocab, instead of --coverage: tokens to keep in all (special and byte tokens count)."),
@@ -218,16 +228,23 @@ def prune(
       prunekit prune smollm2-135m --method sparsegpt --sparsity 0.6 --refine dsnot --out out/smol-sgpt-dsnot
 
       prunekit prune smollm2-135m --method alps --sparsity 0.7 --param rho0=0.1 --out out/smol-alps70
+
+      prunekit prune ./my-mixtral --method reap --experts-keep 6 --out out/mixtral-6experts
+
+      prunekit prune smollm2-135m --method moefy --experts 8 --top-k 2 --out out/smol-moe8x2
     """
     from prunekit.api import run
 
-    if keep_tokens is not None and size is not None:
-        raise PrunekitError("--keep-tokens is the vocab method's --size: give one of them")
-    size = keep_tokens if keep_tokens is not None else size
+    counts = [flag for flag, value in (("--size", size), ("--keep-tokens", keep_tokens),
+                                       ("--experts-keep", experts_keep), ("--experts", experts)) if value is not None]
+    if len(counts) > 1:
+        raise PrunekitError(f"{' and '.join(counts)} both give the stage's size: give one of them")
+    size = next((v for v in (size, keep_tokens, experts_keep, experts) if v is not None), None)
     stage = {"method": method, "sparsity": sparsity, "pattern": pattern, "allocation": allocation,
              "targets": split_list(targets) if targets is not None else None, "damping": damping,
              "block_size": block_size, "owl_lambda": owl_lambda, "owl_m": owl_m, "part": part, "size": size,
-             "param_fraction": param_fraction, "coverage": coverage, "bias_compensation": bias_compensation,
+             "param_fraction": param_fraction, "coverage": coverage, "top_k": top_k,
+             "bias_compensation": bias_compensation,
              "refine": refine.lower() if refine is not None else None, "refine_steps": refine_steps,
              "permute": True if permute else None, "parameters": parse_parameters(param) if param else None}
     calibration = {"source": calib, "samples": calib_samples, "seq_len": calib_seq_len, "text_column": text_column,

@@ -13,12 +13,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import nn
 
 from prunekit.engine.cache import ScoreCache, fingerprint
 from prunekit.engine.capture import CapturedInputs, LayerCall
+from prunekit.engine.expert_weights import check_expert_method, prune_experts_weights
 from prunekit.engine.gradients import gradient_norms
 from prunekit.engine.regional import regional_gradients, regional_optimise
 from prunekit.engine.statistics import STATISTICS, AllTargetsSeen, collect_inputs
@@ -102,7 +104,7 @@ class MatrixSparsity:
 
     @property
     def sparsity(self) -> float:
-        return self.zeros / self.numel
+        return self.zeros / self.numel if self.numel else 0.0
 
 
 def check_selection(adapter: ModelAdapter, stage: PruneStage) -> None:
@@ -112,7 +114,7 @@ def check_selection(adapter: ModelAdapter, stage: PruneStage) -> None:
     if outside:
         raise PrunekitError(f"{stage.method}: layers {outside} out of range: this model has {count} decoder layers, "
                             f"numbered 0 to {count - 1}")
-    names = adapter.linear_names
+    names = (*adapter.linear_names, *adapter.expert_matrices(adapter.layers[0]))
     if not any(fnmatch.fnmatchcase(n, t) for n in names for t in stage.targets):
         raise PrunekitError(f"{stage.method}: targets {list(stage.targets)} match no linear of a decoder layer; its "
                             f"linears are {', '.join(names)} (globs such as 'mlp.*' work)")
@@ -120,7 +122,7 @@ def check_selection(adapter: ModelAdapter, stage: PruneStage) -> None:
         if not stage.pattern.is_nm:
             raise PrunekitError("--permute reorders input channels for N:M patterns; unstructured sparsity has no "
                                 "groups to fill: give --pattern 2:4 (or 4:8), or drop --permute")
-        output = adapter.mlp.output
+        output = adapter.require_mlp().output
         if not any(fnmatch.fnmatchcase(output, t) for t in stage.targets):
             raise PrunekitError(f"--permute reorders the MLP's intermediate channels, the input of {output}, which "
                                 f"targets {list(stage.targets)} do not select: add {output} to the targets or drop "
@@ -128,7 +130,8 @@ def check_selection(adapter: ModelAdapter, stage: PruneStage) -> None:
 
 
 def _selected(adapter: ModelAdapter, stage: PruneStage, index: int, layer: nn.Module) -> dict[str, nn.Linear]:
-    return {n: lin for n, lin in adapter.linears(layer).items() if stage.selects(index, n)}
+    # an empty linear (a converted Qwen2-MoE's shared expert of width 0) has nothing to prune
+    return {n: lin for n, lin in adapter.linears(layer).items() if stage.selects(index, n) and lin.weight.numel()}
 
 
 def global_plan(adapter: ModelAdapter, stage: PruneStage) -> dict[str, float]:
@@ -254,6 +257,12 @@ def prune_layerwise(
         notes: dict[str, list[str]] = {}
         for stage, plan in zip(stages, plans, strict=True):
             targets = _selected(adapter, stage, index, layer)
+            expert_targets = {n: m for n, m in adapter.expert_matrices(layer).items() if stage.selects(index, n)}
+            if expert_targets:  # routed experts: per-expert statistics from the tokens routed to each
+                check_expert_method(stage.method, stage.needs)
+                with timed("experts"):
+                    prune_experts_weights(adapter, visit, expert_targets, stage.needs,
+                                          partial(_prune_targets, stage, None, index, gradients={}), notes)
             if not targets:
                 continue
             if stage.permute:
@@ -282,7 +291,7 @@ def prune_layerwise(
                         f"MSE {result.before:.4g}" if result.tried else None)
                 for name in targets if text else ():
                     notes.setdefault(name, []).append(text)
-        for name, linear in adapter.linears(layer).items():
+        for name, linear in {**adapter.linears(layer), **adapter.expert_matrices(layer)}.items():
             zeros = int((linear.weight == 0).sum())
             results.append(MatrixSparsity(f"layers.{index}.{name}", zeros, linear.weight.numel(), notes.get(name, [])))
         if on_layer:

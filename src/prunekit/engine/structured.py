@@ -19,6 +19,7 @@ from torch import nn
 
 from prunekit.engine.cache import ScoreCache, fingerprint
 from prunekit.engine.capture import LayerStandIn, capture_layer_inputs
+from prunekit.engine.experts import experts_to_keep, prune_experts
 from prunekit.engine.gradients import gradient_norms
 from prunekit.engine.statistics import collect_inputs
 from prunekit.engine.walker import LayerStore, LayerVisit, capture_on_device, forward_all, walk_layers
@@ -36,8 +37,8 @@ PARTS = ("mlp", "heads", "kv-heads")
 
 @dataclass
 class StructuredStage:
-    """Remove blocks (a depth method), width (a width method, `part` mlp|heads|kv-heads) or tokens (a vocabulary
-    method, `part` vocab).
+    """Remove blocks (a depth method), width (a width method, `part` mlp|heads|kv-heads), tokens (a vocabulary
+    method, `part` vocab) or experts (an expert method, `part` experts; `size` is the experts each layer keeps).
 
     The amount is one of: `sparsity` (fraction of the blocks / channels / heads / tokens), `size` (blocks to
     remove, or the channels / heads per layer or tokens to keep), `param_fraction` (fraction of the model's
@@ -53,6 +54,7 @@ class StructuredStage:
     span: bool = False  # angular: remove one contiguous span (always true for angular)
     seed: int = 0
     gradient_samples: int = 32
+    top_k: int | None = None  # moefy: experts per token
 
     @property
     def spec(self) -> MethodSpec:
@@ -86,7 +88,7 @@ def _units(adapter: ModelAdapter, part: str) -> tuple[int, int]:
         return len(adapter.layers), sum(p.numel() for p in layer.parameters())
     layers = len(adapter.layers)
     if part == "mlp":  # a channel: one row of each input projection (part) and one output column, hidden long each
-        return adapter.mlp_width, layers * (len(adapter.mlp.inputs) + 1) * hidden
+        return adapter.mlp_width, layers * (len(adapter.require_mlp().inputs) + 1) * hidden
     head_dim = adapter.head_dim
     per_head = 2 * head_dim * hidden  # a query head: its q rows and o columns
     if part == "heads":
@@ -267,6 +269,12 @@ def run_structured(adapter: ModelAdapter, stage: StructuredStage, windows: torch
     cache = cache or ScoreCache()
     step = on_step or (lambda _message: None)
     with torch.no_grad():
+        if stage.spec.kind == "experts":
+            keep = experts_to_keep(adapter, stage.size, stage.sparsity)
+            total = adapter.num_experts
+            options = {name: getattr(stage, name) for name in stage.spec.options}
+            removed = prune_experts(adapter, stage.method, keep, options, windows, device, batch_size, step)
+            return StructuredResult(f"{stage.method}: keep {keep} of {total} experts per layer", removed=removed)
         if stage.is_depth:
             return _prune_depth(adapter, stage, windows, device, batch_size, cache, step)
         return _prune_width(adapter, stage, windows, device, batch_size, cache, step)
@@ -358,7 +366,7 @@ def _prune_width(adapter: ModelAdapter, stage: StructuredStage, windows: torch.T
         raise PrunekitError(adapter.heads_refusal)
     remove = removal_count(adapter, stage)
     layers = adapter.layers
-    group = adapter.attention if attention else adapter.mlp
+    group = adapter.attention if attention else adapter.require_mlp()
     total, _ = _units(adapter, part)
     result = StructuredResult(f"{stage.method} on {part}: keep {total - remove} of {total} per layer")
     head_dim = adapter.head_dim

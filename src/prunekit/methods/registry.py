@@ -17,6 +17,9 @@ Statistics by name (what the engine collects, on the model as it is when the sta
             their loss gradients summed over samples).
   vocabulary: token_counts (occurrences of each token id in the calibration text), with the tokenizer's required
             tokens and merge parts.
+  experts:  expert_routing (per expert: routing frequency and REAP's gate x output norm over routed tokens),
+            subset_error (a function: kept experts -> squared error of the re-routed layer output vs the full
+            layer's), expert_features (each expert's mean output over calibration tokens), layer_index.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from prunekit.errors import PrunekitError
 from prunekit.methods.masks import make_mask
 from prunekit.methods.patterns import SparsityPattern
 
-Kind = Literal["weights", "depth", "width", "vocabulary"]
+Kind = Literal["weights", "depth", "width", "vocabulary", "experts", "conversion"]
 KINDS: dict[str, str] = {"weights": "weight pruning (unstructured or N:M)", "depth": "remove whole blocks",
                          "width": "remove MLP channels or attention heads in every layer",
-                         "vocabulary": "remove tokens: tokenizer, embedding and head rows"}
+                         "vocabulary": "remove tokens: tokenizer, embedding and head rows",
+                         "experts": "remove or merge the routed experts of a mixture-of-experts model",
+                         "conversion": "convert a dense model into a mixture of experts"}
 # Stage options that statistics read (the engine uses them while collecting, not the method).
 STATISTIC_OPTIONS: dict[str, tuple[str, ...]] = {"gradient_norms": ("gradient_samples",),
                                                  "block_taylor": ("gradient_samples",),

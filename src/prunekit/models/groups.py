@@ -98,6 +98,50 @@ class AttentionHeads:
 
 
 @dataclass(frozen=True)
+class Experts:
+    """A layer's routed experts (paths relative to the decoder layer). Every parameter of the experts module holds
+    one slice per expert along its first dimension (transformers' fused layout: gate_up_proj [experts, ...],
+    down_proj [experts, ...], biases), and so do the router's parameters and buffers (weight [experts, hidden], any
+    bias or score correction). The router maps the block's input to (logits, top-k weights, top-k indices) and the
+    experts module maps (input, indices, weights) to the weighted sum of the chosen experts' outputs, so keeping a
+    subset of experts is one index along that dimension and a new count in the config."""
+
+    experts: str
+    router: str
+    count_field: str = "num_local_experts"
+    top_k_field: str = "num_experts_per_tok"
+    # "stacked": gate_up_proj [experts, 2 x width, hidden] (gate rows, then up rows), down_proj [experts, hidden,
+    # width], activation act_fn(gate) * up. "transposed" (GPT-OSS): [experts, hidden, 2 x width] with gate and up
+    # interleaved, [experts, width, hidden], biases, and the module's own clamped gate.
+    layout: str = "stacked"
+
+    def write_config(self, config: object, count: int) -> None:
+        setattr(config, self.count_field, count)
+
+    def matrices(self, experts: nn.Module, expert: int) -> dict[str, torch.Tensor]:
+        """One expert's gate_up_proj and down_proj as (outputs, inputs) views (writing them writes the expert)."""
+        gate_up, down = experts.gate_up_proj[expert], experts.down_proj[expert]
+        if self.layout == "transposed":
+            return {"gate_up_proj": gate_up.T, "down_proj": down.T}
+        return {"gate_up_proj": gate_up, "down_proj": down}
+
+    def hidden(self, experts: nn.Module, x: torch.Tensor, expert: int) -> torch.Tensor:
+        """The input of one expert's down projection for the rows of x."""
+        if self.layout == "transposed":
+            return experts._apply_gate(x @ experts.gate_up_proj[expert] + experts.gate_up_proj_bias[expert])
+        gate, up = nn.functional.linear(x, experts.gate_up_proj[expert]).chunk(2, dim=-1)
+        return experts.act_fn(gate) * up
+
+
+class ExpertMatrix:
+    """One expert's matrix standing in for a linear: `weight` is an (outputs, inputs) view into the experts'
+    fused tensor, so weight pruning writes straight into it."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+
+
+@dataclass(frozen=True)
 class Vocabulary:
     """Token rows: the input embedding's rows with the head's output rows (one tensor when they are tied)."""
 

@@ -4,6 +4,7 @@ config is rewritten to describe them (layer count and per-layer lists, MLP width
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -207,7 +208,7 @@ def shrink_hidden(adapter: ModelAdapter, keep: torch.Tensor) -> None:
                             "hidden size: prunekit does not shrink its hidden size; prune the MLP width or blocks")
     tied = head.weight is embedding.weight
     readers = [*(r.path for r in (adapter.attention.query, adapter.attention.key, adapter.attention.value)),
-               *(r.path for r in adapter.mlp.inputs)]
+               *(r.path for r in adapter.require_mlp().inputs)]
     writers = [adapter.attention.output, adapter.mlp.output]
     edits: list[tuple[nn.Module, str, str, nn.Module]] = []  # (layer, path, reads | writes, linear)
     for layer in adapter.layers:
@@ -242,3 +243,54 @@ def shrink_hidden(adapter: ModelAdapter, keep: torch.Tensor) -> None:
         set_submodule(model, vocabulary.head, sliced(head, cols=keep))
     setattr(config, adapter.attention.head_dim_field, head_dim)
     config.hidden_size = len(keep)
+
+
+def regroup_experts(adapter: ModelAdapter, layer: nn.Module, groups: list[list[int]],
+                    weights: list[torch.Tensor], router_rows: list[int]) -> None:
+    """Replace one layer's experts by `groups` of them: every expert tensor's slice of a group is the weighted sum of
+    its members' slices (`weights` per group; a group of one is kept exactly), and every router tensor's entry is
+    the one of `router_rows` (a member per group). The `num_experts` attributes of the router, the experts module
+    and their block follow; the config is written by `set_expert_count` once every layer is done."""
+    experts, router = adapter.moe(layer)
+    total = adapter.num_experts  # the config changes only when every layer is done
+    _replace_expert_tensors(experts, total, lambda data: torch.stack([
+        data[g[0]] if len(g) == 1 else _weighted_sum(data[g], w) for g, w in zip(groups, weights, strict=True)]))
+    _replace_expert_tensors(router, total, lambda data: data[torch.tensor(router_rows, device=data.device)])
+    _set_expert_attributes((experts, router, submodule(layer, adapter.require_experts().experts.rpartition(".")[0])),
+                           len(groups))
+
+
+def restricted_router(router: nn.Module, total: int, kept: tuple[int, ...]) -> nn.Module:
+    """A copy of a router that routes among the `kept` experts only (its indices refer to positions in `kept`)."""
+    copied = copy.deepcopy(router)
+    _replace_expert_tensors(copied, total, lambda data: data[torch.tensor(kept, device=data.device)])
+    _set_expert_attributes((copied,), len(kept))
+    return copied
+
+
+def _replace_expert_tensors(module: nn.Module, total: int, make: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Every parameter and buffer of `module` itself with one entry per expert along dim 0, replaced by make(it)."""
+    for name, tensor in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+        if tensor.ndim == 0 or tensor.shape[0] != total:
+            continue
+        new = make(tensor.detach()).contiguous()
+        if isinstance(tensor, nn.Parameter):
+            setattr(module, name, nn.Parameter(new, requires_grad=tensor.requires_grad))
+        else:
+            module.register_buffer(name, new)
+
+
+def _set_expert_attributes(modules: tuple[nn.Module, ...], count: int) -> None:
+    for module in modules:
+        for attr in ("num_experts", "num_local_experts"):
+            if isinstance(getattr(module, attr, None), int):
+                setattr(module, attr, count)
+
+
+def _weighted_sum(slices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    shape = (-1, *[1] * (slices.ndim - 1))
+    return (slices.double() * weights.to(slices.device, torch.float64).view(shape)).sum(0).to(slices.dtype)
+
+
+def set_expert_count(adapter: ModelAdapter, count: int) -> None:
+    adapter.require_experts().write_config(adapter.config, count)

@@ -12,7 +12,16 @@ from typing import ClassVar
 from torch import nn
 
 from prunekit.errors import PrunekitError
-from prunekit.models.groups import LINEAR_TYPES, AttentionHeads, MlpChannels, Sizes, Vocabulary, weight_matrix
+from prunekit.models.groups import (
+    LINEAR_TYPES,
+    AttentionHeads,
+    ExpertMatrix,
+    Experts,
+    MlpChannels,
+    Sizes,
+    Vocabulary,
+    weight_matrix,
+)
 
 
 class ModelAdapter:
@@ -21,7 +30,9 @@ class ModelAdapter:
     base_path: ClassVar[str] = "model"
     layers_path: ClassVar[str] = "model.layers"
     lm_head_path: ClassVar[str] = "lm_head"
-    mlp: ClassVar[MlpChannels]
+    # None for a mixture-of-experts family whose layers have no dense MLP (Qwen2-MoE's shared expert is one).
+    mlp: ClassVar[MlpChannels | None]
+    experts: ClassVar[Experts | None] = None  # the routed experts of an MoE family
     # None when the family's config cannot express fewer heads (the head size is hidden / heads); then
     # `attention_paths` names the attention linears for weight pruning.
     attention: ClassVar[AttentionHeads | None]
@@ -35,6 +46,11 @@ class ModelAdapter:
             raise PrunekitError(
                 f"{type(model).__name__} does not have the layout the {self.family} adapter expects "
                 f"(missing {', '.join(missing)}); this transformers version may have changed the architecture"
+            )
+        if self.experts and (_find(layer, self.experts.experts) is None or _find(layer, self.experts.router) is None):
+            raise PrunekitError(
+                f"{type(model).__name__} does not have the experts layout the {self.family} adapter expects "
+                f"({self.experts.experts} and {self.experts.router}); this transformers version may have changed it"
             )
 
     @property
@@ -57,7 +73,44 @@ class ModelAdapter:
     def linear_names(self) -> tuple[str, ...]:
         """The prunable linears of a decoder layer, relative to it, in forward order."""
         attention = self.attention.paths if self.attention else self.attention_paths
-        return attention + self.mlp.paths
+        return attention + (self.mlp.paths if self.mlp else ())
+
+    def require_mlp(self) -> MlpChannels:
+        """The dense MLP's channels; a one-line error for an MoE family that has none."""
+        if self.mlp is None:
+            raise PrunekitError(f"{self.config.model_type} has no dense MLP (its MLP is routed experts): remove "
+                                "experts instead (--method reap, expert-frequency, expert-search or expert-merge)")
+        return self.mlp
+
+    def require_experts(self) -> Experts:
+        """The routed experts; a one-line error for a dense family."""
+        if self.experts is None:
+            raise PrunekitError(f"{self.config.model_type} is not a mixture-of-experts model: expert methods need "
+                                "routed experts; prune its MLP width (--part mlp) or blocks instead")
+        return self.experts
+
+    @property
+    def num_experts(self) -> int:
+        return int(getattr(self.config, self.require_experts().count_field))
+
+    @property
+    def top_k(self) -> int:
+        return int(getattr(self.config, self.require_experts().top_k_field))
+
+    def expert_matrices(self, layer: nn.Module) -> dict[str, ExpertMatrix]:
+        """Every expert's matrices in one decoder layer, named like linears ('mlp.experts.3.down_proj'); empty for
+        a dense family."""
+        if self.experts is None:
+            return {}
+        experts = submodule(layer, self.experts.experts)
+        return {f"{self.experts.experts}.{e}.{name}": ExpertMatrix(weight)
+                for e in range(experts.gate_up_proj.shape[0])
+                for name, weight in self.experts.matrices(experts, e).items()}
+
+    def moe(self, layer: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """(experts module, router) of one decoder layer."""
+        experts = self.require_experts()
+        return submodule(layer, experts.experts), submodule(layer, experts.router)
 
     @property
     def heads_refusal(self) -> str | None:
@@ -83,18 +136,22 @@ class ModelAdapter:
 
     @property
     def mlp_width(self) -> int:
+        self.require_mlp()
         return self.sizes().channels
 
     @property
+    def _attention_output(self) -> str:
+        return self.attention.output if self.attention else self.attention_paths[-1]
+
+    @property
     def hidden_size(self) -> int:
-        return weight_matrix(submodule(self.layers[0], self.mlp.output)).shape[0]
+        return weight_matrix(submodule(self.layers[0], self._attention_output)).shape[0]
 
     def sizes(self, layer: nn.Module | None = None) -> Sizes:
-        """Head count and size and MLP width, as `layer` (default: the first) has them now."""
+        """Head count and size and MLP width (0 without a dense MLP), as `layer` (default: the first) has them."""
         layer = self.layers[0] if layer is None else layer
-        output = self.attention.output if self.attention else self.attention_paths[-1]
-        attention_width = weight_matrix(submodule(layer, output)).shape[1]
-        channels = weight_matrix(submodule(layer, self.mlp.output)).shape[1]
+        attention_width = weight_matrix(submodule(layer, self._attention_output)).shape[1]
+        channels = weight_matrix(submodule(layer, self.mlp.output)).shape[1] if self.mlp else 0
         return Sizes(self.num_heads, self.num_kv_heads, attention_width // self.num_heads, channels)
 
     @property
