@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -86,11 +88,12 @@ def main() -> None:
         print(f"  {row['method']} remove {row['remove']}: perplexity {row['perplexity']:.2f}", flush=True)
 
     dense = prunekit.load_model(args.model, device="cpu")
-    windows = prunekit.calibration_data(dense.model, dense.tokenizer, calib)
+    tokenizer = dense.tokenizer
+    windows = prunekit.calibration_data(dense.model, tokenizer, calib)
     eval_windows = evaluation_data(dense.model, dense.tokenizer, evaluation)
 
     def perplexity(model: torch.nn.Module) -> float:
-        return prunekit.evaluate(model, dense.tokenizer, evaluation, "ppl", windows=eval_windows,
+        return prunekit.evaluate(model, tokenizer, evaluation, "ppl", windows=eval_windows,
                                  progress=False).perplexity
 
     if ("dense", 0) not in done:
@@ -101,8 +104,13 @@ def main() -> None:
         result = prunekit.prune(dense.model, dense.tokenizer, calibration=windows, progress=False, device="cpu",
                                 stages=[{"method": "moefy", "size": args.experts, "top_k": args.top_k}])
         seconds = round(time.perf_counter() - started, 1)
-        result.model.save_pretrained(work)
-        dense.tokenizer.save_pretrained(work)
+        partial = work.with_name(f".{work.name}.partial-{os.getpid()}")  # renamed into place: never half written
+        result.model.save_pretrained(partial)
+        dense.tokenizer.save_pretrained(partial)
+        try:
+            partial.rename(work)
+        except OSError:  # another run wrote it meanwhile: the conversion is deterministic, keep that one
+            shutil.rmtree(partial)
         if ("moefy", 0) not in done:
             total, active = expert_parameters(result.model)
             record({"method": "moefy", "remove": 0, "perplexity": perplexity(result.model), "parameters": total,

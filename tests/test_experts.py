@@ -229,6 +229,19 @@ def test_bad_expert_requests_are_one_line_errors():
     assert model.config.num_local_experts == 6
 
 
+def test_cli_prunes_experts_and_prints_the_table(tmp_path, tokenizer, capsys, monkeypatch):
+    source = tmp_path / "tiny-mixtral"
+    tiny_model("mixtral").save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(make_text(3000, seed=1))
+    code, out, err = run_cli([*small_run(source, corpus, tmp_path / "out"), "--method", "reap", "--experts-keep", "4"],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    assert "6 -> 4 experts per layer" in out
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["num_local_experts"] == 4
+
+
 def test_cli_refuses_too_few_experts_in_one_line(tmp_path, tokenizer, capsys, monkeypatch):
     source = tmp_path / "tiny-mixtral"
     tiny_model("mixtral").save_pretrained(source)

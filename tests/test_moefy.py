@@ -99,6 +99,19 @@ def test_converted_checkpoint_reloads_and_prunes_further(tmp_path, tokenizer):
     assert pruned["parameters"] < report["parameters"]
 
 
+def test_cli_converts_and_prints_the_table(tmp_path, tokenizer, capsys, monkeypatch):
+    source = tmp_path / "dense"
+    tiny_model("llama").save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(make_text(3000, seed=1))
+    code, out, err = run_cli([*small_run(source, corpus, tmp_path / "out"), "--method", "moefy", "--experts", "4",
+                              "--top-k", "2"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "4 experts of 32 channels, top 2" in out
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.model_type == "mixtral"
+
+
 def test_moefy_refuses_what_it_cannot_convert(tmp_path, tokenizer, capsys, monkeypatch):
     for family, stage, message in (("llama", dict(method="moefy", size=3), "into 3 equal experts"),
                                    ("llama", dict(method="moefy", size=4, top_k=5), "from 1 to 4 experts"),

@@ -318,4 +318,9 @@ def removed_summary(removed: dict) -> str:
                 f"{removed['tokens_per_char_before']:.4f} -> {removed['tokens_per_char_after']:.4f} tokens/char")
     if "blocks" in removed:
         return f"blocks {removed['blocks']} removed"
+    if "experts_after" in removed:
+        return f"{removed['experts_before']} -> {removed['experts_after']} experts per layer"
+    if "expert_width" in removed:
+        return (f"MLP -> {removed['experts']} experts of {removed['expert_width']} channels, top {removed['top_k']} "
+                f"per token ({removed['family']})")
     return f"{removed['per_layer_before']} -> {removed['per_layer_after']} per layer"
