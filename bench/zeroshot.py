@@ -1,9 +1,10 @@
 """Zero-shot multiple-choice accuracy of a real model, dense and pruned, on BIG-bench tasks.
 
     .venv/bin/python bench/zeroshot.py [--model smollm2-135m] [--tasks goal_inference,step_inference] [--limit 300]
-        [--methods wanda,magnitude] [--sparsity 0.5] [--seed 0] [--batch-size 16] [--threads N] [--prompt plain]
+        [--methods wanda,magnitude] [--sparsity 0.5 | 2:4] [--seed 0] [--batch-size 16] [--threads N] [--prompt plain]
 
-Each method prunes the dense weights in memory (unstructured, every decoder linear, default calibration: 128 x 512
+Each method prunes the dense weights in memory (every decoder linear, at --sparsity or an N:M pattern; a method
+name may carry the sweep's +dsnot / +permute suffixes; default calibration: 128 x 512
 tokens of the Wikipedia calibration split, drawn once and shared). Every model is scored on the same `limit`
 examples per task (a shuffle seeded with `seed`), the way lm-evaluation-harness scores multiple-choice tasks (see
 prunekit.eval.zeroshot), with BIG-bench inputs as they are (`--prompt plain`) or in BIG-bench's own Q:/A: format
@@ -23,6 +24,7 @@ import torch
 
 import prunekit
 from prunekit.eval.zeroshot import PROMPTS, ZeroShotResult, evaluate_tasks, mcnemar
+from prunekit.sweep import split_method
 
 
 def main() -> None:
@@ -30,8 +32,9 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--tasks", default="goal_inference,step_inference")
     parser.add_argument("--limit", type=int, default=300, help="examples per task (0: all)")
-    parser.add_argument("--methods", default="wanda,magnitude")
-    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--methods", default="wanda,magnitude",
+                        help="weight methods as the sweep names them: +dsnot refines, +permute permutes (N:M)")
+    parser.add_argument("--sparsity", default="0.5", help="a fraction, or an N:M pattern such as 2:4")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=16, help="sequences (example x choice) per forward pass")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
@@ -55,19 +58,21 @@ def main() -> None:
     groups = [_rows("dense", 0.0, 0.0, results["dense"])]
     methods = [m for m in args.methods.split(",") if m]
     calibration = prunekit.calibration_data(model, tokenizer, seed=args.seed) if methods else None
+    target = {"pattern": args.sparsity} if ":" in args.sparsity else {"sparsity": float(args.sparsity)}
+    label = args.sparsity if ":" in args.sparsity else f"{float(args.sparsity):.0%}"
     for method in methods:
         model.load_state_dict(dense_state)
         started = time.perf_counter()
-        pruned = prunekit.prune(model, tokenizer, method=method, sparsity=args.sparsity, calibration=calibration,
+        pruned = prunekit.prune(model, tokenizer, stages=[{**split_method(method), **target}], calibration=calibration,
                                 seed=args.seed)
         seconds = time.perf_counter() - started
-        name = f"{method} {args.sparsity:.0%}"
+        name = f"{method} {label}"
         results[name] = evaluate()
         groups.append(_rows(name, pruned.sparsity, seconds, results[name]))
     rows = [r for group in groups for r in group]
 
     _print_table(f"{args.model}, prompt {args.prompt}", rows)
-    checks = _ordering(rows, tasks, [f"{m} {args.sparsity:.0%}" for m in methods])
+    checks = _ordering(rows, tasks, [f"{m} {label}" for m in methods])
     paired = _paired(results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
