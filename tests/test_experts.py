@@ -4,17 +4,14 @@ reloaded by stock transformers in a fresh process with the pruned in-memory mode
 
 import itertools
 import json
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 from conftest import MOE_CONFIGS, make_text, tiny_model
 from test_cli import assert_one_line_error, run_cli, small_run
+from test_families import prune_and_reload
 
-import prunekit.api
-from prunekit.api import prune, run
+from prunekit.api import prune
 from prunekit.engine.experts import measure_routing, route, sample, subset_error
 from prunekit.errors import PrunekitError
 from prunekit.methods.experts import (
@@ -27,7 +24,6 @@ from prunekit.methods.experts import (
 )
 from prunekit.models import surgery
 from prunekit.models.adapters import adapter_for
-from prunekit.recipe import Recipe
 
 IDS = torch.randint(3, 96, (2, 16), generator=torch.Generator().manual_seed(7))
 CALIBRATION = torch.randint(3, 96, (8, 32), generator=torch.Generator().manual_seed(0))
@@ -39,6 +35,7 @@ KINDS = {
     "random": dict(method="expert-random", size=2),
     "wanda-50%": dict(method="wanda", sparsity=0.5),  # experts-aware: inside every expert, from its routed tokens
 }
+EXPERT_FIELDS = ("num_local_experts", "num_experts")
 KEPT = {"reap": 4, "frequency": 3, "search": 4, "merge": 3, "random": 2, "wanda-50%": 6}
 
 
@@ -260,69 +257,15 @@ def test_cli_refuses_too_few_experts_in_one_line(tmp_path, tokenizer, capsys, mo
 
 # ---------------------------------------------------------------- every family, saved and reloaded
 
-CHECK = textwrap.dedent("""
-    import json, sys
-    import torch
-    from transformers import AutoModelForCausalLM
-    work, kinds = sys.argv[1], json.loads(sys.argv[2])
-    ids = torch.load(f"{work}/ids.pt")
-    out = {}
-    for kind in kinds:
-        model = AutoModelForCausalLM.from_pretrained(f"{work}/{kind}").eval()
-        expected = torch.load(f"{work}/expected-{kind}.pt")
-        with torch.no_grad():
-            logits = model(ids).logits
-        config = model.config
-        out[kind] = dict(
-            equal=bool(logits.shape == expected.shape and torch.allclose(logits, expected, atol=1e-5)),
-            max_diff=float((logits - expected).abs().max()) if logits.shape == expected.shape else None,
-            parameters=model.num_parameters(),
-            experts=getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None),
-            generated=model.generate(ids[:1, :4], max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1],
-        )
-    out["prunekit imported"] = "prunekit" in sys.modules
-    print(json.dumps(out))
-""")
-
-
 @pytest.fixture(scope="module")
 def moe_outputs(tmp_path_factory, tokenizer):
-    """family -> {kind: (reloaded facts, prunekit's report)}, one checking subprocess per family."""
+    """family -> {kind: ("ok", reloaded facts, report, dense config)}, one checking subprocess per family."""
     root = tmp_path_factory.mktemp("moe")
-    corpus = root / "corpus.txt"
-    corpus.write_text(make_text(3000, seed=1))
     done: dict[str, dict] = {}
 
     def outputs(family: str) -> dict:
-        if family in done:
-            return done[family]
-        work = root / family
-        source = work / "source"
-        tiny_model(family).save_pretrained(source)
-        tokenizer.save_pretrained(source)
-        torch.save(IDS, work / "ids.pt")
-        reports = {}
-        original_save = prunekit.api.save
-
-        def save_and_record(loaded, out, report, *args, **kwargs):
-            with torch.no_grad():
-                torch.save(loaded.model(IDS).logits, work / f"expected-{out.name}.pt")
-            return original_save(loaded, out, report, *args, **kwargs)
-
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(prunekit.api, "save", save_and_record)
-            patch.setenv("PRUNEKIT_CACHE", str(root / "cache"))
-            for kind, stage in KINDS.items():
-                recipe = Recipe.parse(dict(
-                    model=str(source), device="cpu", stages=[stage], evaluation=dict(ppl=False),
-                    calibration=dict(source=str(corpus), samples=4, seq_len=32, batch_size=4)))
-                reports[kind] = run(recipe, work / kind)
-        check = subprocess.run([sys.executable, "-c", CHECK, str(work), json.dumps(list(KINDS))],
-                               capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr[-3000:]
-        facts = json.loads(check.stdout.strip().splitlines()[-1])
-        assert facts.pop("prunekit imported") is False
-        done[family] = {kind: (facts[kind], reports[kind]) for kind in KINDS}
+        if family not in done:
+            done[family] = prune_and_reload(root, tokenizer, family, KINDS, EXPERT_FIELDS)
         return done[family]
 
     return outputs
@@ -331,9 +274,11 @@ def moe_outputs(tmp_path_factory, tokenizer):
 @pytest.mark.parametrize(("family", "kind"), [(f, k) for f in MOE_CONFIGS for k in KINDS],
                          ids=[f"{f}-{k}" for f in MOE_CONFIGS for k in KINDS])
 def test_moe_family_by_expert_method(family, kind, moe_outputs):
-    facts, report = moe_outputs(family)[kind]
+    status, facts, report, _dense = moe_outputs(family)[kind]
+    assert status == "ok", facts
     assert facts["equal"], f"reloaded logits differ from the in-memory model's by {facts['max_diff']}"
-    assert facts["experts"] == KEPT[kind] and facts["generated"] == 7
+    experts = facts["config"].get("num_local_experts") or facts["config"].get("num_experts")
+    assert experts == KEPT[kind] and facts["generated"] == 7
     if kind == "wanda-50%":
         assert facts["parameters"] == report["parameters"]
         assert report["decoder_linear_sparsity"] == pytest.approx(0.5, abs=1e-3)

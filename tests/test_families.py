@@ -97,55 +97,62 @@ CHECK = textwrap.dedent("""
 """)
 
 
+def prune_and_reload(root, tokenizer, family: str, kinds: dict[str, dict], fields=FIELDS) -> dict[str, tuple]:
+    """Each of `kinds` (name -> stage) run by prunekit.api.run on a tiny random `family` checkpoint, the outputs
+    checked by one subprocess of stock transformers: {kind: ("ok", reloaded facts, report, dense config) |
+    ("error", message, out exists)}."""
+    corpus = root / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text(make_text(3000, seed=1))
+    work = root / family
+    source = work / "source"
+    dense = tiny_model(family)
+    dense.save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    torch.save(IDS, work / "ids.pt")
+    results: dict[str, tuple] = {}
+    original_save = prunekit.api.save
+
+    def save_and_record(loaded, out, report, *args, **kwargs):
+        with torch.no_grad():  # the pruned in-memory model, just before prunekit writes it
+            torch.save(loaded.model(IDS).logits, work / f"expected-{out.name}.pt")
+        return original_save(loaded, out, report, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(prunekit.api, "save", save_and_record)
+        patch.setenv("PRUNEKIT_CACHE", str(root / "cache"))
+        for kind, stage in kinds.items():
+            recipe = Recipe.parse(dict(
+                model=str(source), device="cpu", stages=[stage], evaluation=dict(ppl=False),
+                calibration=dict(source=str(corpus), samples=4, seq_len=32, batch_size=4)))
+            try:
+                report = run(recipe, work / kind)
+            except PrunekitError as e:
+                results[kind] = ("error", str(e), (work / kind).exists())
+            else:
+                dense_config = {f: getattr(dense.config, f) for f in fields if hasattr(dense.config, f)}
+                results[kind] = ("ok", None, report, dense_config)
+    ok = [k for k, r in results.items() if r[0] == "ok"]
+    check = subprocess.run([sys.executable, "-c", CHECK, str(work), json.dumps(ok), json.dumps(fields)],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr[-3000:]
+    facts = json.loads(check.stdout.strip().splitlines()[-1])
+    assert facts.pop("prunekit imported") is False
+    for kind in ok:
+        results[kind] = ("ok", facts[kind], *results[kind][2:])
+    return results
+
+
 @pytest.fixture(scope="module")
 def family_outputs(tmp_path_factory, tokenizer):
     """family -> {kind: ("ok", reloaded facts, prunekit's report, dense config) | ("error", message, out exists)}."""
     root = tmp_path_factory.mktemp("families")
-    corpus = root / "corpus.txt"
-    corpus.write_text(make_text(3000, seed=1))
     done: dict[str, dict] = {}
 
     def outputs(family: str) -> dict:
-        if family in done:
-            return done[family]
-        work = root / family
-        source = work / "source"
-        dense = tiny_model(family)
-        dense.save_pretrained(source)
-        tokenizer.save_pretrained(source)
-        torch.save(IDS, work / "ids.pt")
-        results: dict[str, tuple] = {}
-        original_save = prunekit.api.save
-
-        def save_and_record(loaded, out, report, *args, **kwargs):
-            with torch.no_grad():  # the pruned in-memory model, just before prunekit writes it
-                torch.save(loaded.model(IDS).logits, work / f"expected-{out.name}.pt")
-            return original_save(loaded, out, report, *args, **kwargs)
-
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(prunekit.api, "save", save_and_record)
-            patch.setenv("PRUNEKIT_CACHE", str(root / "cache"))
-            for kind, stage in KINDS.items():
-                recipe = Recipe.parse(dict(
-                    model=str(source), device="cpu", stages=[stage], evaluation=dict(ppl=False),
-                    calibration=dict(source=str(corpus), samples=4, seq_len=32, batch_size=4)))
-                try:
-                    report = run(recipe, work / kind)
-                except PrunekitError as e:
-                    results[kind] = ("error", str(e), (work / kind).exists())
-                else:
-                    dense_config = {f: getattr(dense.config, f) for f in FIELDS if hasattr(dense.config, f)}
-                    results[kind] = ("ok", None, report, dense_config)
-        kinds = [k for k, r in results.items() if r[0] == "ok"]
-        check = subprocess.run([sys.executable, "-c", CHECK, str(work), json.dumps(kinds), json.dumps(FIELDS)],
-                               capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr[-3000:]
-        facts = json.loads(check.stdout.strip().splitlines()[-1])
-        assert facts.pop("prunekit imported") is False
-        for kind in kinds:
-            results[kind] = ("ok", facts[kind], *results[kind][2:])
-        done[family] = results
-        return results
+        if family not in done:
+            done[family] = prune_and_reload(root, tokenizer, family, KINDS)
+        return done[family]
 
     return outputs
 
