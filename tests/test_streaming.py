@@ -51,9 +51,11 @@ def model_dir_of(tmp_path, tokenizer):
 def test_streamed_output_equals_in_memory_output(family, model_dir_of, text_file, tmp_path):
     source = model_dir_of(family)
     adapter = adapter_for(tiny_model(family))
-    attention = [n for n in adapter.linear_names if n not in adapter.mlp.paths]
+    mlp = list(adapter.mlp.paths) if adapter.mlp else []
+    attention = [n for n in adapter.linear_names if n not in mlp]
+    experts = [f"{adapter.experts.experts}.*"] if adapter.experts else []  # MoE: inside every routed expert
     stages = [dict(method="sparsegpt", sparsity=0.5, targets=attention),
-              dict(method="wanda", pattern="2:4", targets=list(adapter.mlp.paths))]
+              dict(method="wanda", pattern="2:4", targets=mlp + experts)]
     in_memory = run(recipe(source, text_file, False, stages), tmp_path / "memory")
     streamed = run(recipe(source, text_file, True, stages), tmp_path / "streamed")
     expected, got = all_tensors(tmp_path / "memory"), all_tensors(tmp_path / "streamed")
@@ -65,6 +67,27 @@ def test_streamed_output_equals_in_memory_output(family, model_dir_of, text_file
     assert streamed["zero_parameters"] == in_memory["zero_parameters"]
     assert (tmp_path / "streamed" / INDEX_NAME).exists() and (tmp_path / "streamed" / "recipe.yaml").exists()
     assert not list(tmp_path.glob(".streamed.partial-*"))
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "gpt_oss"])
+@pytest.mark.parametrize("stage", [dict(method="reap", size=4), dict(method="expert-merge", size=3),
+                                   dict(method="expert-random", sparsity=0.5)], ids=lambda s: s["method"])
+def test_streamed_expert_pruning_equals_in_memory(family, stage, model_dir_of, text_file, tmp_path):
+    """Each layer's experts are read in the checkpoint's own layout (per-expert matrices for Mixtral and Qwen2-MoE),
+    chosen, and written back in it, as transformers saves them."""
+    source = model_dir_of(family)
+    in_memory = run(recipe(source, text_file, False, [stage]), tmp_path / "memory")
+    streamed = run(recipe(source, text_file, True, [stage]), tmp_path / "streamed")
+    expected, got = all_tensors(tmp_path / "memory"), all_tensors(tmp_path / "streamed")
+    assert sorted(expected) == sorted(got)
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+    assert streamed["parameters"] == in_memory["parameters"] < in_memory["structure"]["dense_parameters"]
+    assert streamed["structure"]["stages"][0]["removed"]["kept_per_layer"] == \
+        in_memory["structure"]["stages"][0]["removed"]["kept_per_layer"]
+    config = json.loads((tmp_path / "streamed" / "config.json").read_text())
+    assert (config.get("num_local_experts") or config.get("num_experts")) == {"reap": 4, "expert-merge": 3,
+                                                                             "expert-random": 3}[stage["method"]]
 
 
 @pytest.mark.parametrize("stages", [
@@ -101,6 +124,7 @@ def test_streamed_output_loads_in_stock_transformers(model_dir_of, text_file, tm
 @pytest.mark.parametrize(("stage", "message"), [
     (dict(method="gblm"), "back-propagates"),
     (dict(method="magnitude", allocation="global"), "global allocation ranks every weight"),
+    (dict(method="block-influence", size=1), "changes the model's shape"),
 ])
 def test_streaming_refuses_what_needs_the_whole_model(stage, message, tiny_model_dir, text_file):
     with pytest.raises(PrunekitError, match=message):

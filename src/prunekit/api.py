@@ -15,6 +15,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from prunekit.engine.cache import ScoreCache
+from prunekit.engine.experts import experts_to_keep, prune_experts
 from prunekit.engine.layerwise import MatrixSparsity, Phases, prune_layerwise
 from prunekit.engine.moefy import moefy
 from prunekit.engine.streaming import StreamedLayers, load_outside_layers, meta_model, release_memory
@@ -378,11 +379,14 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
     model = meta_model(config, dtype, recipe.trust_remote_code)
     adapter = adapter_for(model)
     checkpoint = Checkpoint(directory)
-    stages = [s.to_stage() for s in recipe.stages]
+    expert_stage = next((s for s in recipe.stages if isinstance(s, StructuredStageConfig)), None)  # alone
+    stages = [] if expert_stage else [s.to_stage() for s in recipe.stages]
+    keep = experts_to_keep(adapter, expert_stage.size, expert_stage.sparsity) if expert_stage else 0
+    dense_parameters = sum(p.numel() for p in model.parameters()) if expert_stage else None
     layers_prefix = adapter.layers_path + "."
     outside = {n: p.numel() for n, p in model.named_parameters() if not n.startswith(layers_prefix)}
     windows = torch.empty(0, 1, dtype=torch.long)
-    if any(s.needs_calibration for s in stages):
+    if any(needs_calibration(s) for s in recipe.stages):
         if calibration is None:
             calibration = calibration_data(model, tokenizer, recipe.calibration, recipe.seed)
         windows = calibration
@@ -395,12 +399,23 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
         store = StreamedLayers(adapter, device, checkpoint, writer, dtype, saved_dtype)
         t0 = time.perf_counter()
         phases = Phases(device)
-        with progress_bar() as bar:
-            task = bar.add_task("pruning layers (streamed)", total=len(adapter.layers))
-            matrices = prune_layerwise(adapter, windows, stages, device, recipe.calibration.batch_size,
-                                       on_layer=lambda done, total: bar.update(task, completed=done), store=store,
-                                       phases=phases)
-        result = PruneResult(matrices, time.perf_counter() - t0, dict(phases))
+        structured: list[StructuredResult] = []
+        matrices: list[MatrixSparsity] = []
+        if expert_stage:
+            total = adapter.num_experts
+            staged = expert_stage.to_stage(recipe.seed)
+            options = {name: getattr(staged, name) for name in staged.spec.options}
+            removed = prune_experts(adapter, expert_stage.method, keep, options, windows, device,
+                                    recipe.calibration.batch_size, console.log, store=store)
+            structured.append(StructuredResult(f"{expert_stage.method}: keep {keep} of {total} experts per layer",
+                                               removed=removed))
+        else:
+            with progress_bar() as bar:
+                task = bar.add_task("pruning layers (streamed)", total=len(adapter.layers))
+                matrices = prune_layerwise(adapter, windows, stages, device, recipe.calibration.batch_size,
+                                           on_layer=lambda done, total: bar.update(task, completed=done),
+                                           store=store, phases=phases)
+        result = PruneResult(matrices, time.perf_counter() - t0, dict(phases), structured)
         with console.status("copying embeddings, head and norms"):
             store.copy_rest()
             zeros = store.zeros + sum(checkpoint.count_zeros(n) for n in outside if n in checkpoint)
@@ -410,7 +425,8 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
         if (directory / "generation_config.json").exists():
             shutil.copyfile(directory / "generation_config.json", tmp / "generation_config.json")
         timings = {"prune": round(result.seconds, 2), "total": round(time.perf_counter() - started, 2)}
-        report = prune_report(recipe, result, store.parameters + sum(outside.values()), zeros, None, None, timings)
+        report = prune_report(recipe, result, store.parameters + sum(outside.values()), zeros, None, None, timings,
+                              dense_parameters, config)
         report.notes.append("streamed: perplexity skipped (it needs the whole model); run `prunekit eval` on it")
         run_dir.finish(report, recipe)
     return report.to_json()

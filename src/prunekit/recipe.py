@@ -331,7 +331,13 @@ class Recipe(_Strict):
             return self
         if self.allow_pickle:
             raise PrunekitError("--stream reads safetensors checkpoints only: drop --allow-pickle or --stream")
+        experts = [s for s in self.stages if isinstance(s, StructuredStageConfig) and kind_of(s.method) == "experts"]
+        if experts and len(self.stages) > 1:
+            raise PrunekitError(f"--stream runs an expert stage ({experts[0].method}) alone: put it in a recipe of "
+                                "its own, or drop --stream")
         for stage in self.stages:
+            if experts:
+                break
             if isinstance(stage, StructuredStageConfig):
                 raise PrunekitError(
                     f"{stage.method} changes the model's shape, which --stream does not do (it rewrites one layer "

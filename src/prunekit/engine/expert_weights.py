@@ -50,10 +50,13 @@ def prune_experts_weights(adapter: ModelAdapter, visit: LayerVisit, selected: di
     """Prune the `selected` expert matrices of one layer, one expert at a time, through `prune(targets, stats,
     notes=notes)` (the layer-wise engine's own pruning of a set of matrices)."""
     group = adapter.require_experts()
+    wanted = [n for n in needs if n in STATISTICS]
+    if not wanted:  # magnitude: the weights alone
+        prune(selected, {}, notes=notes)
+        return
     experts, router = adapter.moe(visit.layer)
     x = block_inputs(visit, submodule(visit.layer, group.experts.rpartition(".")[0]))
     weights, indices = route(router, x)
-    wanted = [n for n in needs if n in STATISTICS]
     for expert in range(experts.gate_up_proj.shape[0]):
         names = {part: f"{group.experts}.{expert}.{part}" for part in ("gate_up_proj", "down_proj")}
         targets = {part: selected[name] for part, name in names.items() if name in selected}

@@ -138,11 +138,13 @@ def _layer_statistics(needs: tuple[str, ...], visit: LayerVisit, experts: nn.Mod
     return {need: statistics[need] for need in needs}, routing
 
 
+@torch.no_grad()
 def prune_experts(adapter: ModelAdapter, method: str, keep: int, options: dict[str, object],
                   windows: torch.Tensor | None, device: torch.device, batch_size: int,
-                  step: Callable[[str], None]) -> dict[str, object]:
-    """Run an expert method on every MoE layer (in place) and write the config; returns what was kept per layer
-    (groups of original experts, their merge weights) and the routing frequencies seen."""
+                  step: Callable[[str], None], store: LayerStore | None = None) -> dict[str, object]:
+    """Run an expert method on every MoE layer (in place, or through `store`: streaming reads and writes each
+    layer) and write the config; returns the groups of original experts kept per layer and the routing
+    frequencies seen."""
     from prunekit.methods import get_method
 
     spec = get_method(method, "experts")
@@ -156,13 +158,15 @@ def prune_experts(adapter: ModelAdapter, method: str, keep: int, options: dict[s
         kept.append(groups)
         frequencies.append([round(float(f), 6) for f in frequency])
 
+    store = store or LayerStore(adapter, device)
     if set(spec.needs) <= {"layer_index"}:  # nothing to measure
-        for index, layer in enumerate(adapter.layers):
+        for index in range(len(adapter.layers)):
+            layer = store.open(index)
             apply(layer, spec.function(keep, total, layer_index=index, **options), torch.ones(total))
+            store.close(index, layer, pruned=True)
     else:
-        if windows is None:
+        if windows is None or not windows.numel():
             raise PrunekitError(f"{method} needs calibration text to measure the routing")
-        store = LayerStore(adapter, device)
         captured = capture_on_device(adapter, windows, batch_size, device, store.home)
         for visit in walk_layers(adapter, captured, store, final=True):
             step(f"{method}: layer {visit.index + 1} of {len(adapter.layers)}")

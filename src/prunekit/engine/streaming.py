@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig
 
 from prunekit.engine.walker import LayerStore
 from prunekit.models.adapters.base import ModelAdapter
+from prunekit.models.checkpoint_format import to_checkpoint_names, to_model_names
 from prunekit.models.shards import Checkpoint, ShardWriter
 
 
@@ -99,7 +100,12 @@ class StreamedLayers(LayerStore):
 
     def open(self, index: int) -> nn.Module:
         layer = self.adapter.layers[index]
-        state = {n: self.checkpoint.load(self._prefix(index) + n, self.dtype) for n in layer.state_dict()}
+        prefix = self._prefix(index)
+        if all(prefix + n in self.checkpoint for n in layer.state_dict()):
+            state = {n: self.checkpoint.load(prefix + n, self.dtype) for n in layer.state_dict()}
+        else:  # stored in another layout (an MoE's per-expert matrices): converted as transformers loads them
+            stored = {n: self.checkpoint.load(n, self.dtype) for n in self.checkpoint.entries if n.startswith(prefix)}
+            state = {n[len(prefix):]: t for n, t in to_model_names(self.adapter.model, stored).items()}
         layer.to_empty(device="cpu")  # untouched, so it costs no memory before the assignment below
         _materialize_buffers(self.adapter.model, list(layer.modules()))
         layer.load_state_dict(state, assign=True)
@@ -108,7 +114,7 @@ class StreamedLayers(LayerStore):
     def close(self, index: int, layer: nn.Module, pruned: bool) -> None:
         if pruned:
             state = {self._prefix(index) + n: t.to("cpu", self.saved_dtype) for n, t in layer.state_dict().items()}
-            self.writer.write(state)
+            self.writer.write(to_checkpoint_names(self.adapter.model, state))  # as transformers saves them
             for param in layer.parameters():
                 self.parameters += param.numel()
                 self.zeros += int((param == 0).sum())
