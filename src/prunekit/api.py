@@ -15,7 +15,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from prunekit.engine.cache import ScoreCache
-from prunekit.engine.experts import experts_to_keep, prune_experts
+from prunekit.engine.experts import experts_to_keep
 from prunekit.engine.layerwise import MatrixSparsity, Phases, prune_layerwise
 from prunekit.engine.moefy import moefy
 from prunekit.engine.streaming import StreamedLayers, load_outside_layers, meta_model, release_memory
@@ -381,7 +381,8 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
     checkpoint = Checkpoint(directory)
     expert_stage = next((s for s in recipe.stages if isinstance(s, StructuredStageConfig)), None)  # alone
     stages = [] if expert_stage else [s.to_stage() for s in recipe.stages]
-    keep = experts_to_keep(adapter, expert_stage.size, expert_stage.sparsity) if expert_stage else 0
+    if expert_stage:
+        experts_to_keep(adapter, expert_stage.size, expert_stage.sparsity)  # a bad count fails before any work
     dense_parameters = sum(p.numel() for p in model.parameters()) if expert_stage else None
     layers_prefix = adapter.layers_path + "."
     outside = {n: p.numel() for n, p in model.named_parameters() if not n.startswith(layers_prefix)}
@@ -402,13 +403,8 @@ def run_streaming(recipe: Recipe, out: Path, overwrite: bool = False, calibratio
         structured: list[StructuredResult] = []
         matrices: list[MatrixSparsity] = []
         if expert_stage:
-            total = adapter.num_experts
-            staged = expert_stage.to_stage(recipe.seed)
-            options = {name: getattr(staged, name) for name in staged.spec.options}
-            removed = prune_experts(adapter, expert_stage.method, keep, options, windows, device,
-                                    recipe.calibration.batch_size, console.log, store=store)
-            structured.append(StructuredResult(f"{expert_stage.method}: keep {keep} of {total} experts per layer",
-                                               removed=removed))
+            structured.append(run_structured(adapter, expert_stage.to_stage(recipe.seed), windows, device,
+                                             recipe.calibration.batch_size, on_step=console.log, store=store))
         else:
             with progress_bar() as bar:
                 task = bar.add_task("pruning layers (streamed)", total=len(adapter.layers))

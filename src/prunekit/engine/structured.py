@@ -264,8 +264,10 @@ def linear_gradients(adapter: ModelAdapter, names: tuple[str, ...], windows: tor
 
 def run_structured(adapter: ModelAdapter, stage: StructuredStage, windows: torch.Tensor, device: torch.device,
                    batch_size: int = 8, cache: ScoreCache | None = None,
-                   on_step: Callable[[str], None] | None = None) -> StructuredResult:
-    """Score, choose and remove; the model is edited in place and its config rewritten."""
+                   on_step: Callable[[str], None] | None = None, store: LayerStore | None = None
+                   ) -> StructuredResult:
+    """Score, choose and remove; the model is edited in place and its config rewritten. `store`: where an expert
+    stage reads and writes the layers (streaming); the other stages work in memory."""
     cache = cache or ScoreCache()
     step = on_step or (lambda _message: None)
     with torch.no_grad():
@@ -273,7 +275,7 @@ def run_structured(adapter: ModelAdapter, stage: StructuredStage, windows: torch
             keep = experts_to_keep(adapter, stage.size, stage.sparsity)
             total = adapter.num_experts
             options = {name: getattr(stage, name) for name in stage.spec.options}
-            removed = prune_experts(adapter, stage.method, keep, options, windows, device, batch_size, step)
+            removed = prune_experts(adapter, stage.method, keep, options, windows, device, batch_size, step, store)
             return StructuredResult(f"{stage.method}: keep {keep} of {total} experts per layer", removed=removed)
         if stage.is_depth:
             return _prune_depth(adapter, stage, windows, device, batch_size, cache, step)
