@@ -624,6 +624,8 @@ SKELETONS: dict[str, list[str]] = {
                 "text.txt", "--ppl-samples", "1", "--ppl-seq-len", "16", "--lora-rank", "2", "--lora-alpha", "4"],
     "sweep": ["sweep", "model", "--out", "out", "--methods", "magnitude", "--sparsity", "0.5", "--device", "cpu",
               *SMALL_PRUNE],
+    "search": ["search", "model", "--target", "params=0.7", "--out", "out", "--generations", "1", "--offspring", "2",
+               "--fitness-samples", "1", "--device", "cpu", *SMALL_PRUNE],
     "report": ["report", "run", "--out", "report.html"],
     "bench": ["bench", "model", "--prompt-len", "4", "--new-tokens", "2", "--batch-sizes", "1", "--repeats", "1",
               "--warmup", "0", "--threads", "1", "--device", "cpu"],
@@ -640,17 +642,18 @@ SKELETONS: dict[str, list[str]] = {
                         "1", "--eval-size", "0.5", "--batch-size", "64"],
 }
 # How many generated command lines each command gets in the `ci` profile (the slow ones fewer).
-CLI_EXAMPLES = {"prune": 30, "eval": 14, "recover": 14, "sweep": 10, "report": 12, "bench": 3, "fetch": 3,
+CLI_EXAMPLES = {"prune": 30, "eval": 14, "recover": 14, "sweep": 10, "search": 8, "report": 12, "bench": 3, "fetch": 3,
                 "models": 2, "data prune": 10, "data dedup": 14, "data ppl-filter": 8, "data experiment": 5}
 # Options whose value is an amount of work: never huge (a correct run could take forever).
 WORK_AMOUNTS = {"--steps", "--epochs", "--runs", "--score-runs", "--repeats", "--warmup", "--new-tokens",
                 "--prompt-len", "--workers", "--threads", "--checkpoint-every", "--calib-samples", "--ppl-samples",
-                "--limit", "--gradient-samples"}
+                "--limit", "--gradient-samples", "--generations", "--offspring", "--survivors", "--fitness-samples"}
 CHOICES: dict[str, list[str]] = {
     "--method": ["magnitude", "wanda", "sparsegpt", "gradient", "block-last", "block-random", "angular", "flap",
                  "activation", "wanda-sp", "taylor", "lora", "distill", "bogus", "MAGNITUDE"],
     "--methods": ["magnitude", "wanda", "magnitude,wanda", "bogus", ",", "random", "random+kd", "el2n", "ccs-el2n"],
     "--pattern": ["unstructured", "2:4", "4:8", "0:4", "5:4", "1:0", "x", "2:4,4:8"],
+    "--target": ["params=0.7", "params=0.001", "params=1", "decode=1.3", "params", "bogus=1", "params=x"],
     "--part": ["mlp", "heads", "kv-heads", "blocks", "bogus"],
     "--allocation": ["uniform", "global", "owl", "bogus"],
     "--device": ["cpu", "auto", "cuda", "cuda:3", "meta", "bogus"],

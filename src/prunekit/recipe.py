@@ -94,6 +94,8 @@ class StageConfig(_Strict):
     min_density: float = Field(0.05, ge=0, lt=1)  # global: least fraction of weights any matrix keeps
     owl_m: float = Field(5.0, gt=0, allow_inf_nan=False)  # owl: outlier threshold, in multiples of a layer's mean score
     owl_lambda: float = Field(0.08, allow_inf_nan=False)  # owl: layer sparsities span sparsity +- owl_lambda
+    # one sparsity per decoder layer, in layer order (what `prunekit search` chose); sparsity is then their mean
+    layer_sparsity: list[Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]] | None = Field(None, min_length=1)
     gradient_samples: int = Field(32, gt=0)  # gradient/gblm: calibration windows back-propagated
     block_size: int = 128  # SparseGPT: columns per block
     damping: float = Field(0.01, allow_inf_nan=False)  # SparseGPT: dampening, fraction of the mean Hessian diagonal
@@ -126,8 +128,20 @@ class StageConfig(_Strict):
                     f"drop the sparsity or set it to {pattern.sparsity:g}"
                 )
             self.sparsity = pattern.sparsity
+            if self.layer_sparsity is not None:
+                raise PrunekitError(f"layer_sparsity does not apply to N:M patterns (every layer keeps {pattern}): "
+                                    "drop it or use pattern unstructured")
             if self.allocation != "uniform":
                 raise PrunekitError(f"allocation {self.allocation!r} does not apply to N:M patterns: use uniform")
+        elif self.layer_sparsity is not None:
+            mean = sum(self.layer_sparsity) / len(self.layer_sparsity)
+            if self.allocation != "uniform":
+                raise PrunekitError(f"layer_sparsity gives every layer its own sparsity; allocation "
+                                    f"{self.allocation!r} would choose them too: drop one of them")
+            if self.sparsity is not None and abs(self.sparsity - mean) > 1e-6:
+                raise PrunekitError(f"sparsity {self.sparsity:g} is not the mean {mean:.6g} of layer_sparsity: drop "
+                                    "sparsity (it is their mean)")
+            self.sparsity = mean
         elif self.sparsity is None:
             self.sparsity = 0.5
         if self.permute and not pattern.is_nm:
@@ -175,6 +189,7 @@ class StageConfig(_Strict):
             min_density=self.min_density,
             owl_m=self.owl_m,
             owl_lambda=self.owl_lambda,
+            layer_sparsity=tuple(self.layer_sparsity) if self.layer_sparsity is not None else None,
             gradient_samples=self.gradient_samples,
             parameters=dict(self.parameters),
             refine=self.refine,

@@ -10,7 +10,7 @@ import sys
 import typer
 from rich.console import Console
 
-from prunekit.cli import bench, corpus, data, export, prune, recover, report, sweep
+from prunekit.cli import bench, corpus, data, export, prune, recover, report, search, sweep
 from prunekit.cli import eval as evaluation
 from prunekit.cli.common import say_error
 from prunekit.errors import PrunekitError
@@ -31,6 +31,7 @@ app.command()(prune.prune)
 app.command("eval")(evaluation.evaluate_command)
 app.command()(recover.recover)
 app.command()(sweep.sweep)
+app.command()(search.search)
 app.command()(report.report)
 app.command()(bench.bench)
 app.command()(export.export)

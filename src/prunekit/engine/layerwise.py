@@ -59,6 +59,7 @@ class PruneStage:
     min_density: float = 0.05  # global: no matrix keeps less than this fraction of its weights
     owl_m: float = 5.0  # owl: a score is an outlier above owl_m x the layer's mean score
     owl_lambda: float = 0.08  # owl: layer sparsities span target +- owl_lambda
+    layer_sparsity: tuple[float, ...] | None = None  # one sparsity per decoder layer (a searched allocation)
     gradient_samples: int = 32  # gradient scores: calibration windows back-propagated, one at a time
     block_size: int = 128  # SparseGPT column block
     damping: float = 0.01  # SparseGPT dampening, fraction of the mean Hessian diagonal
@@ -114,6 +115,9 @@ def check_selection(adapter: ModelAdapter, stage: PruneStage) -> None:
     if outside:
         raise PrunekitError(f"{stage.method}: layers {outside} out of range: this model has {count} decoder layers, "
                             f"numbered 0 to {count - 1}")
+    if stage.layer_sparsity is not None and len(stage.layer_sparsity) != count:
+        raise PrunekitError(f"{stage.method}: layer_sparsity has {len(stage.layer_sparsity)} entries, but this model "
+                            f"has {count} decoder layers: give one sparsity per layer")
     names = (*adapter.linear_names, *adapter.expert_matrices(adapter.layers[0]))
     if not any(fnmatch.fnmatchcase(n, t) for n in names for t in stage.targets):
         raise PrunekitError(f"{stage.method}: targets {list(stage.targets)} match no linear of a decoder layer; its "
@@ -173,7 +177,7 @@ def owl_plan(adapter: ModelAdapter, stage: PruneStage, captured: CapturedInputs,
         for visit in walk_layers(adapter, captured, store, final=False):
             targets = _selected(adapter, stage, visit.index, visit.layer)
             if targets:
-                norms = _collect(visit.layer, targets, "input_norms", visit.inputs, visit.calls)
+                norms = collect_statistic(visit.layer, targets, "input_norms", visit.inputs, visit.calls)
                 scores = [wanda_scores(weight_matrix(lin), norms[n]) for n, lin in targets.items()]
                 ratios.append(outlier_ratio(scores, stage.owl_m))
         return {"ratios": torch.tensor(ratios, dtype=torch.float64)}
@@ -188,7 +192,7 @@ def owl_plan(adapter: ModelAdapter, stage: PruneStage, captured: CapturedInputs,
     return plan
 
 
-def _collect(
+def collect_statistic(
     layer: nn.Module, targets: dict[str, nn.Linear], statistic: str, hidden: list[torch.Tensor], calls: list[LayerCall]
 ) -> dict[str, torch.Tensor]:
     """One pass of every calibration batch through the layer, accumulating the targets' input statistic."""
@@ -274,7 +278,7 @@ def prune_layerwise(
                 with timed("regional"):
                     dense_outputs = forward_all(layer, visit.inputs, visit.calls)
             with timed("statistics"):
-                stats = {need: _collect(layer, targets, need, visit.inputs, visit.calls)
+                stats = {need: collect_statistic(layer, targets, need, visit.inputs, visit.calls)
                          for need in stage.needs if need in STATISTICS}
                 if "regional_gradients" in stage.needs:
                     stats["regional_gradients"] = regional_gradients(layer, targets, visit.inputs, visit.calls,
@@ -315,7 +319,8 @@ def _prune_targets(stage: PruneStage, plan: dict[str, float] | None, index: int,
                     prepared[id(stat)] = method.prepare(stat, **options)
                 values[name] = prepared[id(stat)]
     for name, linear in targets.items():
-        sparsity = plan[f"{index}.{name}"] if plan is not None else stage.sparsity
+        sparsity = (plan[f"{index}.{name}"] if plan is not None else
+                    stage.layer_sparsity[index] if stage.layer_sparsity is not None else stage.sparsity)
         per_row = stage.allocation != "global"
         weight = weight_matrix(linear)
         statistics = {need: values[name] for need, values in own.items()}
@@ -342,7 +347,7 @@ def _permute_mlp(adapter: ModelAdapter, stage: PruneStage, index: int, layer: nn
     output = submodule(layer, group.output)
     if not stage.selects(index, group.output):
         return
-    norms = _collect(layer, {group.output: output}, "input_norms", visit.inputs, visit.calls)[group.output]
+    norms = collect_statistic(layer, {group.output: output}, "input_norms", visit.inputs, visit.calls)[group.output]
     weight = weight_matrix(output)
     method = stage.impl
     if not method.updates_weights and set(method.needs) <= {"input_norms"}:

@@ -32,6 +32,21 @@ def calibration_windows(stream: torch.Tensor, samples: int, seq_len: int, seed: 
     return stream[: available * seq_len].view(available, seq_len)[chosen].clone()
 
 
+def held_out_windows(stream: torch.Tensor, samples: int, seq_len: int, seed: int, calibration_samples: int
+                     ) -> torch.Tensor:
+    """`samples` windows that `calibration_windows(stream, calibration_samples, seq_len, seed)` does not choose
+    (the next ones of its random order), for scoring against text the calibration statistics never saw."""
+    available = stream.numel() // seq_len
+    if available < calibration_samples + samples:
+        raise PrunekitError(
+            f"calibration text has {stream.numel():,} tokens, fewer than the ({calibration_samples} + {samples}) x "
+            f"{seq_len} requested (calibration + held-out windows): give more text or fewer samples"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(available, generator=generator)[calibration_samples:calibration_samples + samples]
+    return stream[: available * seq_len].view(available, seq_len)[chosen.sort().values].clone()
+
+
 def evaluation_windows(stream: torch.Tensor, samples: int, seq_len: int) -> torch.Tensor:
     """`samples` non-overlapping windows spread evenly over the stream (deterministic): [samples, L]."""
     available = stream.numel() // seq_len

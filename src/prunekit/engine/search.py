@@ -1,0 +1,194 @@
+"""The engine of `prunekit search`: one table of the dense model's weight scores, candidates (one sparsity per
+decoder layer) applied to the model as masks from that table, their fitness against the dense model, and the
+evolutionary loop of methods/evolution.py.
+
+The table is EvoPress's per-layer database in a few bytes per weight: a score method (magnitude, Wanda, RIA) prunes
+a row at sparsity s by keeping its top (1 - s) scores, so one table of scores from the dense model's calibration
+pass gives every layer at every level, and a candidate costs the masks of the layers it changes plus one forward
+pass per fitness window.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from prunekit.engine.layerwise import collect_statistic
+from prunekit.engine.walker import LayerStore, capture_on_device, walk_layers
+from prunekit.errors import PrunekitError
+from prunekit.files import temporary_sibling
+from prunekit.methods.evolution import kl_sum, layer_sparsities, level_switch, offset_bounds, reference_log_probs
+from prunekit.methods.masks import row_mask
+from prunekit.methods.registry import MethodSpec
+from prunekit.models.adapters.base import ModelAdapter
+from prunekit.models.groups import weight_matrix
+
+
+def check_searchable(method: MethodSpec, adapter: ModelAdapter) -> None:
+    """A one-line error unless `method` ranks weights by one score and the decoder layers are alike."""
+    from prunekit.engine.statistics import STATISTICS
+
+    if method.kind != "weights" or method.updates_weights or method.regional or not set(method.needs) <= set(
+            STATISTICS):
+        raise PrunekitError(f"search ranks each layer's weights by one score of the dense model; {method.name} "
+                            + ("updates the weights it keeps" if method.updates_weights or method.regional else
+                               "needs more than one calibration pass") + ": use magnitude, wanda or ria")
+    if adapter.expert_matrices(adapter.layers[0]):
+        raise PrunekitError("search does not cover the routed experts of a mixture-of-experts model yet: prune "
+                            "experts with an expert method (prunekit prune --method reap)")
+    sizes = {layer_numel(adapter, i) for i in range(len(adapter.layers))}
+    if len(sizes) != 1:
+        raise PrunekitError(f"search moves sparsity between decoder layers of one size; this model's layers hold "
+                            f"{', '.join(map(str, sorted(sizes)))} linear weights")
+
+
+def layer_numel(adapter: ModelAdapter, index: int) -> int:
+    return sum(lin.weight.numel() for lin in adapter.linears(adapter.layers[index]).values())
+
+
+@torch.no_grad()
+def dense_scores(adapter: ModelAdapter, windows: torch.Tensor, method: MethodSpec, options: dict[str, object],
+                 device: torch.device, batch_size: int = 8,
+                 on_layer: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
+    """`method`'s score of every weight of every decoder linear, on the dense model: {"i.name": [out, in]}."""
+    store = LayerStore(adapter, device)
+    captured = capture_on_device(adapter, windows, batch_size, device, store.home) if method.needs else None
+    scores: dict[str, torch.Tensor] = {}
+    count = len(adapter.layers)
+    if captured is None:
+        layers = ((i, adapter.layers[i], None) for i in range(count))
+    else:
+        layers = ((v.index, v.layer, v) for v in walk_layers(adapter, captured, store, final=False))
+    for index, layer, visit in layers:
+        targets = {n: lin for n, lin in adapter.linears(layer).items() if lin.weight.numel()}
+        stats = {need: collect_statistic(layer, targets, need, visit.inputs, visit.calls) for need in method.needs
+                 } if visit is not None else {}
+        for name, linear in targets.items():
+            given = {need: values[name] for need, values in stats.items()}
+            scores[f"{index}.{name}"] = method.function(weight_matrix(linear), **given, **options).float().cpu()
+        if on_layer:
+            on_layer(index + 1, count)
+    return scores
+
+
+class Candidates:
+    """Applies per-layer sparsities to the model from the score table and measures their fitness: the mean KL
+    divergence per token of the model's next-token distribution from the dense model's on `windows`."""
+
+    def __init__(self, adapter: ModelAdapter, scores: dict[str, torch.Tensor], windows: torch.Tensor,
+                 device: torch.device) -> None:
+        self.adapter, self.scores, self.windows, self.device = adapter, scores, windows, device
+        self.linears = {f"{i}.{n}": lin for i, layer in enumerate(adapter.layers)
+                        for n, lin in adapter.linears(layer).items() if f"{i}.{n}" in scores}
+        self.dense = {key: weight_matrix(lin).detach().clone() for key, lin in self.linears.items()}
+        self.applied = [0.0] * len(adapter.layers)
+        self.reference = [reference_log_probs(self._logits(w)) for w in windows]
+
+    @torch.no_grad()
+    def _logits(self, window: torch.Tensor) -> torch.Tensor:
+        model = self.adapter.model
+        return model(window.unsqueeze(0).to(self.device), use_cache=False).logits[0]
+
+    @torch.no_grad()
+    def apply(self, sparsities: list[float]) -> None:
+        for index, sparsity in enumerate(sparsities):
+            if sparsity == self.applied[index]:
+                continue
+            prefix = f"{index}."
+            for key, linear in self.linears.items():
+                if key.startswith(prefix):
+                    weight = weight_matrix(linear)
+                    weight.copy_(self.dense[key])
+                    weight.masked_fill_(~row_mask(self.scores[key], sparsity).to(weight.device), 0)
+            self.applied[index] = sparsity
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """The dense weights back in every layer (also after the engine pruned the model)."""
+        for key, linear in self.linears.items():
+            weight_matrix(linear).copy_(self.dense[key])
+        self.applied = [0.0] * len(self.applied)
+
+    def fitness(self, sparsities: list[float] | None = None, windows: int | None = None) -> float:
+        """Mean KL(dense || model) per token over the first `windows` windows (all by default), after applying
+        `sparsities` (the model as it is when None)."""
+        if sparsities is not None:
+            self.apply(sparsities)
+        count = len(self.windows) if windows is None else min(windows, len(self.windows))
+        total = sum(kl_sum(self.reference[i], self._logits(self.windows[i])) for i in range(count))
+        return total / (count * self.windows.shape[1])
+
+
+@dataclass
+class EvolutionSettings:
+    step: float = 0.05  # sparsity moved between two layers by one level switch
+    max_sparsity: float = 0.9  # no layer is pruned beyond this
+    generations: int = 40
+    offspring: int = 12  # children of the parent per generation, each scored on the first fitness window
+    survivors: int = 2  # the best children, scored on every fitness window against the parent
+    max_switches: int = 3  # level switches per child: 1 to this, at random
+    time_limit: float | None = None  # seconds; stop after the generation that passes it
+
+
+@dataclass
+class SearchState:
+    """Where a search stands; saved after every generation, so a rerun resumes it."""
+
+    generation: int
+    offsets: list[int]
+    fitness: float
+    uniform_fitness: float
+    evaluated: int = 1
+    history: list[dict] = field(default_factory=list)  # per generation: its best fitness so far
+
+    @classmethod
+    def load(cls, path: Path) -> SearchState | None:
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):  # none yet, or a damaged one: start again
+            return None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary_sibling(path)
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(path)
+
+
+def evolve(candidates: Candidates, base: float, settings: EvolutionSettings, seed: int,
+           state: SearchState | None = None, on_generation: Callable[[SearchState], None] | None = None
+           ) -> SearchState:
+    """EvoPress's loop from the uniform allocation `base` (or from `state`, to resume): each generation's random
+    draws depend only on (seed, generation), so a resumed search ends where an uninterrupted one would."""
+    layers = len(candidates.applied)
+    low, high = offset_bounds(base, settings.step, settings.max_sparsity)
+    if state is None:
+        uniform = candidates.fitness([base] * layers)
+        state = SearchState(0, [0] * layers, uniform, uniform)
+    started = time.perf_counter()
+    while state.generation < settings.generations:
+        rng = random.Random(f"{seed}:{state.generation}")
+        children = [level_switch(state.offsets, low, high, rng, rng.randint(1, settings.max_switches))
+                    for _ in range(settings.offspring)]
+        children = [c for c in dict.fromkeys(map(tuple, children)) if list(c) != state.offsets]
+        quick = sorted((candidates.fitness(layer_sparsities(base, c, settings.step), windows=1), c)
+                       for c in children)[:settings.survivors]
+        full = [(candidates.fitness(layer_sparsities(base, c, settings.step)), c) for _, c in quick]
+        state.evaluated += len(children) + len(full)
+        best = min(full, default=None)
+        if best is not None and best[0] < state.fitness:
+            state.fitness, state.offsets = best[0], list(best[1])
+        state.generation += 1
+        state.history.append({"generation": state.generation, "fitness": state.fitness,
+                              "evaluated": state.evaluated})
+        if on_generation:
+            on_generation(state)
+        if settings.time_limit is not None and time.perf_counter() - started > settings.time_limit:
+            break
+    return state

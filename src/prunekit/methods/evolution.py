@@ -1,0 +1,60 @@
+"""Evolutionary search over per-layer sparsity levels (EvoPress: Sieberling et al., "EvoPress: Accurate Dynamic
+Model Compression via Evolutionary Search", ICML 2025). Pure functions: integers, floats and tensors.
+
+A candidate gives decoder layer i the sparsity `base + offsets[i] * step`. The offsets are integers that sum to
+zero, so when the layers are the same size every candidate removes the same number of weights as the uniform
+allocation `base` (the budget holds exactly, and no candidate needs a repair step). The level-switch mutation
+moves one step of sparsity from one layer to another, within [0, max_sparsity]. Fitness is the KL divergence of
+the candidate's next-token distribution from the dense model's (lower is better), and selection is multi-step:
+every offspring is scored on a few tokens, the best few on all of them, and the parent is replaced only by a
+survivor that beats it on the full set (so the best fitness never rises).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+
+def offset_bounds(base: float, step: float, max_sparsity: float) -> tuple[int, int]:
+    """The lowest and highest offset that keep `base + offset * step` within [0, max_sparsity]."""
+    tolerance = 1e-9  # so that base exactly on the grid reaches its bounds despite rounding
+    return math.ceil(-base / step - tolerance), math.floor((max_sparsity - base) / step + tolerance)
+
+
+def layer_sparsities(base: float, offsets: Sequence[int], step: float) -> list[float]:
+    return [min(max(base + o * step, 0.0), 1.0) for o in offsets]
+
+
+def level_switch(offsets: Sequence[int], low: int, high: int, rng: random.Random, switches: int = 1) -> list[int]:
+    """A child of `offsets`: `switches` times, one layer (chosen at random among those below `high`) takes one step
+    more sparsity and another (among those above `low`) one step less. The sum of the offsets is unchanged."""
+    child = list(offsets)
+    for _ in range(switches):
+        up = [i for i, o in enumerate(child) if o < high]
+        if not up:
+            break
+        sparser = rng.choice(up)
+        down = [i for i, o in enumerate(child) if o > low and i != sparser]
+        if not down:
+            break
+        child[sparser] += 1
+        child[rng.choice(down)] -= 1
+    return child
+
+
+def reference_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """The dense model's next-token log-probabilities, kept in bfloat16 (half the memory; the KL is computed in
+    float32 from them)."""
+    return F.log_softmax(logits.float(), dim=-1).to(torch.bfloat16)
+
+
+def kl_sum(reference: torch.Tensor, logits: torch.Tensor) -> float:
+    """Sum over positions of KL(dense || candidate), from the dense log-probabilities [..., V] and the candidate's
+    logits [..., V]."""
+    ref = reference.float()
+    return float((ref.exp() * (ref - F.log_softmax(logits.float(), dim=-1))).sum())

@@ -1,0 +1,206 @@
+"""`prunekit search`: EvoPress-style per-layer sparsity search to a parameter budget."""
+
+import json
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from conftest import CONFIGS, tiny_model
+from safetensors.torch import load_file
+from test_cli import assert_one_line_error, run_cli
+
+from prunekit.api import prune
+from prunekit.engine.search import Candidates, dense_scores
+from prunekit.errors import PrunekitError
+from prunekit.methods import get_method
+from prunekit.methods.evolution import kl_sum, layer_sparsities, level_switch, offset_bounds, reference_log_probs
+from prunekit.models.adapters import adapter_for
+from prunekit.recipe import StageConfig
+from prunekit.text.tokens import calibration_windows, held_out_windows
+
+
+def test_level_switch_keeps_the_budget_and_the_bounds():
+    rng = random.Random(0)
+    low, high = offset_bounds(0.35, 0.1, 0.9)
+    assert (low, high) == (-3, 5)  # 0.35 - 0.3 >= 0 and 0.35 + 0.5 <= 0.9
+    offsets = [0] * 6
+    for _ in range(500):
+        offsets = level_switch(offsets, low, high, rng, switches=rng.randint(1, 3))
+        assert sum(offsets) == 0 and all(low <= o <= high for o in offsets)
+    assert all(0.0 <= s <= 0.9 + 1e-9 for s in layer_sparsities(0.35, offsets, 0.1))
+    assert level_switch([0, 0], 0, 0, rng) == [0, 0]  # nothing can move
+    assert level_switch([1, -1], -1, 1, random.Random(3)) == [0, 0]  # the only legal switch
+    first = level_switch([0] * 8, -2, 2, random.Random(7), 3)
+    assert first == level_switch([0] * 8, -2, 2, random.Random(7), 3)
+
+
+def test_kl_sum_is_the_kl_divergence():
+    torch.manual_seed(0)
+    dense, other = torch.randn(5, 11), torch.randn(5, 11)
+    reference = reference_log_probs(dense)
+    expected = F.kl_div(F.log_softmax(other, -1), reference.float(), log_target=True, reduction="sum")
+    assert kl_sum(reference, other) == pytest.approx(float(expected), rel=1e-5)
+    assert kl_sum(reference_log_probs(dense), dense) == pytest.approx(0.0, abs=1e-2)
+
+
+def test_held_out_windows_never_overlap_the_calibration_windows():
+    stream = torch.arange(64 * 10)
+    calibration = calibration_windows(stream, 6, 10, seed=3)
+    held = held_out_windows(stream, 4, 10, seed=3, calibration_samples=6)
+    assert held.shape == (4, 10)
+    assert not set(calibration[:, 0].tolist()) & set(held[:, 0].tolist())
+    with pytest.raises(PrunekitError, match="held-out"):
+        held_out_windows(stream, 60, 10, seed=3, calibration_samples=6)
+
+
+def test_layer_sparsity_prunes_each_layer_to_its_own_sparsity():
+    model = tiny_model("llama")
+    result = prune(model, stages=[{"method": "magnitude", "layer_sparsity": [0.25, 0.75]}], progress=False)
+    for matrix in result.matrices:
+        wanted = 0.25 if matrix.name.startswith("layers.0.") else 0.75
+        assert matrix.sparsity == pytest.approx(wanted, abs=1 / 64)
+    assert StageConfig(method="wanda", layer_sparsity=[0.2, 0.4]).sparsity == pytest.approx(0.3)
+
+
+@pytest.mark.parametrize("stage, fragment", [
+    ({"method": "wanda", "layer_sparsity": [0.5, 0.5], "pattern": "2:4"}, "N:M"),
+    ({"method": "magnitude", "layer_sparsity": [0.5, 0.5], "allocation": "global"}, "drop one of them"),
+    ({"method": "wanda", "layer_sparsity": [0.2, 0.4], "sparsity": 0.5}, "not the mean"),
+    ({"method": "wanda", "layer_sparsity": [0.2, 1.0]}, "less than 1"),
+])
+def test_bad_layer_sparsity_is_refused(stage, fragment):
+    with pytest.raises(PrunekitError, match=fragment):
+        StageConfig.parse(stage)
+
+
+def test_layer_sparsity_needs_one_entry_per_layer():
+    with pytest.raises(PrunekitError, match="one sparsity per layer"):
+        prune(tiny_model("llama"), stages=[{"method": "magnitude", "layer_sparsity": [0.5, 0.5, 0.5]}],
+              progress=False)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda"])
+def test_candidates_equal_the_engine_on_dense_inputs(method):
+    """A candidate's masks come from the dense model's scores: for magnitude that is the engine's prune exactly; for
+    Wanda it is exactly the engine's first layer (whose inputs are dense in both)."""
+    torch.manual_seed(1)
+    windows = torch.randint(3, 96, (4, 16))
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    scores = dense_scores(adapter, windows, get_method(method), {}, torch.device("cpu"))
+    candidates = Candidates(adapter, scores, windows[:2], torch.device("cpu"))
+    candidates.apply([0.3, 0.6])
+    applied = {k: v.clone() for k, v in model.state_dict().items()}
+    candidates.restore()
+    prune(model, stages=[{"method": method, "layer_sparsity": [0.3, 0.6]}], calibration=windows, progress=False)
+    engine = model.state_dict()
+    layers = ("layers.0.", "layers.1.") if method == "magnitude" else ("layers.0.",)
+    compared = [k for k in engine if any(p in k for p in layers)]
+    assert compared and all(torch.equal(applied[k], engine[k]) for k in compared)
+    assert candidates.fitness() > 0
+
+
+def _sensitive_model_dir(tmp_path, tokenizer):
+    """Four layers; the last three write almost nothing into the residual stream, so pruning them costs little and
+    a search should move sparsity from the first layer to them."""
+    config = CONFIGS["llama"]()
+    config.num_hidden_layers = 4
+    config.pad_token_id = 0
+    torch.manual_seed(0)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for layer in model.model.layers[1:]:
+            layer.self_attn.o_proj.weight.mul_(0.02)
+            layer.mlp.down_proj.weight.mul_(0.02)
+    path = tmp_path / "sensitive"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _search_args(model_dir, text_file, out, *extra):
+    return ["search", str(model_dir), "--target", "params=0.7", "--out", str(out), "--calib", str(text_file),
+            "--calib-samples", "4", "--calib-seq-len", "32", "--fitness-samples", "3", "--eval-text", str(text_file),
+            "--ppl-samples", "2", "--ppl-seq-len", "64", "--step", "0.1", "--offspring", "6", *extra]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, tokenizer):
+    """One search of the sensitive model, run through the command line (shared by the tests below)."""
+    from conftest import make_text
+
+    root = tmp_path_factory.mktemp("search")
+    text = root / "text.txt"
+    text.write_text(make_text(20000, seed=1))
+    model_dir = _sensitive_model_dir(root, tokenizer)
+    return root, text, model_dir
+
+
+def test_search_beats_uniform_at_the_same_budget(searched, capsys, monkeypatch):
+    root, text, model_dir = searched
+    out = root / "out"
+    code, stdout, err = run_cli(_search_args(model_dir, text, out, "--generations", "12"), capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads((out / "search.json").read_text())
+    chosen, base = result["layer_sparsity"], result["uniform_sparsity"]
+    assert sum(chosen) / len(chosen) == pytest.approx(base)  # the budget holds exactly
+    kept = result["parameters"]
+    assert abs(kept["searched_kept"] - kept["uniform_kept"]) <= 4 * 64  # row rounding only
+    assert kept["searched_kept"] / kept["dense"] == pytest.approx(0.7, abs=0.005)
+    assert chosen[0] < base  # the sensitive layer keeps more
+    fitness = result["fitness"]
+    assert fitness["searched_table"] < fitness["uniform_table"]
+    assert fitness["searched_pruned"] < fitness["uniform_pruned"]
+    history = [h["fitness"] for h in result["history"]]
+    assert history == sorted(history, reverse=True) and len(history) == 12
+    assert "searched" in stdout and "layer sparsity" in stdout
+
+    # The recipe saved with it reproduces the model.
+    again = root / "again"
+    code, _, err = run_cli(["prune", "--recipe", str(out / "recipe.yaml"), "--out", str(again)], capsys, monkeypatch)
+    assert code == 0, err
+    a, b = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeypatch):
+    root, text, model_dir = searched
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache-a"))
+    code, _, err = run_cli(_search_args(model_dir, text, tmp_path / "short", "--generations", "3", "--no-ppl"),
+                           capsys, monkeypatch)
+    assert code == 0, err
+    code, _, err = run_cli(_search_args(model_dir, text, tmp_path / "resumed", "--generations", "6", "--no-ppl"),
+                           capsys, monkeypatch)
+    assert code == 0, err
+    assert "resuming the search at generation 3" in " ".join(err.split())
+    monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache-b"))
+    code, _, err = run_cli(_search_args(model_dir, text, tmp_path / "fresh", "--generations", "6", "--no-ppl"),
+                           capsys, monkeypatch)
+    assert code == 0, err
+    resumed = json.loads((tmp_path / "resumed" / "search.json").read_text())
+    fresh = json.loads((tmp_path / "fresh" / "search.json").read_text())
+    assert resumed["layer_sparsity"] == fresh["layer_sparsity"]
+    assert resumed["history"] == fresh["history"]
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--target", "params"], "KEY=VALUE"),
+    (["--target", "speed=2"], "unknown --target key"),
+    (["--target", "decode=1.4"], "not supported yet"),
+    (["--target", "params=1.2"], "between 0 and 1"),
+    (["--target", "params=0.01"], "out of reach"),
+    (["--target", "params=0.7", "--method", "sparsegpt"], "updates the weights"),
+    (["--target", "params=0.7", "--method", "nosuch"], "unknown method"),
+    (["--target", "params=0.7", "--step", "0"], "step"),
+    (["--target", "params=0.7", "--max-sparsity", "1"], "max sparsity"),
+])
+def test_bad_searches_are_one_line_errors(tiny_model_dir, tmp_path, capsys, monkeypatch, flags, fragment):
+    out = tmp_path / "out"
+    code, _, err = run_cli(["search", str(tiny_model_dir), "--out", str(out), *flags], capsys, monkeypatch)
+    assert code == 2
+    assert_one_line_error(err)
+    assert fragment in " ".join(err.split())
+    assert not out.exists()
