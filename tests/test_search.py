@@ -10,13 +10,16 @@ from conftest import CONFIGS, tiny_model
 from safetensors.torch import load_file
 from test_cli import assert_one_line_error, run_cli
 
+from prunekit import search as search_module
 from prunekit.api import prune
-from prunekit.engine.search import Candidates, dense_scores
+from prunekit.engine import latency
+from prunekit.engine.search import Candidates, DepthSpace, EvolutionSettings, dense_scores, evolve
 from prunekit.errors import PrunekitError
 from prunekit.methods import get_method
+from prunekit.methods.cost import blocks_for_params, blocks_for_speedup, fit_line, max_speedup
 from prunekit.methods.evolution import kl_sum, layer_sparsities, level_switch, offset_bounds, reference_log_probs
 from prunekit.models.adapters import adapter_for
-from prunekit.recipe import StageConfig
+from prunekit.recipe import StageConfig, StructuredStageConfig
 from prunekit.text.tokens import calibration_windows, held_out_windows
 
 
@@ -148,12 +151,12 @@ def test_search_beats_uniform_at_the_same_budget(searched, capsys, monkeypatch):
     chosen, base = result["layer_sparsity"], result["uniform_sparsity"]
     assert sum(chosen) / len(chosen) == pytest.approx(base)  # the budget holds exactly
     kept = result["parameters"]
-    assert abs(kept["searched_kept"] - kept["uniform_kept"]) <= 4 * 64  # row rounding only
+    assert abs(kept["searched_kept"] - kept["baseline_kept"]) <= 4 * 64  # row rounding only
     assert kept["searched_kept"] / kept["dense"] == pytest.approx(0.7, abs=0.005)
     assert chosen[0] < base  # the sensitive layer keeps more
     fitness = result["fitness"]
-    assert fitness["searched_table"] < fitness["uniform_table"]
-    assert fitness["searched_pruned"] < fitness["uniform_pruned"]
+    assert fitness["searched_search"] < fitness["baseline_search"]
+    assert fitness["searched_pruned"] < fitness["baseline_pruned"]
     history = [h["fitness"] for h in result["history"]]
     assert history == sorted(history, reverse=True) and len(history) == 12
     assert "searched" in stdout and "layer sparsity" in stdout
@@ -189,7 +192,12 @@ def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeyp
 @pytest.mark.parametrize("flags, fragment", [
     (["--target", "params"], "KEY=VALUE"),
     (["--target", "speed=2"], "unknown --target key"),
-    (["--target", "decode=1.4"], "not supported yet"),
+    (["--target", "memory=1GB"], "not supported yet"),
+    (["--target", "decode=0.9"], "speed-up above 1"),
+    (["--target", "decode=fast"], "not a number"),
+    (["--target", "decode=1.3x", "--space", "sparsity"], "use --space depth"),
+    (["--target", "params=0.7", "--space", "width"], "unknown search space"),
+    (["--target", "params=0.01", "--space", "depth"], "out of reach by removing blocks"),
     (["--target", "params=1.2"], "between 0 and 1"),
     (["--target", "params=0.01"], "out of reach"),
     (["--target", "params=0.7", "--method", "sparsegpt"], "updates the weights"),
@@ -204,3 +212,115 @@ def test_bad_searches_are_one_line_errors(tiny_model_dir, tmp_path, capsys, monk
     assert_one_line_error(err)
     assert fragment in " ".join(err.split())
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- depth space and latency targets
+
+
+def test_cost_model_line_and_block_counts():
+    assert fit_line([1, 2, 4], [3.0, 5.0, 9.0]) == pytest.approx((1.0, 2.0))
+    with pytest.raises(ValueError):
+        fit_line([2, 2], [1.0, 3.0])
+    # 10 blocks at 1 s each plus 2 s outside them: 12 s; 1.5x faster is 8 s, 6 blocks
+    assert blocks_for_speedup(2.0, 1.0, 10, 1.5) == 6
+    assert blocks_for_speedup(2.0, 1.0, 10, 1.2) == 8  # 10 s exactly: the boundary counts
+    assert blocks_for_speedup(2.0, 1.0, 10, 10.0) == 0  # 1.2 s is below one block
+    assert max_speedup(2.0, 1.0, 10) == pytest.approx(4.0)
+    # 100 parameters outside 10 blocks of 90: keeping 60% (600) leaves room for 5 blocks
+    assert blocks_for_params(1000, 90, 10, 0.6) == 5
+    assert blocks_for_params(1000, 90, 10, 0.1) == 0
+
+
+def _four_block_model():
+    from transformers import AutoModelForCausalLM
+
+    config = CONFIGS["llama"]()
+    config.num_hidden_layers = 4
+    torch.manual_seed(2)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+def test_block_list_removes_exactly_the_listed_blocks():
+    model = _four_block_model()
+    before = [layer.mlp.up_proj.weight.clone() for layer in model.model.layers]
+    prune(model, stages=[{"method": "block-list", "blocks": [2, 0]}], progress=False)
+    assert model.config.num_hidden_layers == 2
+    kept = zip(model.model.layers, [1, 3], strict=True)
+    assert all(torch.equal(layer.mlp.up_proj.weight, before[i]) for layer, i in kept)
+    with pytest.raises(PrunekitError, match="do not exist"):
+        prune(model, stages=[{"method": "block-list", "blocks": [5]}], progress=False)
+    with pytest.raises(PrunekitError, match="give blocks"):
+        StructuredStageConfig(method="block-list", size=1)
+
+
+def test_depth_candidate_is_the_model_without_its_blocks():
+    model = _four_block_model()
+    adapter = adapter_for(model)
+    windows = torch.randint(3, 96, (2, 16))
+    space = DepthSpace(adapter, windows, torch.device("cpu"), removed=[1])
+    fitness = space.fitness([1, 0, 1, 0])
+    assert space.start == [1, 0, 1, 1]
+    prune(model, stages=[{"method": "block-list", "blocks": [1, 3]}], progress=False)
+    assert space.kl() == pytest.approx(fitness, rel=1e-6)  # the same KL from the model with the blocks removed
+
+
+def test_depth_search_finds_the_best_blocks_of_a_small_space():
+    """Removing 2 of 4 blocks has 6 candidates: the search must end on the one with the least KL."""
+    from itertools import combinations
+
+    adapter = adapter_for(_four_block_model())
+    windows = torch.randint(3, 96, (3, 16))
+    space = DepthSpace(adapter, windows, torch.device("cpu"), removed=[2, 3])
+    every = {pair: space.fitness([0 if i in pair else 1 for i in range(4)]) for pair in combinations(range(4), 2)}
+    state = evolve(space, EvolutionSettings(generations=8, offspring=4, survivors=2), seed=0)
+    assert space.removed(state.genome) == list(min(every, key=every.get))
+    assert state.fitness == pytest.approx(min(every.values()))
+    assert state.start_fitness == pytest.approx(every[(2, 3)])
+
+
+def test_latency_model_is_fitted_once_and_cached(monkeypatch):
+    calls = []
+
+    def fake_time(adapter, blocks, kind, probe, device):
+        calls.append(blocks)
+        return 0.002 + 0.001 * blocks
+
+    monkeypatch.setattr(latency, "time_depth", fake_time)
+    adapter = adapter_for(_four_block_model())
+    line, cached = latency.latency_model(adapter, "decode", torch.device("cpu"))
+    assert not cached and calls == [1, 2, 3, 4]
+    assert (line.intercept, line.slope) == pytest.approx((0.002, 0.001))
+    again, cached = latency.latency_model(adapter, "decode", torch.device("cpu"))
+    assert cached and again == line and calls == [1, 2, 3, 4]
+    monkeypatch.setattr(latency, "time_depth", lambda *_args: 0.01)  # flat: depth costs nothing
+    with pytest.raises(PrunekitError, match="does not grow with depth"):
+        latency.latency_model(adapter, "prefill", torch.device("cpu"))
+
+
+def test_decode_target_search_removes_the_blocks_the_cost_model_allows(searched, tmp_path, capsys, monkeypatch):
+    """decode=1.3x on 4 blocks timed at 1 + k ms per token: 5 ms / 1.3 = 3.85 ms leaves 2 blocks. The speed-up check
+    after saving is stubbed here (timings are not asserted in unit tests); the real runs are in the README."""
+    root, text, model_dir = searched
+    monkeypatch.setattr(latency, "time_depth", lambda _a, blocks, *_rest: 0.001 + 0.001 * blocks)
+    measured = []
+    monkeypatch.setattr(search_module, "_measured_speedup", lambda *args: measured.append(args) or 1.31)
+    out = tmp_path / "decode"
+    args = _search_args(model_dir, text, out, "--generations", "4")
+    args[args.index("--target") + 1] = "decode=1.3x"
+    code, stdout, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads((out / "search.json").read_text())
+    assert result["space"] == "depth" and result["blocks"]["removed"] == 2
+    assert result["cost"]["predicted"] == pytest.approx(5 / 3)
+    assert result["cost"]["measured"] == 1.31 and result["cost"]["met"]
+    assert measured and measured[0][1] == "decode"
+    assert result["fitness"]["searched_pruned"] <= result["fitness"]["baseline_pruned"] + 1e-9
+    assert len(result["blocks"]["searched"]) == 2 and "measured 1.310x" in stdout
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+    again = tmp_path / "again"
+    code, _, err = run_cli(["prune", "--recipe", str(out / "recipe.yaml"), "--out", str(again)], capsys, monkeypatch)
+    assert code == 0, err
+    a, b = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -218,6 +218,7 @@ class StructuredStageConfig(_Strict):
     gradient_samples: int = Field(32, gt=0)  # taylor / block-taylor: calibration windows back-propagated
     seed: Seed | None = None  # block-random; default: the recipe's seed
     top_k: int | None = Field(None, gt=0)  # moefy: experts each token uses (default 2)
+    blocks: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)  # block-list: blocks to remove
 
     @model_validator(mode="before")
     @classmethod
@@ -255,6 +256,13 @@ class StructuredStageConfig(_Strict):
                    *(("coverage",) if kind == "vocabulary" else ()))
         if (self.top_k is not None) != (kind == "conversion") and self.top_k is not None:
             raise PrunekitError(f"top_k is moefy's (experts per token); {self.method} does not take it")
+        if self.method == "block-list":
+            others = [n for n in amounts if n != "size" and getattr(self, n) is not None]
+            if self.blocks is None or others or self.size not in (None, len(set(self.blocks))):
+                raise PrunekitError("block-list removes the blocks it lists: give blocks (e.g. blocks: [3, 7]) and "
+                                    "no sparsity, size or param_fraction")
+            self.size = len(set(self.blocks))
+            return self
         if kind == "conversion":
             if self.sparsity is not None or self.param_fraction is not None or self.coverage is not None:
                 raise PrunekitError(f"{self.method} converts every MLP: give the expert count (size / --experts, "
@@ -282,7 +290,7 @@ class StructuredStageConfig(_Strict):
                                size=self.size, param_fraction=self.param_fraction, coverage=self.coverage,
                                bias_compensation=self.bias_compensation,
                                seed=self.seed if self.seed is not None else seed,
-                               gradient_samples=self.gradient_samples, top_k=self.top_k)
+                               gradient_samples=self.gradient_samples, top_k=self.top_k, blocks=self.blocks)
 
     @property
     def is_vocabulary(self) -> bool:

@@ -1,9 +1,13 @@
-"""`prunekit search`: give the budget, get the allocation. Searches one sparsity per decoder layer (EvoPress's
-evolutionary search, engine/search.py) so the model keeps a target fraction of its parameters with the least KL
-divergence from the dense model on held-out calibration tokens, then prunes the model with the chosen allocation
-through the engine and saves it with a recipe that reproduces it (`prunekit prune --recipe OUT/recipe.yaml`).
+"""`prunekit search`: give the budget, get the model. EvoPress's evolutionary search (engine/search.py) in one of two
+spaces, with the least KL divergence from the dense model on held-out calibration tokens as the goal:
 
-Also pruned and measured the same way: the uniform allocation of the same budget, the baseline the search must beat.
+- sparsity: one sparsity per decoder layer, for a parameter budget (params=F);
+- depth: which decoder blocks to remove, for a parameter budget or a speed-up on this machine (decode=X,
+  prefill=X), with a latency cost model measured on the model itself (engine/latency.py).
+
+The chosen model is pruned through the engine and saved with a recipe that reproduces it (`prunekit prune --recipe
+OUT/recipe.yaml`), next to the baseline of the same cost it must beat: the uniform sparsity, or ShortGPT's block
+influence with as many blocks removed. A latency target is then checked with `prunekit bench`'s measurement.
 """
 
 from __future__ import annotations
@@ -19,25 +23,31 @@ import torch
 from prunekit.api import calibration_data, check_seq_len, evaluate, evaluation_data, prune, prune_report
 from prunekit.assets.cache import cache_dir
 from prunekit.engine.cache import fingerprint
+from prunekit.engine.latency import LatencyProbe, latency_model
 from prunekit.engine.layerwise import PruneStage
 from prunekit.engine.search import (
     Candidates,
+    DepthSpace,
     EvolutionSettings,
     SearchState,
+    SparsitySpace,
     check_searchable,
     dense_scores,
     evolve,
     layer_numel,
 )
+from prunekit.engine.structured import StructuredStage, choose_blocks, running_layers
 from prunekit.errors import PrunekitError
 from prunekit.eval.perplexity import PerplexityResult
+from prunekit.eval.speed import SpeedConfig, benchmark_models
 from prunekit.methods import get_method
-from prunekit.methods.evolution import layer_sparsities
+from prunekit.methods.cost import blocks_for_params, blocks_for_speedup, max_speedup
 from prunekit.models.adapters import adapter_for
+from prunekit.models.adapters.base import ModelAdapter
 from prunekit.models.loading import load_model, resolve_device
 from prunekit.outputs import check_output
 from prunekit.progress import console, progress_bar
-from prunekit.recipe import CalibrationConfig, EvaluationConfig, Recipe, StageConfig
+from prunekit.recipe import CalibrationConfig, EvaluationConfig, Recipe, StageConfig, StructuredStageConfig
 from prunekit.rundir import run_directory, save_model
 from prunekit.runinfo import count_parameters, count_zeros, peak_rss_bytes, versions
 from prunekit.text.sources import load_texts
@@ -45,36 +55,55 @@ from prunekit.text.tokens import held_out_windows, token_stream
 
 SEARCH_FILE = "search.json"
 MAX_SWITCHES = 64  # more mutations per child than this is a random restart, not a search step
-NOT_YET = {"memory": "a memory size", "decode": "a decoding speed-up", "prefill": "a prefill speed-up"}
+SPACES = ("sparsity", "depth")
+LATENCY = ("decode", "prefill")
+BASELINE_DEPTH = "block-influence"  # ShortGPT: the depth baseline, and where the depth search starts
+VERIFY_TOLERANCE = 0.05  # a latency target is met when the measured speed-up is at least (1 - this) x the target
 
 
-def parse_target(text: str) -> float:
-    """`params=F` -> F, the fraction of the model's parameters kept (non-zero); one-line errors otherwise."""
+@dataclass(frozen=True)
+class Target:
+    key: str  # params | decode | prefill
+    value: float  # params: the fraction of the parameters kept; decode / prefill: the speed-up over the dense model
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value:g}" + ("x" if self.key in LATENCY else "")
+
+
+def parse_target(text: str | float) -> Target:
+    """`params=F` (keep the fraction F of the parameters), `decode=X` / `prefill=X` (X times faster, `1.3` or
+    `1.3x`); a bare number is params. One-line errors otherwise."""
+    if isinstance(text, int | float):
+        text = f"params={text}"
     key, sep, value = text.partition("=")
     key = key.strip().lower()
     if not sep:
         raise PrunekitError(f"--target {text!r} is not KEY=VALUE: give e.g. params=0.75 (keep 75% of the "
-                            "parameters)")
-    if key in NOT_YET:
-        raise PrunekitError(f"--target {key}= ({NOT_YET[key]}) is not supported yet: give params=F, the fraction "
-                            "of the parameters to keep")
-    if key != "params":
-        raise PrunekitError(f"unknown --target key {key!r}: use params=F (the fraction of the parameters to keep, "
-                            "e.g. params=0.75)")
+                            "parameters) or decode=1.3x (decode 1.3 times faster)")
+    if key == "memory":
+        raise PrunekitError("--target memory= is not supported yet: give params=F (the fraction of the parameters "
+                            "to keep) or decode=X / prefill=X (a speed-up)")
+    if key not in ("params", *LATENCY):
+        raise PrunekitError(f"unknown --target key {key!r}: use params=F (e.g. params=0.75), decode=X or prefill=X "
+                            "(e.g. decode=1.3x)")
     try:
-        fraction = float(value)
+        number = float(value.strip().lower().removesuffix("x"))
     except ValueError:
-        raise PrunekitError(f"--target params={value!r} is not a number: give a fraction such as 0.75") from None
-    if not 0.0 < fraction < 1.0:
+        raise PrunekitError(f"--target {key}={value!r} is not a number: give e.g. "
+                            f"{'params=0.75' if key == 'params' else key + '=1.3x'}") from None
+    if key == "params" and not 0.0 < number < 1.0:
         raise PrunekitError(f"--target params={value} must be a fraction between 0 and 1 (1 is the dense model)")
-    return fraction
+    if key in LATENCY and not 1.0 < number < float("inf"):
+        raise PrunekitError(f"--target {key}={value} must be a speed-up above 1 (1 is the dense model), e.g. 1.3x")
+    return Target(key, number)
 
 
 @dataclass
 class SearchConfig:
     model: str
-    target: float  # fraction of the model's parameters kept (non-zero), e.g. 0.75
-    method: str = "wanda"  # the score that ranks each layer's weights: magnitude, wanda or ria
+    target: str | float  # "params=0.75", "decode=1.3x", "prefill=1.3x" (a bare number: params)
+    space: str | None = None  # sparsity | depth; default: sparsity for params, depth for a speed-up
+    method: str = "wanda"  # sparsity space: the score that ranks each layer's weights: magnitude, wanda or ria
     settings: EvolutionSettings = field(default_factory=EvolutionSettings)
     fitness_samples: int = 4  # held-out calibration windows (of calibration.seq_len tokens) the KL is measured on
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -85,7 +114,21 @@ class SearchConfig:
     trust_remote_code: bool = False
     allow_pickle: bool = False
 
+    @property
+    def parsed_target(self) -> Target:
+        return parse_target(self.target)
+
+    @property
+    def resolved_space(self) -> str:
+        return self.space or ("sparsity" if self.parsed_target.key == "params" else "depth")
+
     def check(self) -> None:
+        target = self.parsed_target
+        if self.resolved_space not in SPACES:
+            raise PrunekitError(f"unknown search space {self.space!r}: choose {' or '.join(SPACES)}")
+        if self.resolved_space == "sparsity" and target.key in LATENCY:
+            raise PrunekitError(f"--target {target} needs structure: unstructured sparsity leaves the dense kernels "
+                                "as slow as before; use --space depth")
         s = self.settings
         if not 0.0 < s.max_sparsity < 1.0:
             raise PrunekitError(f"max sparsity {s.max_sparsity:g} must lie in (0, 1), e.g. 0.9")
@@ -127,113 +170,251 @@ def _state_path(key: str) -> Path:
     return cache_dir() / "search" / f"{key}.json"
 
 
+@dataclass
+class _Setup:
+    """What both spaces share: the loaded model and the data the search and its evaluation read."""
+
+    config: SearchConfig
+    loaded: Any
+    adapter: ModelAdapter
+    parameters: int
+    windows: torch.Tensor  # calibration: the scores and the final prune
+    held: torch.Tensor  # held out: the fitness
+    eval_windows: torch.Tensor | None  # the evaluation text: perplexity
+    device: torch.device
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.loaded.model
+
+    def perplexity(self, label: str) -> PerplexityResult | None:
+        if self.config.evaluation is None:
+            return None
+        return evaluate(self.model, self.loaded.tokenizer, self.config.evaluation, f"{label} perplexity",
+                        windows=self.eval_windows)
+
+    def search(self, space: SparsitySpace | DepthSpace, key: str, describe: str) -> SearchState:
+        """The evolutionary loop with a progress bar, resumed from (and saved to) the cache's state for `key`."""
+        t0 = time.perf_counter()
+        settings = self.config.settings
+        path = _state_path(key)
+        state = SearchState.load(path)
+        if state is not None:
+            console.log(f"resuming the search at generation {state.generation} ({path})")
+        with progress_bar() as bar:
+            task = bar.add_task("searching", total=settings.generations, completed=state.generation if state else 0)
+
+            def on_generation(current: SearchState) -> None:
+                current.save(path)
+                bar.update(task, completed=current.generation, description=f"searching: KL {current.fitness:.5f} "
+                           f"({describe} {current.start_fitness:.5f})")
+
+            state = evolve(space, settings, self.config.seed, state, on_generation)
+        self.seconds["search"] = round(time.perf_counter() - t0, 2)
+        return state
+
+    def key(self, *parts: object) -> str:
+        settings = {k: v for k, v in asdict(self.config.settings).items() if k not in ("generations", "time_limit")}
+        return fingerprint(self.adapter, torch.cat([self.windows, self.held]), "search", *parts, settings,
+                           self.config.seed)
+
+
 def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict:
     """Search, prune with the chosen allocation, save OUT (model, prunekit.json, recipe.yaml, search.json). Returns
     search.json's content."""
     started = time.perf_counter()
     config.check()
+    target, space = config.parsed_target, config.resolved_space
     out = check_output(out, overwrite, (config.model,))
-    method = get_method(config.method, "weights")
-    options = PruneStage(method=method.name, sparsity=0.5).options
+    method = get_method(config.method, "weights") if space == "sparsity" else None
     with console.status(f"loading {config.model}"):
         loaded = load_model(config.model, config.dtype, config.device, config.trust_remote_code, config.allow_pickle)
     model, tokenizer = loaded.model, loaded.tokenizer
     adapter = adapter_for(model)
-    check_searchable(method, adapter)
-    parameters = count_parameters(model)
-    layers = len(adapter.layers)
-    base = uniform_sparsity(parameters, layers, layer_numel(adapter, 0), config.target, config.settings.max_sparsity)
-    eval_windows = evaluation_data(model, tokenizer, config.evaluation) if config.evaluation else None
-    windows = calibration_data(model, tokenizer, config.calibration, config.seed)
-    held = held_out_data(model, tokenizer, config.calibration, config.fitness_samples, config.seed)
     device = resolve_device(config.device)
-    seconds: dict[str, float] = {}
-    settings = asdict(config.settings)
-    key = fingerprint(adapter, torch.cat([windows, held]), "search", method.name, options, round(base, 12),
-                      {k: v for k, v in settings.items() if k not in ("generations", "time_limit")}, config.seed)
-    model.to(device)
-    dense_ppl = _perplexity(model, tokenizer, config, "dense", eval_windows)
-    t0 = time.perf_counter()
-    with progress_bar() as bar:
-        task = bar.add_task(f"{method.name} scores of the dense model", total=layers)
-        scores = dense_scores(adapter, windows, method, options, device, config.calibration.batch_size,
-                              on_layer=lambda done, _total: bar.update(task, completed=done))
-    candidates = Candidates(adapter, scores, held, device)
-    seconds["scores"] = round(time.perf_counter() - t0, 2)
-    t0 = time.perf_counter()
-    state_path = _state_path(key)
-    state = SearchState.load(state_path)
-    if state is not None:
-        console.log(f"resuming the search at generation {state.generation} ({state_path})")
-    with progress_bar() as bar:
-        task = bar.add_task("searching", total=config.settings.generations,
-                            completed=state.generation if state else 0)
-
-        def on_generation(current: SearchState) -> None:
-            current.save(state_path)
-            bar.update(task, completed=current.generation,
-                       description=f"searching: KL {current.fitness:.5f} (uniform {current.uniform_fitness:.5f})")
-
-        state = evolve(candidates, base, config.settings, config.seed, state, on_generation)
-    seconds["search"] = round(time.perf_counter() - t0, 2)
-    chosen = layer_sparsities(base, state.offsets, config.settings.step)
-
-    def pruned(stage: StageConfig, label: str) -> tuple[Any, float, PerplexityResult | None]:
-        candidates.restore()
-        result = prune(model, tokenizer, stages=[stage], calibration=windows, seed=config.seed, device=config.device,
-                       batch_size=config.calibration.batch_size)
-        model.to(device)
-        return result, candidates.fitness(), _perplexity(model, tokenizer, config, label, eval_windows)
-
-    t0 = time.perf_counter()
-    uniform_stage = StageConfig(method=method.name, sparsity=base)
-    _, uniform_kl, uniform_ppl = pruned(uniform_stage, "uniform")
-    uniform_kept = parameters - count_zeros(model)
-    searched_stage = StageConfig(method=method.name, layer_sparsity=chosen)
-    result, searched_kl, searched_ppl = pruned(searched_stage, "searched")
+    parameters = count_parameters(model)
+    if method is not None:
+        check_searchable(method, adapter)
+        base = uniform_sparsity(parameters, len(adapter.layers), layer_numel(adapter, 0), target.value,
+                                config.settings.max_sparsity)
+    elif len(adapter.layers) < 2:
+        raise PrunekitError(f"the model has {len(adapter.layers)} decoder block: depth search needs at least two")
+    else:
+        keep, cost = blocks_to_keep(adapter, parameters, target, device)
+    setup = _Setup(config, loaded, adapter, parameters,
+                   calibration_data(model, tokenizer, config.calibration, config.seed),
+                   held_out_data(model, tokenizer, config.calibration, config.fitness_samples, config.seed),
+                   evaluation_data(model, tokenizer, config.evaluation) if config.evaluation else None, device)
+    if space == "sparsity":
+        assert method is not None
+        stage, result, search = _search_sparsity(setup, method.name, base)
+    else:
+        stage, result, search = _search_depth(setup, keep, cost)
     model.to("cpu")
-    seconds["prune_and_evaluate"] = round(time.perf_counter() - t0, 2)
     zeros = count_zeros(model)
+    remaining = count_parameters(model)
     recipe = Recipe(model=config.model, seed=config.seed, dtype=config.dtype, device=config.device,
                     trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
-                    calibration=config.calibration, stages=[searched_stage],
+                    calibration=config.calibration, stages=[stage],
                     evaluation=config.evaluation or EvaluationConfig(ppl=False))
-    seconds["total"] = round(time.perf_counter() - started, 2)
-    report = prune_report(recipe, result, parameters, zeros, dense_ppl, searched_ppl, seconds)
     search = {
         "versions": versions(),
         "model": config.model,
-        "method": method.name,
-        "target": {"params": config.target},
+        "space": space,
+        "target": {"key": target.key, "value": target.value, "text": str(target)},
         "seed": config.seed,
-        "settings": settings,
-        "fitness_protocol": f"mean KL(dense || model) per token on {len(held)} held-out calibration windows of "
-                            f"{held.shape[1]} tokens ({config.calibration.source})",
-        "parameters": {"dense": parameters, "uniform_kept": uniform_kept, "searched_kept": parameters - zeros},
-        "uniform_sparsity": base,
-        "layer_sparsity": chosen,
-        # "table": the allocation applied from the dense model's scores, as the search saw it; "pruned": the model
-        # the engine prunes with it (each layer's statistics on the already-pruned layers before it)
-        "fitness": {"uniform_table": state.uniform_fitness, "searched_table": state.fitness,
-                    "uniform_pruned": uniform_kl, "searched_pruned": searched_kl},
-        "perplexity": {name: p.perplexity if p else None
-                       for name, p in (("dense", dense_ppl), ("uniform", uniform_ppl), ("searched", searched_ppl))},
-        "generations": state.generation,
-        "evaluated": state.evaluated,
-        "history": state.history,
-        "seconds": seconds,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "settings": asdict(config.settings),
+        "fitness_protocol": f"mean KL(dense || model) per token on {len(setup.held)} held-out calibration windows "
+                            f"of {setup.held.shape[1]} tokens ({config.calibration.source})",
+        **search,
     }
+    search["parameters"]["searched_kept"] = remaining - zeros
+    dense_ppl, searched_ppl = search.pop("_dense_ppl"), search.pop("_searched_ppl")
     with console.status(f"saving to {out}"), run_directory(out, overwrite, (loaded.local_path,)) as run:
         save_model(loaded, run.path)
+        if target.key in LATENCY:
+            search["cost"]["measured"] = _measured_speedup(config, target.key, run.path)
+            search["cost"]["met"] = search["cost"]["measured"] >= target.value * (1 - VERIFY_TOLERANCE)
+        setup.seconds["total"] = round(time.perf_counter() - started, 2)
+        search["seconds"] = setup.seconds
+        search["peak_rss_bytes"] = peak_rss_bytes()
         (run.path / SEARCH_FILE).write_text(json.dumps(search, indent=2) + "\n")
+        report = prune_report(recipe, result, remaining, zeros, dense_ppl, searched_ppl, setup.seconds,
+                              dense_parameters=setup.parameters)
         run.finish(report, recipe)
     return search
 
 
-def _perplexity(model: torch.nn.Module, tokenizer: Any, config: SearchConfig, label: str,
-                windows: torch.Tensor | None) -> PerplexityResult | None:
-    if config.evaluation is None:
-        return None
-    return evaluate(model, tokenizer, config.evaluation, f"{label} perplexity", windows=windows)
+def _search_sparsity(setup: _Setup, method_name: str, base: float) -> tuple[StageConfig, Any, dict]:
+    config, adapter, model = setup.config, setup.adapter, setup.model
+    method = get_method(method_name)
+    options = PruneStage(method=method.name, sparsity=0.5).options
+    layers = len(adapter.layers)
+    model.to(setup.device)
+    dense_ppl = setup.perplexity("dense")
+    t0 = time.perf_counter()
+    with progress_bar() as bar:
+        task = bar.add_task(f"{method.name} scores of the dense model", total=layers)
+        scores = dense_scores(adapter, setup.windows, method, options, setup.device, config.calibration.batch_size,
+                              on_layer=lambda done, _total: bar.update(task, completed=done))
+    candidates = Candidates(adapter, scores, setup.held, setup.device)
+    setup.seconds["scores"] = round(time.perf_counter() - t0, 2)
+    settings = config.settings
+    space = SparsitySpace(candidates, base, settings.step, settings.max_sparsity)
+    state = setup.search(space, setup.key(method.name, options, round(base, 12)), "uniform")
+    chosen = space.sparsities(state.genome)
 
+    def pruned(stage: StageConfig, label: str) -> tuple[Any, float, PerplexityResult | None]:
+        candidates.restore()
+        result = prune(model, stages=[stage], calibration=setup.windows, seed=config.seed, device=config.device,
+                       batch_size=config.calibration.batch_size)
+        model.to(setup.device)
+        return result, candidates.fitness(), setup.perplexity(label)
+
+    t0 = time.perf_counter()
+    _, uniform_kl, uniform_ppl = pruned(StageConfig(method=method.name, sparsity=base), "uniform")
+    uniform_kept = setup.parameters - count_zeros(model)
+    stage = StageConfig(method=method.name, layer_sparsity=chosen)
+    result, searched_kl, searched_ppl = pruned(stage, "searched")
+    setup.seconds["prune_and_evaluate"] = round(time.perf_counter() - t0, 2)
+    return stage, result, {
+        "method": method.name,
+        "baseline": f"uniform {method.name} {base:.4f}",
+        "parameters": {"dense": setup.parameters, "baseline_kept": uniform_kept},
+        "uniform_sparsity": base,
+        "layer_sparsity": chosen,
+        # "search": the allocation applied from the dense model's scores, as the search saw it; "pruned": the
+        # model the engine prunes with it (each layer's statistics on the already-pruned layers before it)
+        "fitness": {"baseline_search": state.start_fitness, "searched_search": state.fitness,
+                    "baseline_pruned": uniform_kl, "searched_pruned": searched_kl},
+        **_outcome(state, dense_ppl, uniform_ppl, searched_ppl),
+    }
+
+
+def blocks_to_keep(adapter: ModelAdapter, parameters: int, target: Target, device: torch.device
+                   ) -> tuple[int, dict[str, Any]]:
+    """How many decoder blocks meet `target` (at most all but one), and the latency model that says so (a speed-up
+    target); one-line errors with the reachable range."""
+    total = len(adapter.layers)
+    per_block = sum(p.numel() for p in adapter.layers[0].parameters())
+    cost: dict[str, Any] = {}
+    if target.key == "params":
+        keep = blocks_for_params(parameters, per_block, total, target.value)
+        if keep < 1:
+            least = (parameters - per_block * (total - 1)) / parameters
+            raise PrunekitError(f"params={target.value:g} is out of reach by removing blocks: one block kept still "
+                                f"holds {least:.4f} of the parameters; give params between {least:.4f} and 1")
+    else:
+        with console.status(f"measuring {target.key} time at a few depths on this machine (once, then cached)"):
+            line, cached = latency_model(adapter, target.key, device, LatencyProbe())
+        keep = blocks_for_speedup(line.intercept, line.slope, total, target.value)
+        if keep < 1:
+            most = max_speedup(line.intercept, line.slope, total)
+            raise PrunekitError(f"{target} is out of reach by removing blocks on this machine: keeping one block of "
+                                f"{total} is {most:.2f}x faster; give {target.key} between 1 and {most:.2f}x")
+        cost = {"latency_model": asdict(line), "cached": cached,
+                "predicted": line.seconds_for(total) / line.seconds_for(min(keep, total - 1))}
+    return min(keep, total - 1), cost
+
+
+def _search_depth(setup: _Setup, keep: int, cost: dict[str, Any]) -> tuple[StructuredStageConfig, Any, dict]:
+    config, adapter, model = setup.config, setup.adapter, setup.model
+    total = len(adapter.layers)
+    per_block = sum(p.numel() for p in adapter.layers[0].parameters())
+    removed_count = total - keep
+    model.to(setup.device)
+    dense_ppl = setup.perplexity("dense")
+    t0 = time.perf_counter()
+    baseline = choose_blocks(adapter, StructuredStage(method=BASELINE_DEPTH, size=removed_count), setup.windows,
+                             setup.device, config.calibration.batch_size).removed["blocks"]
+    space = DepthSpace(adapter, setup.held, setup.device, baseline)
+    setup.seconds["scores"] = round(time.perf_counter() - t0, 2)
+    state = setup.search(space, setup.key("depth", removed_count), BASELINE_DEPTH)
+    searched = space.removed(state.genome)
+
+    def without(blocks: list[int], label: str) -> tuple[float, PerplexityResult | None]:
+        kept = [i for i in range(total) if i not in blocks]
+        with running_layers(adapter, [adapter.layers[i] for i in kept], kept):
+            return space.kl(), setup.perplexity(label)
+
+    t0 = time.perf_counter()
+    baseline_kl, baseline_ppl = without(baseline, BASELINE_DEPTH)
+    searched_kl, searched_ppl = without(searched, "searched")
+    stage = StructuredStageConfig(method="block-list", blocks=searched)
+    result = prune(model, stages=[stage], seed=config.seed, device=config.device, progress=False)
+    setup.seconds["prune_and_evaluate"] = round(time.perf_counter() - t0, 2)
+    dense_kept = setup.parameters
+    return stage, result, {
+        "baseline": f"{BASELINE_DEPTH} (ShortGPT), {removed_count} blocks removed",
+        "parameters": {"dense": dense_kept, "baseline_kept": dense_kept - per_block * removed_count},
+        "blocks": {"total": total, "removed": removed_count, "baseline": baseline, "searched": searched},
+        "fitness": {"baseline_search": state.start_fitness, "searched_search": state.fitness,
+                    "baseline_pruned": baseline_kl, "searched_pruned": searched_kl},
+        "cost": cost,
+        **_outcome(state, dense_ppl, baseline_ppl, searched_ppl),
+    }
+
+
+def _outcome(state: SearchState, dense: PerplexityResult | None, baseline: PerplexityResult | None,
+             searched: PerplexityResult | None) -> dict:
+    return {
+        "perplexity": {name: p.perplexity if p else None
+                       for name, p in (("dense", dense), ("baseline", baseline), ("searched", searched))},
+        "generations": state.generation,
+        "evaluated": state.evaluated,
+        "history": state.history,
+        "_dense_ppl": dense,
+        "_searched_ppl": searched,
+    }
+
+
+def _measured_speedup(config: SearchConfig, kind: str, pruned: Path) -> float:
+    """The pruned model's speed-up over the dense one as `prunekit bench` measures it (median of 5)."""
+    probe = LatencyProbe()
+    speed = SpeedConfig(prompt_len=probe.prompt_len, new_tokens=probe.new_tokens, batch_sizes=(1,), repeats=5,
+                        device=config.device, dtype=config.dtype, threads=torch.get_num_threads(),
+                        trust_remote_code=config.trust_remote_code)
+    result = benchmark_models([config.model, str(pruned)], speed, on_progress=lambda _line: None)
+    ratios = result["models"][1]["ratios"]
+    return ratios["decode_speedup"]["1"] if kind == "decode" else ratios["prefill_speedup"]

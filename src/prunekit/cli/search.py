@@ -23,17 +23,23 @@ from prunekit.recipe import SEED_MAX
 def search(
     model: ModelArg,
     target: Annotated[str, typer.Option(help="The budget: params=F keeps the fraction F of the model's parameters "
-                                        "(non-zero), e.g. params=0.75.", show_default=False)] = ...,
+                                        "(non-zero), e.g. params=0.75; decode=X / prefill=X makes decoding / "
+                                        "prefill X times faster on this machine, e.g. decode=1.3x.",
+                                        show_default=False)] = ...,
     out: OutDirOption = ...,
-    method: Annotated[str, typer.Option(help="The score that ranks each layer's weights: magnitude | wanda | ria.")
-                      ] = "wanda",
+    space: Annotated[str | None, typer.Option(help="What the search chooses: sparsity (one sparsity per layer) | "
+                                              "depth (which blocks to remove).  [default: sparsity for params, "
+                                              "depth for a speed-up]", show_default=False)] = None,
+    method: Annotated[str, typer.Option(help="Sparsity space: the score that ranks each layer's weights: magnitude "
+                                        "| wanda | ria.")] = "wanda",
     generations: Annotated[int, typer.Option(min=0, help="Generations of the evolutionary search.")] = 40,
     offspring: Annotated[int, typer.Option(min=1, help="Children per generation, each scored on the first "
                                            "held-out window.")] = 12,
     survivors: Annotated[int, typer.Option(min=1, help="Best children scored on every held-out window against "
                                            "the parent.")] = 2,
-    step: Annotated[float, typer.Option(help="Sparsity one mutation moves from one layer to another.")] = 0.05,
-    max_sparsity: Annotated[float, typer.Option(help="No layer is pruned beyond this.")] = 0.9,
+    step: Annotated[float, typer.Option(help="Sparsity space: sparsity one mutation moves from one layer to "
+                                        "another.")] = 0.05,
+    max_sparsity: Annotated[float, typer.Option(help="Sparsity space: no layer is pruned beyond this.")] = 0.9,
     max_switches: Annotated[int, typer.Option(min=1, max=64, help="Mutations per child: 1 to this, at "
                                               "random.")] = 3,
     fitness_samples: Annotated[int, typer.Option(min=1, help="Held-out calibration windows (of --calib-seq-len "
@@ -57,26 +63,32 @@ def search(
     allow_pickle: AllowPickleOption = False,
     overwrite: OverwriteOption = False,
 ) -> None:
-    """Find the sparsity of each decoder layer that meets --target with the least damage, and prune MODEL with it.
+    """Find the pruning of MODEL that meets --target with the least damage, and prune MODEL with it.
 
-    EvoPress's evolutionary search (Sieberling et al., ICML 2025): every candidate keeps exactly the budget (a
-    mutation moves --step of sparsity from one layer to another), its fitness is the KL divergence from the dense
-    model on held-out calibration windows, and each layer's mask comes from one table of the dense model's --method
-    scores, so a candidate costs a few forward passes. The chosen allocation is then pruned by the engine like any
-    `prunekit prune` run, next to the uniform allocation of the same budget. OUT gets the model, prunekit.json,
-    recipe.yaml (`prunekit prune --recipe OUT/recipe.yaml` reproduces it) and search.json (the allocation, both
-    fitnesses and perplexities, the search's history). A rerun with the same settings resumes an interrupted search.
+    EvoPress's evolutionary search (Sieberling et al., ICML 2025): every candidate meets the budget exactly, its
+    fitness is the KL divergence from the dense model on held-out calibration windows, and a candidate costs a few
+    forward passes. Space sparsity: one sparsity per decoder layer (a mutation moves --step from one layer to
+    another; each layer's mask comes from one table of the dense model's --method scores), against the uniform
+    sparsity of the same budget. Space depth: which blocks to remove (a mutation swaps a removed block for a kept
+    one), starting from and compared with ShortGPT's block influence; a speed-up target sets the number of blocks
+    from a latency model measured on this machine, and the result is timed like `prunekit bench` (median of 5).
+
+    OUT gets the model, prunekit.json, recipe.yaml (`prunekit prune --recipe OUT/recipe.yaml` reproduces it) and
+    search.json (the choice, both fitnesses and perplexities, the cost, the history). A rerun with the same settings
+    resumes an interrupted search.
 
       prunekit search smollm2-135m --target params=0.75 --out out/search-75
+
+      prunekit search smollm2-135m --target decode=1.3x --out out/search-decode
 
       prunekit search smollm2-135m --target params=0.6 --method ria --generations 80 --time-limit 1800 --out out/s60
     """
     from prunekit.engine.search import EvolutionSettings
     from prunekit.recipe import CalibrationConfig, EvaluationConfig
-    from prunekit.search import SearchConfig, parse_target, run_search
+    from prunekit.search import SearchConfig, run_search
 
     config = SearchConfig(
-        model=model, target=parse_target(target), method=method.lower(),
+        model=model, target=target, space=space and space.lower(), method=method.lower(),
         settings=EvolutionSettings(step=step, max_sparsity=max_sparsity, generations=generations,
                                    offspring=offspring, survivors=survivors, max_switches=max_switches,
                                    time_limit=time_limit),
@@ -87,17 +99,27 @@ def search(
     )
     result = run_search(config, out, overwrite)
     kept, fitness, ppls = result["parameters"], result["fitness"], result["perplexity"]
-    table = Table(title=f"{model}, params={config.target:g}: {result['evaluated']} candidates in "
-                        f"{result['generations']} generations ({result['seconds']['search']:.0f} s)")
-    for column in ("allocation", "parameters kept", "KL (search)", "KL (pruned)", "perplexity"):
-        table.add_column(column, justify="left" if column == "allocation" else "right")
+    table = Table(title=f"{model}, {result['target']['text']} ({result['space']}): {result['evaluated']} candidates "
+                        f"in {result['generations']} generations ({result['seconds']['search']:.0f} s)")
+    for column in ("model", "parameters kept", "KL (search)", "KL (pruned)", "perplexity"):
+        table.add_column(column, justify="left" if column == "model" else "right")
     table.add_row("dense", f"{kept['dense']:,}", "0", "0", _number(ppls["dense"]))
-    table.add_row(f"uniform {result['uniform_sparsity']:.4f}", f"{kept['uniform_kept']:,}",
-                  f"{fitness['uniform_table']:.5f}", f"{fitness['uniform_pruned']:.5f}", _number(ppls["uniform"]))
-    table.add_row("searched", f"{kept['searched_kept']:,}", f"{fitness['searched_table']:.5f}",
+    table.add_row(result["baseline"], f"{kept['baseline_kept']:,}", f"{fitness['baseline_search']:.5f}",
+                  f"{fitness['baseline_pruned']:.5f}", _number(ppls["baseline"]))
+    table.add_row("searched", f"{kept['searched_kept']:,}", f"{fitness['searched_search']:.5f}",
                   f"{fitness['searched_pruned']:.5f}", _number(ppls["searched"]))
     stdout.print(table)
-    stdout.print("layer sparsity: " + " ".join(f"{s:.2f}" for s in result["layer_sparsity"]))
+    if result["space"] == "sparsity":
+        stdout.print("layer sparsity: " + " ".join(f"{s:.2f}" for s in result["layer_sparsity"]))
+    else:
+        blocks = result["blocks"]
+        stdout.print(f"blocks removed: {blocks['searched']} (block influence: {blocks['baseline']})")
+    cost = result.get("cost") or {}
+    if "measured" in cost:
+        kind = result["target"]["key"]
+        stdout.print(f"{kind} speed-up: predicted {cost['predicted']:.3f}x, measured {cost['measured']:.3f}x "
+                     f"(median of 5; target {result['target']['value']:g}x"
+                     f"{'' if cost['met'] else ', NOT met within 5%'})")
     stdout.print(f"saved: {out} (model, prunekit.json, recipe.yaml, search.json)")
 
 

@@ -1,6 +1,6 @@
-"""The engine of `prunekit search`: one table of the dense model's weight scores, candidates (one sparsity per
-decoder layer) applied to the model as masks from that table, their fitness against the dense model, and the
-evolutionary loop of methods/evolution.py.
+"""The engine of `prunekit search`: the search spaces (one sparsity per decoder layer, applied as masks from one
+table of the dense model's weight scores; or which decoder blocks to remove), the fitness of a candidate against
+the dense model, and the evolutionary loop of methods/evolution.py.
 
 The table is EvoPress's per-layer database in a few bytes per weight: a score method (magnitude, Wanda, RIA) prunes
 a row at sparsity s by keeping its top (1 - s) scores, so one table of scores from the dense model's calibration
@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
 from prunekit.engine.layerwise import collect_statistic
+from prunekit.engine.structured import running_layers
 from prunekit.engine.walker import LayerStore, capture_on_device, walk_layers
 from prunekit.errors import PrunekitError
 from prunekit.files import temporary_sibling
@@ -77,23 +78,36 @@ def dense_scores(adapter: ModelAdapter, windows: torch.Tensor, method: MethodSpe
     return scores
 
 
-class Candidates:
-    """Applies per-layer sparsities to the model from the score table and measures their fitness: the mean KL
-    divergence per token of the model's next-token distribution from the dense model's on `windows`."""
+class KLFitness:
+    """The fitness of the model as it is now: the mean KL divergence per token of its next-token distribution from
+    the dense model's on `windows` (the dense log-probabilities are taken when this is made)."""
 
-    def __init__(self, adapter: ModelAdapter, scores: dict[str, torch.Tensor], windows: torch.Tensor,
-                 device: torch.device) -> None:
-        self.adapter, self.scores, self.windows, self.device = adapter, scores, windows, device
-        self.linears = {f"{i}.{n}": lin for i, layer in enumerate(adapter.layers)
-                        for n, lin in adapter.linears(layer).items() if f"{i}.{n}" in scores}
-        self.dense = {key: weight_matrix(lin).detach().clone() for key, lin in self.linears.items()}
-        self.applied = [0.0] * len(adapter.layers)
+    def __init__(self, model: torch.nn.Module, windows: torch.Tensor, device: torch.device) -> None:
+        self.model, self.windows, self.device = model, windows, device
         self.reference = [reference_log_probs(self._logits(w)) for w in windows]
 
     @torch.no_grad()
     def _logits(self, window: torch.Tensor) -> torch.Tensor:
-        model = self.adapter.model
-        return model(window.unsqueeze(0).to(self.device), use_cache=False).logits[0]
+        return self.model(window.unsqueeze(0).to(self.device), use_cache=False).logits[0]
+
+    def __call__(self, windows: int | None = None) -> float:
+        """Over the first `windows` windows (all by default)."""
+        count = len(self.windows) if windows is None else min(windows, len(self.windows))
+        total = sum(kl_sum(self.reference[i], self._logits(self.windows[i])) for i in range(count))
+        return total / (count * self.windows.shape[1])
+
+
+class Candidates:
+    """Applies per-layer sparsities to the model from the score table and measures their fitness (KLFitness)."""
+
+    def __init__(self, adapter: ModelAdapter, scores: dict[str, torch.Tensor], windows: torch.Tensor,
+                 device: torch.device) -> None:
+        self.adapter, self.scores = adapter, scores
+        self.linears = {f"{i}.{n}": lin for i, layer in enumerate(adapter.layers)
+                        for n, lin in adapter.linears(layer).items() if f"{i}.{n}" in scores}
+        self.dense = {key: weight_matrix(lin).detach().clone() for key, lin in self.linears.items()}
+        self.applied = [0.0] * len(adapter.layers)
+        self.kl = KLFitness(adapter.model, windows, device)
 
     @torch.no_grad()
     def apply(self, sparsities: list[float]) -> None:
@@ -116,19 +130,55 @@ class Candidates:
         self.applied = [0.0] * len(self.applied)
 
     def fitness(self, sparsities: list[float] | None = None, windows: int | None = None) -> float:
-        """Mean KL(dense || model) per token over the first `windows` windows (all by default), after applying
-        `sparsities` (the model as it is when None)."""
+        """KLFitness over the first `windows` windows, after applying `sparsities` (the model as it is when None)."""
         if sparsities is not None:
             self.apply(sparsities)
-        count = len(self.windows) if windows is None else min(windows, len(self.windows))
-        total = sum(kl_sum(self.reference[i], self._logits(self.windows[i])) for i in range(count))
-        return total / (count * self.windows.shape[1])
+        return self.kl(windows)
+
+
+class SparsitySpace:
+    """Genomes are per-layer integer offsets from the uniform sparsity `base`, in steps of `step` (sum zero)."""
+
+    def __init__(self, candidates: Candidates, base: float, step: float, max_sparsity: float) -> None:
+        self.candidates, self.base, self.step = candidates, base, step
+        self.low, self.high = offset_bounds(base, step, max_sparsity)
+        self.start = [0] * len(candidates.applied)
+
+    def sparsities(self, genome: Sequence[int]) -> list[float]:
+        return layer_sparsities(self.base, genome, self.step)
+
+    def fitness(self, genome: Sequence[int], windows: int | None = None) -> float:
+        return self.candidates.fitness(self.sparsities(genome), windows)
+
+
+class DepthSpace:
+    """Genomes are one flag per decoder block, 1 kept and 0 removed; a level switch swaps a kept block for a removed
+    one, so every candidate keeps as many blocks as `start`. A candidate runs the model without its removed blocks
+    (what removing them does), nothing copied."""
+
+    low, high = 0, 1
+
+    def __init__(self, adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, removed: Sequence[int]
+                 ) -> None:
+        self.adapter = adapter
+        self.kl = KLFitness(adapter.model, windows, device)
+        self.start = [0 if i in set(removed) else 1 for i in range(len(adapter.layers))]
+
+    @staticmethod
+    def removed(genome: Sequence[int]) -> list[int]:
+        return [i for i, kept in enumerate(genome) if not kept]
+
+    def fitness(self, genome: Sequence[int], windows: int | None = None) -> float:
+        kept = [i for i, flag in enumerate(genome) if flag]
+        layers = list(self.adapter.layers)
+        with running_layers(self.adapter, [layers[i] for i in kept], kept):
+            return self.kl(windows)
 
 
 @dataclass
 class EvolutionSettings:
-    step: float = 0.05  # sparsity moved between two layers by one level switch
-    max_sparsity: float = 0.9  # no layer is pruned beyond this
+    step: float = 0.05  # sparsity space: sparsity moved between two layers by one level switch
+    max_sparsity: float = 0.9  # sparsity space: no layer is pruned beyond this
     generations: int = 40
     offspring: int = 12  # children of the parent per generation, each scored on the first fitness window
     survivors: int = 2  # the best children, scored on every fitness window against the parent
@@ -141,9 +191,9 @@ class SearchState:
     """Where a search stands; saved after every generation, so a rerun resumes it."""
 
     generation: int
-    offsets: list[int]
+    genome: list[int]
     fitness: float
-    uniform_fitness: float
+    start_fitness: float  # of the starting point: the uniform allocation, or the heuristic's blocks
     evaluated: int = 1
     history: list[dict] = field(default_factory=list)  # per generation: its best fitness so far
 
@@ -161,29 +211,26 @@ class SearchState:
         tmp.replace(path)
 
 
-def evolve(candidates: Candidates, base: float, settings: EvolutionSettings, seed: int,
+def evolve(space: SparsitySpace | DepthSpace, settings: EvolutionSettings, seed: int,
            state: SearchState | None = None, on_generation: Callable[[SearchState], None] | None = None
            ) -> SearchState:
-    """EvoPress's loop from the uniform allocation `base` (or from `state`, to resume): each generation's random
-    draws depend only on (seed, generation), so a resumed search ends where an uninterrupted one would."""
-    layers = len(candidates.applied)
-    low, high = offset_bounds(base, settings.step, settings.max_sparsity)
+    """EvoPress's loop from `space.start` (or from `state`, to resume): each generation's random draws depend only
+    on (seed, generation), so a resumed search ends where an uninterrupted one would."""
     if state is None:
-        uniform = candidates.fitness([base] * layers)
-        state = SearchState(0, [0] * layers, uniform, uniform)
+        start = space.fitness(space.start)
+        state = SearchState(0, list(space.start), start, start)
     started = time.perf_counter()
     while state.generation < settings.generations:
         rng = random.Random(f"{seed}:{state.generation}")
-        children = [level_switch(state.offsets, low, high, rng, rng.randint(1, settings.max_switches))
+        children = [level_switch(state.genome, space.low, space.high, rng, rng.randint(1, settings.max_switches))
                     for _ in range(settings.offspring)]
-        children = [c for c in dict.fromkeys(map(tuple, children)) if list(c) != state.offsets]
-        quick = sorted((candidates.fitness(layer_sparsities(base, c, settings.step), windows=1), c)
-                       for c in children)[:settings.survivors]
-        full = [(candidates.fitness(layer_sparsities(base, c, settings.step)), c) for _, c in quick]
+        children = [c for c in dict.fromkeys(map(tuple, children)) if list(c) != state.genome]
+        quick = sorted((space.fitness(c, windows=1), c) for c in children)[:settings.survivors]
+        full = [(space.fitness(c), c) for _, c in quick]
         state.evaluated += len(children) + len(full)
         best = min(full, default=None)
         if best is not None and best[0] < state.fitness:
-            state.fitness, state.offsets = best[0], list(best[1])
+            state.fitness, state.genome = best[0], list(best[1])
         state.generation += 1
         state.history.append({"generation": state.generation, "fitness": state.fitness,
                               "evaluated": state.evaluated})

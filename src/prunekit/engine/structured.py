@@ -55,6 +55,7 @@ class StructuredStage:
     seed: int = 0
     gradient_samples: int = 32
     top_k: int | None = None  # moefy: experts per token
+    blocks: list[int] | None = None  # block-list: the blocks to remove
 
     @property
     def spec(self) -> MethodSpec:
@@ -194,7 +195,7 @@ class _Replay(LayerStandIn):
 
 
 @contextmanager
-def _running(adapter: ModelAdapter, layers: list[nn.Module], original_indices: list[int]) -> Iterator[None]:
+def running_layers(adapter: ModelAdapter, layers: list[nn.Module], original_indices: list[int]) -> Iterator[None]:
     """The model with `layers` in place of its decoder layers; per-layer config lists (layer types) follow the
     original index each of them stands for, so every layer still gets its own kind of attention mask."""
     config = adapter.config
@@ -239,12 +240,13 @@ def perplexity_ranking(adapter: ModelAdapter, windows: torch.Tensor, device: tor
     blocks = list(adapter.layers)
     model.to(device)
     try:
-        with _running(adapter, [blocks[i] for i in live], live):
+        with running_layers(adapter, [blocks[i] for i in live], live):
             captured = capture_layer_inputs(adapter, list(windows.split(batch_size)), device)
         hidden = captured.hidden
         for position, block in enumerate(live):
             later = live[position + 1:]
-            with _running(adapter, [_Replay(blocks[block], hidden), *(blocks[i] for i in later)], [block, *later]):
+            stand_ins = [_Replay(blocks[block], hidden), *(blocks[i] for i in later)]
+            with running_layers(adapter, stand_ins, [block, *later]):
                 scores[block] = math.exp(calibration_nll(model, windows, device, batch_size))
             hidden = forward_all(blocks[block], hidden, captured.calls[position])
     finally:
@@ -282,8 +284,13 @@ def run_structured(adapter: ModelAdapter, stage: StructuredStage, windows: torch
         return _prune_width(adapter, stage, windows, device, batch_size, cache, step)
 
 
-def _prune_depth(adapter: ModelAdapter, stage: StructuredStage, windows: torch.Tensor, device: torch.device,
-                 batch_size: int, cache: ScoreCache, step: Callable[[str], None]) -> StructuredResult:
+@torch.no_grad()
+def choose_blocks(adapter: ModelAdapter, stage: StructuredStage, windows: torch.Tensor, device: torch.device,
+                  batch_size: int = 8, cache: ScoreCache | None = None,
+                  step: Callable[[str], None] | None = None) -> StructuredResult:
+    """The blocks a depth stage removes (result.removed["blocks"]), the model left as it is."""
+    cache = cache or ScoreCache()
+    step = step or (lambda _message: None)
     count = removal_count(adapter, stage)
     total = len(adapter.layers)
     result = StructuredResult(f"{stage.method}: remove {count} of {total} blocks")
@@ -293,7 +300,13 @@ def _prune_depth(adapter: ModelAdapter, stage: StructuredStage, windows: torch.T
     options = {name: getattr(stage, name) for name in spec.options}
     drop = spec.function(count, total, **statistics, **options)
     result.removed = {"blocks": drop, "layers_before": total, "layers_after": total - len(drop)}
-    surgery.remove_layers(adapter, set(drop))
+    return result
+
+
+def _prune_depth(adapter: ModelAdapter, stage: StructuredStage, windows: torch.Tensor, device: torch.device,
+                 batch_size: int, cache: ScoreCache, step: Callable[[str], None]) -> StructuredResult:
+    result = choose_blocks(adapter, stage, windows, device, batch_size, cache, step)
+    surgery.remove_layers(adapter, set(result.removed["blocks"]))
     return result
 
 

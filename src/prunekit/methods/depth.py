@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from prunekit.errors import PrunekitError
 from prunekit.methods.registry import register
 
 
@@ -102,3 +103,16 @@ def by_chance(count: int, total: int, seed: int = 0) -> list[int]:
 @register("block-last", "depth", "the last blocks: the baseline")
 def by_position(count: int, total: int) -> list[int]:
     return last_blocks(count, total)
+
+
+@register("block-list", "depth", "the blocks given in `blocks` (as prunekit search writes them in its recipe)",
+          options=("blocks",))
+def by_list(count: int, total: int, blocks: list[int] | None = None) -> list[int]:
+    chosen = sorted(set(blocks or ()))
+    outside = [b for b in chosen if not 0 <= b < total]
+    if outside:
+        raise PrunekitError(f"blocks {', '.join(map(str, outside))} do not exist: the model has blocks 0 to "
+                            f"{total - 1}")
+    if len(chosen) != count:
+        raise PrunekitError(f"block-list removes the {len(chosen)} blocks it lists, not {count}")
+    return chosen

@@ -45,7 +45,7 @@ STATISTIC_OPTIONS: dict[str, tuple[str, ...]] = {"gradient_norms": ("gradient_sa
                                                  "block_taylor": ("gradient_samples",),
                                                  "taylor_terms": ("gradient_samples",)}
 # Every method-specific stage option: a stage may set one only if its method reads it.
-METHOD_OPTIONS = ("gradient_samples", "block_size", "damping", "bias_compensation", "seed")
+METHOD_OPTIONS = ("gradient_samples", "block_size", "damping", "bias_compensation", "seed", "blocks")
 # Mask refinements a weight stage may add after its method (`refine`), with the statistics they need.
 REFINEMENTS: dict[str, tuple[str, ...]] = {"dsnot": ("hessian",)}
 
