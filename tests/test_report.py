@@ -117,6 +117,34 @@ def make_recovery(root: Path) -> Path:
         "parameters": 200_000, "zero_parameters": 75_000}).parent
 
 
+def make_search(root: Path, target: str, kept: float, ppls: tuple[float, float], kls: tuple[float, float]) -> Path:
+    """A `prunekit search` run: a prune report plus search.json (as run_search writes it)."""
+    make_prune(root)
+    key, _, value = target.partition("=")
+    cost = {} if key == "params" else {"predicted": 1.31, "measured": 1.29, "met": True}
+    write_json(root / "search.json", {
+        "model": "tiny-llama", "space": "sparsity" if key == "params" else "depth",
+        "target": {"key": key, "value": float(value.rstrip("x")), "text": target}, "baseline": "uniform wanda",
+        "parameters": {"dense": 1000, "baseline_kept": int(kept * 1000) + 1, "searched_kept": int(kept * 1000)},
+        "fitness": {"baseline_search": kls[0] * 0.9, "searched_search": kls[1] * 0.9, "baseline_pruned": kls[0],
+                    "searched_pruned": kls[1]},
+        "perplexity": {"dense": 17.0, "baseline": ppls[0], "searched": ppls[1]}, "cost": cost,
+        "history": [{"generation": g + 1, "fitness": kls[0] * 0.9 - 0.001 * g, "evaluated": 14 * g} for g in range(8)],
+        "evaluated": 113, "seconds": {"total": 321.0}})
+    return root
+
+
+def test_search_runs_get_their_section_and_odd_values_do_not_break_it(tmp_path):
+    runs = [make_search(tmp_path / "s75", "params=0.75", 0.75, (24.0, 22.5), (0.31, 0.27)),
+            make_search(tmp_path / "fast", "decode=1.3x", 0.8, (90.0, 70.0), (1.2, 0.9))]
+    html = write_report(runs, tmp_path / "report.html").read_text()
+    assert "<h2>Budget search</h2>" in html and 'id="search"' in html
+    assert "decode=1.3x" in html and "1.290" in html and "0.2700" in html  # measured speed-up, searched KL
+    write_json(runs[0] / "search.json", {"target": "<b>odd</b>", "history": [1, {"fitness": "x"}], "cost": 3})
+    html = write_report(runs, tmp_path / "again.html").read_text()
+    assert "<b>odd</b>" not in html and "<h2>Budget search</h2>" in html
+
+
 @pytest.fixture
 def runs(tmp_path: Path) -> list[Path]:
     return [make_sweep(tmp_path / "sweep"), make_prune(tmp_path / "wanda50"), make_recovery(tmp_path / "recovered")]
@@ -338,6 +366,16 @@ def test_report_renders_in_chromium(browser, runs, tmp_path):
     check_figures(figures, {"perplexity": 60, "zeroshot": 120, "layer-sparsity": 10 * LAYERS, "recovery-loss": 30})
     assert browser.execute_script("return document.querySelectorAll('details pre').length") == 11
     check_not_blank(screenshot(browser, tmp_path / "report-sweep.png"))
+
+
+def test_search_report_renders_in_chromium(browser, tmp_path):
+    runs = [make_search(tmp_path / f"s{int(kept * 100)}", f"params={kept}", kept, (20 / kept, 19 / kept),
+                        (0.3 - kept / 4, 0.25 - kept / 4)) for kept in (0.6, 0.75, 0.9)]
+    runs.append(make_search(tmp_path / "fast", "decode=1.3x", 0.8, (90.0, 70.0), (1.2, 0.9)))
+    figures = render(browser, write_report(runs, tmp_path / "report.html"))
+    assert "search" in [f["id"] for f in figures]
+    check_figures([f for f in figures if f["id"] == "search"], {"search": 80})
+    check_not_blank(screenshot(browser, tmp_path / "report-search.png"))
 
 
 def test_single_run_report_renders_in_chromium(browser, tmp_path):

@@ -257,6 +257,27 @@ def _recovery(runs: Sequence[Run]) -> str:
     return "".join(out)
 
 
+def _search(runs: Sequence[Run]) -> str:
+    searches = [r.search for r in runs if r.search is not None]
+    if not searches:
+        return ""
+    header = ["run", "model", "target", "space", "baseline (same cost)", "cost", "baseline cost", "KL baseline",
+              "KL searched", "perplexity dense", "baseline", "searched", "candidates", "time"]
+    rows = [[escape(s.run), escape(s.model), escape(s.target), escape(s.space), escape(s.baseline),
+             decimal(s.cost, 3), decimal(s.baseline_cost, 3), decimal(s.baseline_kl, 4), decimal(s.kl, 4),
+             decimal(s.dense_perplexity), decimal(s.baseline_perplexity), decimal(s.perplexity),
+             integer(s.evaluated), seconds(s.seconds)] for s in searches]
+    out = ["<h2>Budget search</h2>", table(header, rows, set(range(5, 14)))]
+    svg = plots.search_plot(searches)
+    if svg:
+        out.append(figure("search", svg, "Each search's chosen model (stars; across runs, the front) and its "
+                                         "baseline at the same cost (circles), perplexity on the held-out text "
+                                         "(else KL from the dense model) against the cost: the fraction of the "
+                                         "parameters kept, or the measured speed-up. Last panel: the best KL per "
+                                         "generation of each search, its baseline dashed."))
+    return "".join(out)
+
+
 def _recipe_block(summary: str, text: str | None) -> str:
     body = escape(text) if text else "(no recipe recorded)"
     return f"<details><summary>{escape(summary)}</summary><pre>{body}</pre></details>"
@@ -289,7 +310,8 @@ def render(runs: Sequence[Run], title: str, generated: str, version: str) -> str
         f"<h1>{escape(title)}</h1>",
         f'<p class="meta">Generated {escape(generated)} by prunekit {escape(version)} from {len(runs)} '
         f"run{'s' if len(runs) != 1 else ''}.</p>",
-        _runs_table(runs), _quality(points, dense, runs), _layers(points), _size(runs), _recovery(runs),
+        _runs_table(runs), _quality(points, dense, runs), _search(runs), _layers(points), _size(runs),
+        _recovery(runs),
         _recipes(runs), _notes(runs),
     ])
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -18,6 +18,7 @@ from prunekit.report.runs import (  # noqa: E402
     Dense,
     Point,
     Recovery,
+    Search,
     layer_sparsity,
     metric_interval,
     metric_name,
@@ -294,4 +295,58 @@ def loss_plot(recoveries: Sequence[Recovery]) -> str | None:
         axes.set_xlabel("step")
         axes.set_ylabel("training loss")
         axes.legend(fontsize=8)
+        return svg_text(figure)
+
+
+COST_LABELS = {"params": "fraction of the parameters kept", "decode": "decoding speed-up (measured)",
+               "prefill": "prefill speed-up (measured)"}
+
+
+def _quality_of(search: Search, baseline: bool, by_perplexity: bool) -> float | None:
+    if by_perplexity:
+        return search.baseline_perplexity if baseline else search.perplexity
+    return search.baseline_kl if baseline else search.kl
+
+
+def search_plot(searches: Sequence[Search]) -> str | None:
+    """Per cost kind: quality (perplexity, else KL) against cost of each search's chosen model (stars, joined
+    across runs: the front) and of its baseline at the same cost (circles); then the best fitness per generation of
+    each run, its baseline dashed. None when nothing is plottable."""
+    kinds = [k for k in COST_LABELS if any(s.target_key == k and s.cost is not None for s in searches)]
+    runs = [s for s in searches if len(s.history) >= 1]
+    if not kinds and not runs:
+        return None
+    with plt.rc_context(STYLE):
+        figure, grid = plt.subplots(1, len(kinds) + bool(runs), figsize=(4.2 * (len(kinds) + bool(runs)), 3.4),
+                                    squeeze=False)
+        panels = list(grid[0])
+        for axes, kind in zip(panels, kinds, strict=False):
+            chosen = [s for s in searches if s.target_key == kind and s.cost is not None]
+            by_perplexity = all(_on_log_axis(s.perplexity) and _on_log_axis(s.baseline_perplexity) for s in chosen)
+            plotted: list[float] = []
+            for baseline, marker, label in ((True, "o", "baseline, same cost"), (False, "*", "searched")):
+                xs = [s.baseline_cost if baseline else s.cost for s in chosen]
+                ys = [_quality_of(s, baseline, by_perplexity) for s in chosen]
+                pairs = sorted((x, y) for x, y in zip(xs, ys, strict=True) if x is not None and y is not None)
+                if pairs:
+                    axes.plot(*zip(*pairs, strict=True), marker=marker, markersize=9 if marker == "*" else 5,
+                              linewidth=1, color=COLOURS[0 if baseline else 1], label=label)
+                    plotted.extend(y for _, y in pairs)
+            if by_perplexity and plotted:
+                axes.set_yscale("log")
+                _log_ticks(axes, plotted)
+            axes.set_xlabel(COST_LABELS[kind])
+            axes.set_ylabel("perplexity" if by_perplexity else "KL from the dense model per token")
+            axes.legend(fontsize=8)
+        if runs:
+            axes = panels[-1]
+            for index, search in enumerate(runs):
+                colour = COLOURS[index % len(COLOURS)]
+                axes.plot(range(1, len(search.history) + 1), search.history, color=colour, linewidth=1,
+                          label=f"{search.run} ({search.target})")
+                if search.start_fitness is not None:
+                    axes.axhline(search.start_fitness, color=colour, linestyle="--", linewidth=0.8)
+            axes.set_xlabel("generation")
+            axes.set_ylabel("best KL per token (search windows)")
+            axes.legend(fontsize=8)
         return svg_text(figure)

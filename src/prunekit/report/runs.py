@@ -86,6 +86,29 @@ class Recovery:
 
 
 @dataclass(frozen=True)
+class Search:
+    """What a `prunekit search` run chose (its search.json), next to its baseline of the same cost."""
+
+    run: str
+    model: str
+    space: str
+    target: str  # as the user gave it, e.g. "params=0.75" or "decode=1.3x"
+    target_key: str  # params | decode | prefill: what the cost axis measures
+    baseline: str
+    cost: float | None  # params: fraction of the parameters kept; decode / prefill: measured (else predicted) speed-up
+    baseline_cost: float | None
+    kl: float | None  # the chosen model's KL from the dense model, as pruned
+    baseline_kl: float | None
+    perplexity: float | None
+    baseline_perplexity: float | None
+    dense_perplexity: float | None
+    history: tuple[float, ...] = ()  # the best fitness after each generation
+    start_fitness: float | None = None  # the baseline's fitness as the search measured it
+    evaluated: int | None = None
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
 class Run:
     path: Path
     label: str
@@ -95,6 +118,7 @@ class Run:
     points: tuple[Point, ...] = ()
     dense: tuple[Dense, ...] = ()
     recovery: Recovery | None = None
+    search: Search | None = None
     protocol: str | None = None  # how perplexity was measured, e.g. "wikipedia, 16 x 1024 tokens"
     seconds: float | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -333,6 +357,45 @@ def prune_point(report: PruneReport, directory: Path, run: str, root: Path | Non
     )
 
 
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else "?"
+
+
+def _dict(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def search_record(data: dict, run: str, model: str) -> Search:
+    """A Search from search.json's content, whatever it holds (missing or odd values become None or "?")."""
+    target, parameters, fitness = _dict(data.get("target")), _dict(data.get("parameters")), _dict(data.get("fitness"))
+    ppl, cost = _dict(data.get("perplexity")), _dict(data.get("cost"))
+    key = _text(target.get("key"))
+    dense = number(parameters.get("dense"))
+
+    def kept(name: str) -> float | None:
+        value = number(parameters.get(name))
+        return value / dense if value is not None and dense else None
+
+    if key == "params":
+        chosen, baseline = kept("searched_kept"), kept("baseline_kept")
+    else:  # the baseline removes as many blocks of the same size: the same model shape, so the same speed
+        chosen = number(cost.get("measured"))
+        baseline = chosen = number(cost.get("predicted")) if chosen is None else chosen
+    history = data.get("history")
+    bests = [number(h.get("fitness")) for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+    evaluated = number(data.get("evaluated"))
+    return Search(
+        run=run, model=model, space=_text(data.get("space")), target=_text(target.get("text")), target_key=key,
+        baseline=_text(data.get("baseline")), cost=chosen, baseline_cost=baseline,
+        kl=number(fitness.get("searched_pruned")), baseline_kl=number(fitness.get("baseline_pruned")),
+        perplexity=_positive(ppl.get("searched")), baseline_perplexity=_positive(ppl.get("baseline")),
+        dense_perplexity=_positive(ppl.get("dense")), history=tuple(b for b in bests if b is not None),
+        start_fitness=number(fitness.get("baseline_search")),
+        evaluated=int(evaluated) if evaluated is not None else None,
+        seconds=number(_dict(data.get("seconds")).get("total")),
+    )
+
+
 def _prune_run(path: Path, label: str, report: PruneReport) -> Run:
     point = prune_point(report, path, label)
     perplexity = report.perplexity
@@ -341,8 +404,11 @@ def _prune_run(path: Path, label: str, report: PruneReport) -> Run:
                   zeroshot=_zeroshot(report.zeroshot.dense) if isinstance(report.zeroshot, ZeroShotPair) else (),
                   # Unstructured pruning zeroes weights but keeps their count; structured pruning records the old one.
                   parameters=(structure.dense_parameters if structure else None) or point.parameters)
+    searched = path / "search.json"
+    search = search_record(_read_json(searched, path), label, point.model) if searched.is_file() else None
     return Run(path=path, label=label, kind="prune", model=point.model, version=report.versions.get("prunekit"),
                points=(point,), dense=(dense,) if dense.perplexity is not None or dense.zeroshot else (),
+               search=search,
                protocol=_measured_on((perplexity.pruned, perplexity.dense)),
                seconds=report.seconds.get("total"), notes=(*report.notes, *point.notes))
 
