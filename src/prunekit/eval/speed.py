@@ -111,6 +111,11 @@ def time_prefill(model: nn.Module, ids: torch.Tensor) -> tuple[float, float]:
     return prefilled - start, time.perf_counter() - start
 
 
+def _cache_keyword(model: nn.Module) -> str:
+    """What the model's forward calls the KV cache: `cache` from transformers 5.24, `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @torch.inference_mode()
 def decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, float]:
     """Greedy tokens [batch, new_tokens] after the prompt `ids`, and the seconds of the decode loop alone.
@@ -120,13 +125,14 @@ def decode(model: nn.Module, ids: torch.Tensor, new_tokens: int) -> tuple[torch.
     """
     device = ids.device
     out = model(input_ids=ids, use_cache=True, **_last_logits_only(model))
-    cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+    keyword = _cache_keyword(model)
+    cache, token = out[keyword], out.logits[:, -1].argmax(-1, keepdim=True)
     tokens = []
     _sync(device)
     start = time.perf_counter()
     for _ in range(new_tokens):
-        out = model(input_ids=token, past_key_values=cache, use_cache=True)
-        cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+        out = model(input_ids=token, use_cache=True, **{keyword: cache})
+        cache, token = out[keyword], out.logits[:, -1].argmax(-1, keepdim=True)
         tokens.append(token)
     _sync(device)
     seconds = time.perf_counter() - start
