@@ -265,6 +265,7 @@ def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict
         "target": {"key": target.key, "value": target.value, "text": str(target)},
         "seed": config.seed,
         "settings": asdict(config.settings),
+        "fitness_samples": config.fitness_samples,
         "fitness_protocol": f"mean KL(dense || model) per token on {len(setup.held)} held-out calibration windows "
                             f"of {setup.held.shape[1]} tokens ({config.calibration.source})",
         **search,
