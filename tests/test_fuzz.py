@@ -647,7 +647,8 @@ CLI_EXAMPLES = {"prune": 30, "eval": 14, "recover": 14, "sweep": 10, "search": 8
 # Options whose value is an amount of work: never huge (a correct run could take forever).
 WORK_AMOUNTS = {"--steps", "--epochs", "--runs", "--score-runs", "--repeats", "--warmup", "--new-tokens",
                 "--prompt-len", "--workers", "--threads", "--checkpoint-every", "--calib-samples", "--ppl-samples",
-                "--limit", "--gradient-samples", "--generations", "--offspring", "--survivors", "--fitness-samples"}
+                "--limit", "--gradient-samples", "--generations", "--offspring", "--survivors", "--fitness-samples",
+                "--recover-steps"}
 CHOICES: dict[str, list[str]] = {
     "--method": ["magnitude", "wanda", "sparsegpt", "gradient", "block-last", "block-random", "angular", "flap",
                  "activation", "wanda-sp", "taylor", "lora", "distill", "bogus", "MAGNITUDE"],
@@ -656,6 +657,7 @@ CHOICES: dict[str, list[str]] = {
     "--target": ["params=0.7", "params=0.001", "params=1", "decode=1.3", "prefill=1.2x", "decode=0.5", "params",
                  "bogus=1", "params=x", "memory=1GB"],
     "--space": ["sparsity", "depth", "DEPTH", "width"],
+    "--recover": ["lora", "distill", "bogus"],
     "--part": ["mlp", "heads", "kv-heads", "blocks", "bogus"],
     "--allocation": ["uniform", "global", "owl", "bogus"],
     "--device": ["cpu", "auto", "cuda", "cuda:3", "meta", "bogus"],

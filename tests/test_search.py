@@ -203,6 +203,7 @@ def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeyp
     (["--target", "params=0.7", "--method", "sparsegpt"], "updates the weights"),
     (["--target", "params=0.7", "--method", "nosuch"], "unknown method"),
     (["--target", "params=0.7", "--step", "0"], "step"),
+    (["--target", "params=0.7", "--recover", "bogus"], "unknown recovery method"),
     (["--target", "params=0.7", "--max-sparsity", "1"], "max sparsity"),
 ])
 def test_bad_searches_are_one_line_errors(tiny_model_dir, tmp_path, capsys, monkeypatch, flags, fragment):
@@ -324,3 +325,21 @@ def test_decode_target_search_removes_the_blocks_the_cost_model_allows(searched,
     assert code == 0, err
     a, b = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_search_can_recover_the_chosen_model(searched, tmp_path, capsys, monkeypatch):
+    root, text, model_dir = searched
+    out = tmp_path / "chosen"
+    args = _search_args(model_dir, text, out, "--generations", "1", "--recover", "lora", "--recover-steps", "2")
+    code, stdout, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    recovered = tmp_path / "chosen-lora"
+    result = json.loads((out / "search.json").read_text())
+    assert result["recovered"]["path"] == str(recovered) and result["recovered"]["steps"] == 2
+    assert set(result["recovered"]["perplexity"]) == {"before", "after"}
+    assert result["recovered"]["perplexity"]["before"] == pytest.approx(result["perplexity"]["searched"], rel=1e-4)
+    chosen, tuned = load_file(out / "model.safetensors"), load_file(recovered / "model.safetensors")
+    changed = [k for k in chosen if not torch.equal(chosen[k], tuned[k])]
+    assert changed  # fine-tuned ...
+    assert all(torch.equal(tuned[k][chosen[k] == 0], chosen[k][chosen[k] == 0]) for k in chosen)  # ... zeros kept
+    assert "recovered (lora, 2 steps)" in " ".join(stdout.split())

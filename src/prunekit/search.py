@@ -20,7 +20,15 @@ from typing import Any
 
 import torch
 
-from prunekit.api import calibration_data, check_seq_len, evaluate, evaluation_data, prune, prune_report
+from prunekit.api import (
+    calibration_data,
+    check_seq_len,
+    evaluate,
+    evaluation_data,
+    prune,
+    prune_report,
+    recover_model,
+)
 from prunekit.assets.cache import cache_dir
 from prunekit.engine.cache import fingerprint
 from prunekit.engine.latency import LatencyProbe, latency_model
@@ -45,9 +53,10 @@ from prunekit.methods.cost import blocks_for_params, blocks_for_speedup, max_spe
 from prunekit.models.adapters import adapter_for
 from prunekit.models.adapters.base import ModelAdapter
 from prunekit.models.loading import load_model, resolve_device
-from prunekit.outputs import check_output
+from prunekit.outputs import atomic_file, check_output
 from prunekit.progress import console, progress_bar
 from prunekit.recipe import CalibrationConfig, EvaluationConfig, Recipe, StageConfig, StructuredStageConfig
+from prunekit.recovery.finetune import RecoveryConfig
 from prunekit.rundir import run_directory, save_model
 from prunekit.runinfo import count_parameters, count_zeros, peak_rss_bytes, versions
 from prunekit.text.sources import load_texts
@@ -113,6 +122,8 @@ class SearchConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    recover: RecoveryConfig | None = None  # fine-tune the chosen model afterwards (distill: from the dense model)
+    recover_out: Path | None = None  # where the recovered model goes; default: OUT-<recovery method>
 
     @property
     def parsed_target(self) -> Target:
@@ -227,6 +238,10 @@ def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict
     config.check()
     target, space = config.parsed_target, config.resolved_space
     out = check_output(out, overwrite, (config.model,))
+    recovered = None
+    if config.recover is not None:
+        recovered = check_output(config.recover_out or out.with_name(f"{out.name}-{config.recover.method}"),
+                                 overwrite, (config.model, out))
     method = get_method(config.method, "weights") if space == "sparsity" else None
     with console.status(f"loading {config.model}"):
         loaded = load_model(config.model, config.dtype, config.device, config.trust_remote_code, config.allow_pickle)
@@ -284,7 +299,21 @@ def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict
         report = prune_report(recipe, result, remaining, zeros, dense_ppl, searched_ppl, setup.seconds,
                               dense_parameters=setup.parameters)
         run.finish(report, recipe)
+    if recovered is not None:
+        search["recovered"] = _recover(config, out, recovered, overwrite)
+        with atomic_file(out / SEARCH_FILE, overwrite=True) as temporary:
+            temporary.write_text(json.dumps(search, indent=2) + "\n")
     return search
+
+
+def _recover(config: SearchConfig, chosen: Path, out: Path, overwrite: bool) -> dict:
+    """`prunekit recover` on the chosen model: its output and perplexity before and after."""
+    assert config.recover is not None
+    teacher = config.model if config.recover.method == "distill" else None
+    report = recover_model(str(chosen), out, config.recover, teacher, config.evaluation, overwrite=overwrite,
+                           say=console.log)
+    return {"path": str(out), "method": config.recover.method, "steps": config.recover.steps,
+            "perplexity": {k: v["perplexity"] for k, v in report["perplexity"].items()}}
 
 
 def _search_sparsity(setup: _Setup, method_name: str, base: float) -> tuple[StageConfig, Any, dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -56,6 +57,12 @@ def search(
     eval_text: Annotated[str, typer.Option("--eval-text", help="Held-out text for perplexity.")] = "wikipedia",
     ppl_samples: Annotated[int, typer.Option(min=1, help="Perplexity windows.")] = 16,
     ppl_seq_len: Annotated[int, typer.Option(min=2, help="Tokens per perplexity window.")] = 1024,
+    recover: Annotated[str | None, typer.Option(help="Then fine-tune the chosen model: lora | distill (from the "
+                                                "dense model), as `prunekit recover` does, into --recover-out.  "
+                                                "[default: none]", show_default=False)] = None,
+    recover_steps: Annotated[int, typer.Option(min=1, help="--recover: optimizer steps.")] = 100,
+    recover_out: Annotated[Path | None, typer.Option(help="--recover: where the recovered model goes.  [default: "
+                                                     "OUT-lora or OUT-distill]", show_default=False)] = None,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of calibration sampling and the search.")] = 0,
     device: DeviceOption = "auto",
     dtype: DtypeOption = "auto",
@@ -85,7 +92,13 @@ def search(
     """
     from prunekit.engine.search import EvolutionSettings
     from prunekit.recipe import CalibrationConfig, EvaluationConfig
+    from prunekit.recovery.finetune import RecoveryConfig
     from prunekit.search import SearchConfig, run_search
+
+    recovery = None
+    if recover is not None:
+        recovery = RecoveryConfig(method=recover.lower(), steps=recover_steps, source=calib, seed=seed,
+                                  seq_len=min(256, calib_seq_len))
 
     config = SearchConfig(
         model=model, target=target, space=space and space.lower(), method=method.lower(),
@@ -96,6 +109,7 @@ def search(
         calibration=CalibrationConfig(source=calib, samples=calib_samples, seq_len=calib_seq_len),
         evaluation=EvaluationConfig(source=eval_text, samples=ppl_samples, seq_len=ppl_seq_len) if ppl else None,
         seed=seed, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+        recover=recovery, recover_out=recover_out,
     )
     result = run_search(config, out, overwrite)
     kept, fitness, ppls = result["parameters"], result["fitness"], result["perplexity"]
@@ -121,6 +135,11 @@ def search(
                      f"(median of 5; target {result['target']['value']:g}x"
                      f"{'' if cost['met'] else ', NOT met within 5%'})")
     stdout.print(f"saved: {out} (model, prunekit.json, recipe.yaml, search.json)")
+    if "recovered" in result:
+        recovered = result["recovered"]
+        after = recovered["perplexity"].get("after")
+        stdout.print(f"recovered ({recovered['method']}, {recovered['steps']} steps): {recovered['path']}"
+                     + (f", perplexity {after:.2f}" if after is not None else ""))
 
 
 def _number(value: float | None) -> str:
