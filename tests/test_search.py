@@ -192,7 +192,10 @@ def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeyp
 @pytest.mark.parametrize("flags, fragment", [
     (["--target", "params"], "KEY=VALUE"),
     (["--target", "speed=2"], "unknown --target key"),
-    (["--target", "memory=1GB"], "not supported yet"),
+    (["--target", "memory=1GB"], "not below the dense model"),
+    (["--target", "memory=lots"], "not a size"),
+    (["--target", "memory=1kB"], "out of reach by removing blocks"),
+    (["--target", "memory=100kB", "--space", "sparsity"], "use --space depth"),
     (["--target", "decode=0.9"], "speed-up above 1"),
     (["--target", "decode=fast"], "not a number"),
     (["--target", "decode=1.3x", "--space", "sparsity"], "use --space depth"),
@@ -343,3 +346,30 @@ def test_search_can_recover_the_chosen_model(searched, tmp_path, capsys, monkeyp
     assert changed  # fine-tuned ...
     assert all(torch.equal(tuned[k][chosen[k] == 0], chosen[k][chosen[k] == 0]) for k in chosen)  # ... zeros kept
     assert "recovered (lora, 2 steps)" in " ".join(stdout.split())
+
+
+def test_sizes_and_targets_parse():
+    assert search_module.parse_size("1.5GB") == 1.5e9 and search_module.parse_size("800MiB") == 800 * 2**20
+    assert search_module.parse_size("5e8") == 5e8
+    assert str(search_module.parse_target("memory=1.2GB")) == "memory=1.2GB"
+    assert search_module.parse_target(0.75) == search_module.Target("params", 0.75)
+    assert search_module.parse_target("decode=1.3x") == search_module.parse_target("DECODE=1.3")
+
+
+def test_memory_target_keeps_the_most_blocks_that_fit(searched, tmp_path, capsys, monkeypatch):
+    root, text, model_dir = searched
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    dense = search_module.weight_bytes(model)
+    per_block = sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())
+    budget = dense - 1.5 * per_block  # one block is not enough, two are
+    out = tmp_path / "memory"
+    args = _search_args(model_dir, text, out, "--generations", "2", "--no-ppl")
+    args[args.index("--target") + 1] = f"memory={budget:.0f}B"
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads((out / "search.json").read_text())
+    assert result["space"] == "depth" and result["blocks"]["removed"] == 2
+    assert result["cost"]["bytes_kept"] == dense - 2 * per_block <= budget
+    assert search_module.weight_bytes(AutoModelForCausalLM.from_pretrained(out)) == dense - 2 * per_block

@@ -72,29 +72,51 @@ VERIFY_TOLERANCE = 0.05  # a latency target is met when the measured speed-up is
 
 @dataclass(frozen=True)
 class Target:
-    key: str  # params | decode | prefill
-    value: float  # params: the fraction of the parameters kept; decode / prefill: the speed-up over the dense model
+    key: str  # params | memory | decode | prefill
+    value: float  # params: the fraction of the parameters kept; memory: bytes; decode / prefill: the speed-up
 
     def __str__(self) -> str:
+        if self.key == "memory":
+            return f"memory={self.value / 1e9:.4g}GB"
         return f"{self.key}={self.value:g}" + ("x" if self.key in LATENCY else "")
 
 
+UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_size(text: str) -> float:
+    """`1.2GB`, `800MiB`, `5e8` (bytes) -> bytes; ValueError otherwise."""
+    text = text.strip().lower().replace(" ", "")
+    digits = text.rstrip("kmgibB")
+    unit = text[len(digits):] or "b"
+    if unit not in UNITS:
+        raise ValueError(unit)
+    return float(digits) * UNITS[unit]
+
+
 def parse_target(text: str | float) -> Target:
-    """`params=F` (keep the fraction F of the parameters), `decode=X` / `prefill=X` (X times faster, `1.3` or
-    `1.3x`); a bare number is params. One-line errors otherwise."""
+    """`params=F` (keep the fraction F of the parameters), `memory=SIZE` (weights of at most SIZE bytes, e.g. 1.2GB
+    or 800MiB), `decode=X` / `prefill=X` (X times faster, `1.3` or `1.3x`); a bare number is params. One-line
+    errors otherwise."""
     if isinstance(text, int | float):
         text = f"params={text}"
     key, sep, value = text.partition("=")
     key = key.strip().lower()
     if not sep:
         raise PrunekitError(f"--target {text!r} is not KEY=VALUE: give e.g. params=0.75 (keep 75% of the "
-                            "parameters) or decode=1.3x (decode 1.3 times faster)")
+                            "parameters), memory=1.2GB or decode=1.3x (decode 1.3 times faster)")
+    if key not in ("params", "memory", *LATENCY):
+        raise PrunekitError(f"unknown --target key {key!r}: use params=F (e.g. params=0.75), memory=SIZE (e.g. "
+                            "memory=1.2GB), decode=X or prefill=X (e.g. decode=1.3x)")
     if key == "memory":
-        raise PrunekitError("--target memory= is not supported yet: give params=F (the fraction of the parameters "
-                            "to keep) or decode=X / prefill=X (a speed-up)")
-    if key not in ("params", *LATENCY):
-        raise PrunekitError(f"unknown --target key {key!r}: use params=F (e.g. params=0.75), decode=X or prefill=X "
-                            "(e.g. decode=1.3x)")
+        try:
+            size = parse_size(value)
+        except ValueError:
+            raise PrunekitError(f"--target memory={value!r} is not a size: give e.g. memory=1.2GB or "
+                                "memory=800MiB") from None
+        if not 0 < size < float("inf"):
+            raise PrunekitError(f"--target memory={value} must be a positive size, e.g. 1.2GB")
+        return Target(key, size)
     try:
         number = float(value.strip().lower().removesuffix("x"))
     except ValueError:
@@ -105,6 +127,20 @@ def parse_target(text: str | float) -> Target:
     if key in LATENCY and not 1.0 < number < float("inf"):
         raise PrunekitError(f"--target {key}={value} must be a speed-up above 1 (1 is the dense model), e.g. 1.3x")
     return Target(key, number)
+
+
+def weight_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the model's distinct parameters as saved (dense safetensors at their dtype)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def memory_fraction(target: Target, model: torch.nn.Module) -> float:
+    """The fraction of the parameters a memory= target keeps (parameters share one dtype); error above dense."""
+    dense = weight_bytes(model)
+    if target.value >= dense:
+        raise PrunekitError(f"memory={target.value / 1e9:.3g}GB is not below the dense model's "
+                            f"{dense / 1e9:.3g}GB of weights: nothing to remove")
+    return target.value / dense
 
 
 @dataclass
@@ -140,6 +176,9 @@ class SearchConfig:
         if self.resolved_space == "sparsity" and target.key in LATENCY:
             raise PrunekitError(f"--target {target} needs structure: unstructured sparsity leaves the dense kernels "
                                 "as slow as before; use --space depth")
+        if self.resolved_space == "sparsity" and target.key == "memory":
+            raise PrunekitError("--target memory= needs structure: zeros take as many bytes as other weights in a "
+                                "dense checkpoint; use --space depth")
         s = self.settings
         if not 0.0 < s.max_sparsity < 1.0:
             raise PrunekitError(f"max sparsity {s.max_sparsity:g} must lie in (0, 1), e.g. 0.9")
@@ -369,12 +408,20 @@ def blocks_to_keep(adapter: ModelAdapter, parameters: int, target: Target, devic
     total = len(adapter.layers)
     per_block = sum(p.numel() for p in adapter.layers[0].parameters())
     cost: dict[str, Any] = {}
-    if target.key == "params":
-        keep = blocks_for_params(parameters, per_block, total, target.value)
+    if target.key in ("params", "memory"):
+        fraction = target.value if target.key == "params" else memory_fraction(target, adapter.model)
+        keep = blocks_for_params(parameters, per_block, total, fraction)
         if keep < 1:
             least = (parameters - per_block * (total - 1)) / parameters
-            raise PrunekitError(f"params={target.value:g} is out of reach by removing blocks: one block kept still "
-                                f"holds {least:.4f} of the parameters; give params between {least:.4f} and 1")
+            smallest = (f"memory between {least * weight_bytes(adapter.model) / 1e9:.4g}GB and the dense model's "
+                        f"{weight_bytes(adapter.model) / 1e9:.4g}GB" if target.key == "memory" else
+                        f"params between {least:.4f} and 1")
+            raise PrunekitError(f"{target} is out of reach by removing blocks: one block kept still holds "
+                                f"{least:.4f} of the parameters; give {smallest}")
+        if target.key == "memory":
+            bytes_per = weight_bytes(adapter.model) / parameters
+            cost = {"bytes_dense": weight_bytes(adapter.model),
+                    "bytes_kept": round((parameters - per_block * (total - min(keep, total - 1))) * bytes_per)}
     else:
         with console.status(f"measuring {target.key} time at a few depths on this machine (once, then cached)"):
             line, cached = latency_model(adapter, target.key, device, LatencyProbe())

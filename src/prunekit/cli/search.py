@@ -24,13 +24,14 @@ from prunekit.recipe import SEED_MAX
 def search(
     model: ModelArg,
     target: Annotated[str, typer.Option(help="The budget: params=F keeps the fraction F of the model's parameters "
-                                        "(non-zero), e.g. params=0.75; decode=X / prefill=X makes decoding / "
+                                        "(non-zero), e.g. params=0.75; memory=SIZE fits the weights in SIZE "
+                                        "(e.g. memory=400MB); decode=X / prefill=X makes decoding / "
                                         "prefill X times faster on this machine, e.g. decode=1.3x.",
                                         show_default=False)] = ...,
     out: OutDirOption = ...,
     space: Annotated[str | None, typer.Option(help="What the search chooses: sparsity (one sparsity per layer) | "
                                               "depth (which blocks to remove).  [default: sparsity for params, "
-                                              "depth for a speed-up]", show_default=False)] = None,
+                                              "depth for memory and a speed-up]", show_default=False)] = None,
     method: Annotated[str, typer.Option(help="Sparsity space: the score that ranks each layer's weights: magnitude "
                                         "| wanda | ria.")] = "wanda",
     generations: Annotated[int, typer.Option(min=0, help="Generations of the evolutionary search.")] = 40,

@@ -298,7 +298,8 @@ def loss_plot(recoveries: Sequence[Recovery]) -> str | None:
         return svg_text(figure)
 
 
-COST_LABELS = {"params": "fraction of the parameters kept", "decode": "decoding speed-up (measured)",
+COST_LABELS = {"params": "fraction of the parameters kept", "memory": "fraction of the weight bytes kept",
+               "decode": "decoding speed-up (measured)",
                "prefill": "prefill speed-up (measured)"}
 
 

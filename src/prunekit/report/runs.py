@@ -376,7 +376,7 @@ def search_record(data: dict, run: str, model: str) -> Search:
         value = number(parameters.get(name))
         return value / dense if value is not None and dense else None
 
-    if key == "params":
+    if key in ("params", "memory"):  # one dtype: the fraction of the bytes is the fraction of the parameters
         chosen, baseline = kept("searched_kept"), kept("baseline_kept")
     else:  # the baseline removes as many blocks of the same size: the same model shape, so the same speed
         chosen = number(cost.get("measured"))
