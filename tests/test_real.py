@@ -137,3 +137,38 @@ def test_chained_structured_recipe_reloads_with_its_reported_size(tmp_path):
     reloaded = json.loads(subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
                                          check=True).stdout.strip().splitlines()[-1])
     assert reloaded == {"params": report["parameters"], "new": 4, "layers": 26}
+
+
+def test_search_on_real_weights_keeps_the_budget_and_reloads(smollm2, tmp_path):
+    """A short budget search in both spaces on SmolLM2: the budget holds, and stock transformers reloads the result
+    with the parameters and layers the search reports."""
+    from transformers import AutoModelForCausalLM
+
+    from prunekit.engine.search import EvolutionSettings
+    from prunekit.runinfo import count_parameters, count_zeros
+    from prunekit.search import SearchConfig, run_search
+
+    calibration = CalibrationConfig(samples=4, seq_len=128)
+    settings = EvolutionSettings(generations=2, offspring=3)
+    sparse = run_search(SearchConfig(model="smollm2-135m", target="params=0.8", settings=settings,
+                                     fitness_samples=1, calibration=calibration, evaluation=None), tmp_path / "s")
+    kept = sparse["parameters"]
+    # The dense weights hold exact zeros already (dequantized from the packaged GGUF); outside the decoder linears
+    # pruning leaves them, inside it removes them first.
+    linears = {id(m.weight) for layer in smollm2.model.model.layers for m in layer.modules()
+               if isinstance(m, torch.nn.Linear)}
+    zeros_outside = sum(int((p == 0).sum()) for p in smollm2.model.parameters() if id(p) not in linears)
+    assert (kept["searched_kept"] + zeros_outside) / kept["dense"] == pytest.approx(0.8, abs=2e-4)
+    assert kept["searched_kept"] == pytest.approx(kept["baseline_kept"], rel=1e-4)  # row rounding only
+    assert sum(sparse["layer_sparsity"]) / len(sparse["layer_sparsity"]) == pytest.approx(sparse["uniform_sparsity"])
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "s")
+    assert count_parameters(reloaded) - count_zeros(reloaded) == kept["searched_kept"]
+
+    depth = run_search(SearchConfig(model="smollm2-135m", target="params=0.9", space="depth", settings=settings,
+                                    fitness_samples=1, calibration=calibration, evaluation=None), tmp_path / "d")
+    blocks = depth["blocks"]
+    assert blocks["removed"] == len(blocks["searched"]) == len(blocks["baseline"]) >= 1
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "d")
+    assert reloaded.config.num_hidden_layers == blocks["total"] - blocks["removed"]
+    assert count_parameters(reloaded) - count_zeros(reloaded) == depth["parameters"]["searched_kept"]
+    assert count_parameters(reloaded) <= 0.9 * depth["parameters"]["dense"]
