@@ -30,7 +30,7 @@ def search(
                                         show_default=False)] = ...,
     out: OutDirOption = ...,
     space: Annotated[str | None, typer.Option(help="What the search chooses: sparsity (one sparsity per layer) | "
-                                              "depth (which blocks to remove).  [default: sparsity for params, "
+                                              "depth (which blocks to remove).  \\[default: sparsity for params, "
                                               "depth for memory and a speed-up]", show_default=False)] = None,
     method: Annotated[str, typer.Option(help="Sparsity space: the score that ranks each layer's weights: magnitude "
                                         "| wanda | ria.")] = "wanda",
@@ -47,7 +47,7 @@ def search(
     fitness_samples: Annotated[int, typer.Option(min=1, help="Held-out calibration windows (of --calib-seq-len "
                                                  "tokens) the KL divergence is measured on.")] = 4,
     time_limit: Annotated[float | None, typer.Option(help="Stop after the generation that passes this many "
-                                                     "seconds.  [default: none]")] = None,
+                                                     "seconds.  \\[default: none]")] = None,
     calib: Annotated[str, typer.Option("--calib", help="Calibration text (see `prunekit prune --help`).")
                      ] = "wikipedia",
     calib_samples: Annotated[int, typer.Option(min=1, help="Calibration windows of the scores and the final "
@@ -60,9 +60,9 @@ def search(
     ppl_seq_len: Annotated[int, typer.Option(min=2, help="Tokens per perplexity window.")] = 1024,
     recover: Annotated[str | None, typer.Option(help="Then fine-tune the chosen model: lora | distill (from the "
                                                 "dense model), as `prunekit recover` does, into --recover-out.  "
-                                                "[default: none]", show_default=False)] = None,
+                                                "\\[default: none]", show_default=False)] = None,
     recover_steps: Annotated[int, typer.Option(min=1, help="--recover: optimizer steps.")] = 100,
-    recover_out: Annotated[Path | None, typer.Option(help="--recover: where the recovered model goes.  [default: "
+    recover_out: Annotated[Path | None, typer.Option(help="--recover: where the recovered model goes.  \\[default: "
                                                      "OUT-lora or OUT-distill]", show_default=False)] = None,
     seed: Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed of calibration sampling and the search.")] = 0,
     device: DeviceOption = "auto",
