@@ -303,11 +303,10 @@ def test_latency_model_is_fitted_once_and_cached(monkeypatch):
 
 def test_decode_target_search_removes_the_blocks_the_cost_model_allows(searched, tmp_path, capsys, monkeypatch):
     """decode=1.3x on 4 blocks timed at 1 + k ms per token: 5 ms / 1.3 = 3.85 ms leaves 2 blocks. The speed-up check
-    after saving is stubbed here (timings are not asserted in unit tests); the real runs are in the README."""
+    after saving really runs (prunekit bench's workers on the saved output); its value is not asserted (timings are
+    not, in unit tests), only recorded consistently."""
     root, text, model_dir = searched
     monkeypatch.setattr(latency, "time_depth", lambda _a, blocks, *_rest: 0.001 + 0.001 * blocks)
-    measured = []
-    monkeypatch.setattr(search_module, "_measured_speedup", lambda *args: measured.append(args) or 1.31)
     out = tmp_path / "decode"
     args = _search_args(model_dir, text, out, "--generations", "4")
     args[args.index("--target") + 1] = "decode=1.3x"
@@ -316,13 +315,17 @@ def test_decode_target_search_removes_the_blocks_the_cost_model_allows(searched,
     result = json.loads((out / "search.json").read_text())
     assert result["space"] == "depth" and result["blocks"]["removed"] == 2
     assert result["cost"]["predicted"] == pytest.approx(5 / 3)
-    assert result["cost"]["measured"] == 1.31 and result["cost"]["met"]
-    assert measured and measured[0][1] == "decode"
+    measured = result["cost"]["measured"]
+    assert measured > 0 and result["cost"]["met"] == (measured >= 1.3 * 0.95)
     assert result["fitness"]["searched_pruned"] <= result["fitness"]["baseline_pruned"] + 1e-9
-    assert len(result["blocks"]["searched"]) == 2 and "measured 1.310x" in stdout
+    assert len(result["blocks"]["searched"]) == 2 and f"measured {measured:.3f}x" in stdout
     from transformers import AutoModelForCausalLM
 
+    from prunekit.report import write_report
+
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
+    html = write_report([out], tmp_path / "report.html").read_text()
+    assert "<h2>Budget search</h2>" in html and "decode=1.3x" in html and f"{measured:.3f}" in html
     again = tmp_path / "again"
     code, _, err = run_cli(["prune", "--recipe", str(out / "recipe.yaml"), "--out", str(again)], capsys, monkeypatch)
     assert code == 0, err

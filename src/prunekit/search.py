@@ -328,9 +328,6 @@ def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict
     dense_ppl, searched_ppl = search.pop("_dense_ppl"), search.pop("_searched_ppl")
     with console.status(f"saving to {out}"), run_directory(out, overwrite, (loaded.local_path,)) as run:
         save_model(loaded, run.path)
-        if target.key in LATENCY:
-            search["cost"]["measured"] = _measured_speedup(config, target.key, run.path)
-            search["cost"]["met"] = search["cost"]["measured"] >= target.value * (1 - VERIFY_TOLERANCE)
         setup.seconds["total"] = round(time.perf_counter() - started, 2)
         search["seconds"] = setup.seconds
         search["peak_rss_bytes"] = peak_rss_bytes()
@@ -338,8 +335,16 @@ def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict
         report = prune_report(recipe, result, remaining, zeros, dense_ppl, searched_ppl, setup.seconds,
                               dense_parameters=setup.parameters)
         run.finish(report, recipe)
+    # Then what needs the finished output: the benchmark reads it as a model, recovery as its input.
+    if target.key in LATENCY:
+        t0 = time.perf_counter()
+        with console.status(f"timing {out} against {config.model} as prunekit bench does (median of 5)"):
+            search["cost"]["measured"] = _measured_speedup(config, target.key, out)
+        search["cost"]["met"] = search["cost"]["measured"] >= target.value * (1 - VERIFY_TOLERANCE)
+        setup.seconds["verify"] = round(time.perf_counter() - t0, 2)
     if recovered is not None:
         search["recovered"] = _recover(config, out, recovered, overwrite)
+    if target.key in LATENCY or recovered is not None:
         with atomic_file(out / SEARCH_FILE, overwrite=True) as temporary:
             temporary.write_text(json.dumps(search, indent=2) + "\n")
     return search
