@@ -132,9 +132,11 @@ def search(
     cost = result.get("cost") or {}
     if "measured" in cost:
         kind = result["target"]["key"]
+        verdict = ("within 5% of the target" if cost["within_tolerance"] else
+                   "faster than the target by more than 5%: the cost model overestimates the time" if cost["met"] else
+                   "NOT met: more than 5% slower than the target")
         stdout.print(f"{kind} speed-up: predicted {cost['predicted']:.3f}x, measured {cost['measured']:.3f}x "
-                     f"(median of 5; target {result['target']['value']:g}x"
-                     f"{'' if cost['met'] else ', NOT met within 5%'})")
+                     f"(median of 5; target {result['target']['value']:g}x: {verdict})")
     stdout.print(f"saved: {out} (model, prunekit.json, recipe.yaml, search.json)")
     if "recovered" in result:
         recovered = result["recovered"]

@@ -1,6 +1,6 @@
 """The latency cost model of `prunekit search`: the model itself timed on this machine with its first k decoder
-blocks, for a few k, and a straight line fitted through the medians (methods/cost.py). Measured once per model,
-machine, dtype and thread count, and cached.
+blocks, for a few k (interleaved rounds, medians), and a straight line fitted through the medians
+(methods/cost.py). Measured once per model, machine, dtype and thread count, and cached.
 
 Timed as `prunekit bench` times (eval/speed.py's loops): decode is seconds per token of a greedy loop with the KV
 cache at batch 1 after a `prompt_len`-token prompt; prefill is one forward over the prompt.
@@ -49,7 +49,7 @@ class LatencyModel:
 class LatencyProbe:
     prompt_len: int = 128
     new_tokens: int = 32
-    repeats: int = 5  # medians of this many runs per depth, after one discarded
+    repeats: int = 5  # medians of this many rounds per depth, after one discarded
     seed: int = 0
 
 
@@ -60,17 +60,25 @@ def probe_depths(total: int) -> list[int]:
 
 @torch.no_grad()
 def time_depth(adapter: ModelAdapter, blocks: int, kind: str, probe: LatencyProbe, device: torch.device) -> float:
-    """Median seconds of `kind` for the model with its first `blocks` decoder blocks."""
+    """Seconds of one run of `kind` for the model with its first `blocks` decoder blocks."""
     ids = make_prompt(1, probe.prompt_len, adapter.config.vocab_size, probe.seed).to(device)
-    layers = list(adapter.layers)[:blocks]
-    runs = []
-    with running_layers(adapter, layers, list(range(blocks))):
-        for _ in range(probe.repeats + 1):
-            if kind == "decode":
-                runs.append(decode(adapter.model, ids, probe.new_tokens)[1] / probe.new_tokens)
-            else:
-                runs.append(time_prefill(adapter.model, ids)[0])
-    return statistics.median(runs[1:])
+    with running_layers(adapter, list(adapter.layers)[:blocks], list(range(blocks))):
+        if kind == "decode":
+            return decode(adapter.model, ids, probe.new_tokens)[1] / probe.new_tokens
+        return time_prefill(adapter.model, ids)[0]
+
+
+def time_depths(adapter: ModelAdapter, depths: list[int], kind: str, probe: LatencyProbe, device: torch.device
+                ) -> list[float]:
+    """Median seconds per depth over `probe.repeats` rounds (after a discarded one), each round timing every depth
+    once in turn, so that drift in the machine's load falls on all depths alike (as `prunekit bench` interleaves)."""
+    runs: list[list[float]] = [[] for _ in depths]
+    for round_ in range(probe.repeats + 1):
+        for index, blocks in enumerate(depths):
+            seconds = time_depth(adapter, blocks, kind, probe, device)
+            if round_:
+                runs[index].append(seconds)
+    return [statistics.median(r) for r in runs]
 
 
 def _environment(adapter: ModelAdapter, device: torch.device, probe: LatencyProbe) -> dict[str, object]:
@@ -107,7 +115,7 @@ def latency_model(adapter: ModelAdapter, kind: str, device: torch.device, probe:
     home = next(model.parameters()).device
     model.to(device)
     try:
-        seconds = [time_depth(adapter, k, kind, probe, device) for k in depths]
+        seconds = time_depths(adapter, depths, kind, probe, device)
     finally:
         model.to(home)
     intercept, slope = fit_line(depths, seconds)
