@@ -261,13 +261,15 @@ def _search(runs: Sequence[Run]) -> str:
     searches = [r.search for r in runs if r.search is not None]
     if not searches:
         return ""
-    header = ["run", "model", "target", "space", "baseline (same cost)", "cost", "baseline cost", "KL baseline",
-              "KL searched", "perplexity dense", "baseline", "searched", "candidates", "time"]
+    header = ["run", "model", "target", "space", "baseline (same cost)", "cost", "KL baseline &rarr; searched",
+              "perplexity dense / baseline / searched", "candidates", "time"]
     rows = [[escape(s.run), escape(s.model), escape(s.target), escape(s.space), escape(s.baseline),
-             decimal(s.cost, 3), decimal(s.baseline_cost, 3), decimal(s.baseline_kl, 4), decimal(s.kl, 4),
-             decimal(s.dense_perplexity), decimal(s.baseline_perplexity), decimal(s.perplexity),
-             integer(s.evaluated), seconds(s.seconds)] for s in searches]
-    out = ["<h2>Budget search</h2>", table(header, rows, set(range(5, 14)))]
+             f"{decimal(s.cost, 3)} / {decimal(s.baseline_cost, 3)}", f"{decimal(s.baseline_kl, 4)} &rarr; "
+             f"{decimal(s.kl, 4)}", f"{decimal(s.dense_perplexity)} / {decimal(s.baseline_perplexity)} / "
+             f"{decimal(s.perplexity)}", integer(s.evaluated), seconds(s.seconds)] for s in searches]
+    out = ["<h2>Budget search</h2>", table(header, rows, set(range(5, 10))),
+           '<p class="note">Cost: searched / baseline (the fraction of the parameters kept, or the measured '
+           "speed-up).</p>"]
     svg = plots.search_plot(searches)
     if svg:
         out.append(figure("search", svg, "Each search's chosen model (stars; across runs, the front) and its "
