@@ -296,6 +296,8 @@ def test_latency_model_is_fitted_once_and_cached(monkeypatch):
     assert (line.intercept, line.slope) == pytest.approx((0.002, 0.001))
     again, cached = latency.latency_model(adapter, "decode", torch.device("cpu"))
     assert cached and again == line and len(calls) == 24
+    refreshed, cached = latency.latency_model(adapter, "decode", torch.device("cpu"), refresh=True)
+    assert not cached and len(calls) == 48 and refreshed == line
     monkeypatch.setattr(latency, "time_depth", lambda *_args: 0.01)  # flat: depth costs nothing
     with pytest.raises(PrunekitError, match="does not grow with depth"):
         latency.latency_model(adapter, "prefill", torch.device("cpu"))

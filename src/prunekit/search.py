@@ -158,6 +158,7 @@ class SearchConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    refresh_latency: bool = False  # measure the latency cost model again instead of reading it from the cache
     recover: RecoveryConfig | None = None  # fine-tune the chosen model afterwards (distill: from the dense model)
     recover_out: Path | None = None  # where the recovered model goes; default: OUT-<recovery method>
 
@@ -295,7 +296,7 @@ def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict
     elif len(adapter.layers) < 2:
         raise PrunekitError(f"the model has {len(adapter.layers)} decoder block: depth search needs at least two")
     else:
-        keep, cost = blocks_to_keep(adapter, parameters, target, device)
+        keep, cost = blocks_to_keep(adapter, parameters, target, device, config.refresh_latency)
     setup = _Setup(config, loaded, adapter, parameters,
                    calibration_data(model, tokenizer, config.calibration, config.seed),
                    held_out_data(model, tokenizer, config.calibration, config.fitness_samples, config.seed),
@@ -408,8 +409,8 @@ def _search_sparsity(setup: _Setup, method_name: str, base: float) -> tuple[Stag
     }
 
 
-def blocks_to_keep(adapter: ModelAdapter, parameters: int, target: Target, device: torch.device
-                   ) -> tuple[int, dict[str, Any]]:
+def blocks_to_keep(adapter: ModelAdapter, parameters: int, target: Target, device: torch.device,
+                   refresh_latency: bool = False) -> tuple[int, dict[str, Any]]:
     """How many decoder blocks meet `target` (at most all but one), and the latency model that says so (a speed-up
     target); one-line errors with the reachable range."""
     total = len(adapter.layers)
@@ -431,7 +432,7 @@ def blocks_to_keep(adapter: ModelAdapter, parameters: int, target: Target, devic
                     "bytes_kept": round((parameters - per_block * (total - min(keep, total - 1))) * bytes_per)}
     else:
         with console.status(f"measuring {target.key} time at a few depths on this machine (once, then cached)"):
-            line, cached = latency_model(adapter, target.key, device, LatencyProbe())
+            line, cached = latency_model(adapter, target.key, device, LatencyProbe(), refresh_latency)
         keep = blocks_for_speedup(line.intercept, line.slope, total, target.value)
         if keep < 1:
             most = max_speedup(line.intercept, line.slope, total)

@@ -58,6 +58,10 @@ def search(
     eval_text: Annotated[str, typer.Option("--eval-text", help="Held-out text for perplexity.")] = "wikipedia",
     ppl_samples: Annotated[int, typer.Option(min=1, help="Perplexity windows.")] = 16,
     ppl_seq_len: Annotated[int, typer.Option(min=2, help="Tokens per perplexity window.")] = 1024,
+    refresh_latency: Annotated[bool, typer.Option(help="decode= / prefill=: time the model at a few depths again "
+                                                  "(the cost model is cached per model, machine, dtype and "
+                                                  "threads; refresh it after the machine's load changed).")
+                               ] = False,
     recover: Annotated[str | None, typer.Option(help="Then fine-tune the chosen model: lora | distill (from the "
                                                 "dense model), as `prunekit recover` does, into --recover-out.  "
                                                 "\\[default: none]", show_default=False)] = None,
@@ -110,7 +114,7 @@ def search(
         calibration=CalibrationConfig(source=calib, samples=calib_samples, seq_len=calib_seq_len),
         evaluation=EvaluationConfig(source=eval_text, samples=ppl_samples, seq_len=ppl_seq_len) if ppl else None,
         seed=seed, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-        recover=recovery, recover_out=recover_out,
+        refresh_latency=refresh_latency, recover=recovery, recover_out=recover_out,
     )
     result = run_search(config, out, overwrite)
     kept, fitness, ppls = result["parameters"], result["fitness"], result["perplexity"]
