@@ -130,6 +130,14 @@ def _search_args(model_dir, text_file, out, *extra):
             "--ppl-samples", "2", "--ppl-seq-len", "64", "--step", "0.1", "--offspring", "6", *extra]
 
 
+def assert_recipe_reproduces(out, again, capsys, monkeypatch):
+    """`prunekit prune --recipe OUT/recipe.yaml` gives the searched model bit for bit."""
+    code, _, err = run_cli(["prune", "--recipe", str(out / "recipe.yaml"), "--out", str(again)], capsys, monkeypatch)
+    assert code == 0, err
+    a, b = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory, tokenizer):
     """One search of the sensitive model, run through the command line (shared by the tests below)."""
@@ -161,12 +169,7 @@ def test_search_beats_uniform_at_the_same_budget(searched, capsys, monkeypatch):
     assert history == sorted(history, reverse=True) and len(history) == 12
     assert "searched" in stdout and "layer sparsity" in stdout
 
-    # The recipe saved with it reproduces the model.
-    again = root / "again"
-    code, _, err = run_cli(["prune", "--recipe", str(out / "recipe.yaml"), "--out", str(again)], capsys, monkeypatch)
-    assert code == 0, err
-    a, b = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_recipe_reproduces(out, root / "again", capsys, monkeypatch)
 
 
 def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeypatch):
@@ -328,11 +331,7 @@ def test_decode_target_search_removes_the_blocks_the_cost_model_allows(searched,
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 2
     html = write_report([out], tmp_path / "report.html").read_text()
     assert "<h2>Budget search</h2>" in html and "decode=1.3x" in html and f"{measured:.3f}" in html
-    again = tmp_path / "again"
-    code, _, err = run_cli(["prune", "--recipe", str(out / "recipe.yaml"), "--out", str(again)], capsys, monkeypatch)
-    assert code == 0, err
-    a, b = load_file(out / "model.safetensors"), load_file(again / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_recipe_reproduces(out, tmp_path / "again", capsys, monkeypatch)
 
 
 def test_search_can_recover_the_chosen_model(searched, tmp_path, capsys, monkeypatch):
