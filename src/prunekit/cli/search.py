@@ -1,4 +1,4 @@
-"""`prunekit search`: a budget in, the best per-layer allocation prunekit finds out, next to the uniform one."""
+"""`prunekit search`: a budget in, the best pruning prunekit finds out, next to the baseline of the same cost."""
 
 from __future__ import annotations
 
