@@ -10,7 +10,7 @@ from conftest import CONFIGS, tiny_model
 from safetensors.torch import load_file
 from test_cli import assert_one_line_error, run_cli
 
-from prunekit import search as search_module
+from prunekit import budget
 from prunekit.api import prune
 from prunekit.engine import latency
 from prunekit.engine.search import Candidates, DepthSpace, EvolutionSettings, dense_scores, evolve
@@ -353,11 +353,11 @@ def test_search_can_recover_the_chosen_model(searched, tmp_path, capsys, monkeyp
 
 
 def test_sizes_and_targets_parse():
-    assert search_module.parse_size("1.5GB") == 1.5e9 and search_module.parse_size("800MiB") == 800 * 2**20
-    assert search_module.parse_size("5e8") == 5e8
-    assert str(search_module.parse_target("memory=1.2GB")) == "memory=1.2GB"
-    assert search_module.parse_target(0.75) == search_module.Target("params", 0.75)
-    assert search_module.parse_target("decode=1.3x") == search_module.parse_target("DECODE=1.3")
+    assert budget.parse_size("1.5GB") == 1.5e9 and budget.parse_size("800MiB") == 800 * 2**20
+    assert budget.parse_size("5e8") == 5e8
+    assert str(budget.parse_target("memory=1.2GB")) == "memory=1.2GB"
+    assert budget.parse_target(0.75) == budget.Target("params", 0.75)
+    assert budget.parse_target("decode=1.3x") == budget.parse_target("DECODE=1.3")
 
 
 def test_memory_target_keeps_the_most_blocks_that_fit(searched, tmp_path, capsys, monkeypatch):
@@ -365,15 +365,15 @@ def test_memory_target_keeps_the_most_blocks_that_fit(searched, tmp_path, capsys
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    dense = search_module.weight_bytes(model)
+    dense = budget.weight_bytes(model)
     per_block = sum(p.numel() * p.element_size() for p in model.model.layers[0].parameters())
-    budget = dense - 1.5 * per_block  # one block is not enough, two are
+    limit = dense - 1.5 * per_block  # one block is not enough, two are
     out = tmp_path / "memory"
     args = _search_args(model_dir, text, out, "--generations", "2", "--no-ppl")
-    args[args.index("--target") + 1] = f"memory={budget:.0f}B"
+    args[args.index("--target") + 1] = f"memory={limit:.0f}B"
     code, _, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
     result = json.loads((out / "search.json").read_text())
     assert result["space"] == "depth" and result["blocks"]["removed"] == 2
-    assert result["cost"]["bytes_kept"] == dense - 2 * per_block <= budget
-    assert search_module.weight_bytes(AutoModelForCausalLM.from_pretrained(out)) == dense - 2 * per_block
+    assert result["cost"]["bytes_kept"] == dense - 2 * per_block <= limit
+    assert budget.weight_bytes(AutoModelForCausalLM.from_pretrained(out)) == dense - 2 * per_block
