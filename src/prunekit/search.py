@@ -336,26 +336,32 @@ def _search_sparsity(setup: _Setup, method_name: str, base: float) -> tuple[Stag
     }
 
 
+def block_parameters(adapter: ModelAdapter) -> int:
+    """Parameters of one decoder block (depth search needs blocks of one size: the first stands for all)."""
+    return sum(p.numel() for p in adapter.layers[0].parameters())
+
+
 def blocks_to_keep(adapter: ModelAdapter, parameters: int, target: Target, device: torch.device,
                    refresh_latency: bool = False) -> tuple[int, dict[str, Any]]:
     """How many decoder blocks meet `target` (at most all but one), and the latency model that says so (a speed-up
     target); one-line errors with the reachable range."""
     total = len(adapter.layers)
-    per_block = sum(p.numel() for p in adapter.layers[0].parameters())
+    per_block = block_parameters(adapter)
+    dense_bytes = weight_bytes(adapter.model)
     cost: dict[str, Any] = {}
     if target.key in ("params", "memory"):
         fraction = target.value if target.key == "params" else memory_fraction(target, adapter.model)
         keep = blocks_for_params(parameters, per_block, total, fraction)
         if keep < 1:
             least = (parameters - per_block * (total - 1)) / parameters
-            smallest = (f"memory between {least * weight_bytes(adapter.model) / 1e9:.4g}GB and the dense model's "
-                        f"{weight_bytes(adapter.model) / 1e9:.4g}GB" if target.key == "memory" else
+            smallest = (f"memory between {least * dense_bytes / 1e9:.4g}GB and the dense model's "
+                        f"{dense_bytes / 1e9:.4g}GB" if target.key == "memory" else
                         f"params between {least:.4f} and 1")
             raise PrunekitError(f"{target} is out of reach by removing blocks: one block kept still holds "
                                 f"{least:.4f} of the parameters; give {smallest}")
         if target.key == "memory":
-            bytes_per = weight_bytes(adapter.model) / parameters
-            cost = {"bytes_dense": weight_bytes(adapter.model),
+            bytes_per = dense_bytes / parameters
+            cost = {"bytes_dense": dense_bytes,
                     "bytes_kept": round((parameters - per_block * (total - min(keep, total - 1))) * bytes_per)}
     else:
         with console.status(f"measuring {target.key} time at a few depths on this machine (once, then cached)"):
@@ -373,7 +379,7 @@ def blocks_to_keep(adapter: ModelAdapter, parameters: int, target: Target, devic
 def _search_depth(setup: _Setup, keep: int, cost: dict[str, Any]) -> tuple[StructuredStageConfig, Any, dict]:
     config, adapter, model = setup.config, setup.adapter, setup.model
     total = len(adapter.layers)
-    per_block = sum(p.numel() for p in adapter.layers[0].parameters())
+    per_block = block_parameters(adapter)
     removed_count = total - keep
     model.to(setup.device)
     dense_ppl = setup.perplexity("dense")
