@@ -13,7 +13,16 @@ from test_cli import assert_one_line_error, run_cli
 from prunekit import budget
 from prunekit.api import prune
 from prunekit.engine import latency
-from prunekit.engine.search import Candidates, DepthSpace, EvolutionSettings, dense_scores, evolve
+from prunekit.engine.search import (
+    Candidates,
+    DepthSpace,
+    EvolutionSettings,
+    ScoreLevels,
+    WeightLevels,
+    dense_scores,
+    dense_variants,
+    evolve,
+)
 from prunekit.errors import PrunekitError
 from prunekit.methods import get_method
 from prunekit.methods.cost import blocks_for_params, blocks_for_speedup, fit_line, max_speedup
@@ -92,7 +101,7 @@ def test_candidates_equal_the_engine_on_dense_inputs(method):
     model = tiny_model("llama")
     adapter = adapter_for(model)
     scores = dense_scores(adapter, windows, get_method(method), {}, torch.device("cpu"))
-    candidates = Candidates(adapter, scores, windows[:2], torch.device("cpu"))
+    candidates = Candidates(adapter, ScoreLevels(scores), windows[:2], torch.device("cpu"))
     candidates.apply([0.3, 0.6])
     applied = {k: v.clone() for k, v in model.state_dict().items()}
     candidates.restore()
@@ -102,6 +111,35 @@ def test_candidates_equal_the_engine_on_dense_inputs(method):
     compared = [k for k in engine if any(p in k for p in layers)]
     assert compared and all(torch.equal(applied[k], engine[k]) for k in compared)
     assert candidates.fitness() > 0
+
+
+def test_weight_levels_are_the_engine_sparsegpt_on_dense_inputs():
+    """A weight-updating method's variants are the layer as SparseGPT leaves it on the dense inputs: exactly the
+    engine's first layer (dense inputs in both), at every level; levels outside the table are refused."""
+    torch.manual_seed(1)
+    windows = torch.randint(3, 96, (4, 16))
+    model = tiny_model("llama")
+    adapter = adapter_for(model)
+    method = get_method("sparsegpt")
+    options = {"block_size": 128, "damping": 0.01}
+    variants = dense_variants(adapter, windows, method, options, [0.0, 0.3, 0.6], torch.device("cpu"))
+    assert all(sorted(levels) == [0.3, 0.6] for levels in variants.values())  # 0 is the dense weight itself
+    candidates = Candidates(adapter, WeightLevels(variants), windows[:2], torch.device("cpu"))
+    for first in (0.3, 0.6):
+        candidates.apply([first, 0.0])
+        applied = {k: v.clone() for k, v in model.state_dict().items()}
+        candidates.restore()
+        dense = {k: v.clone() for k, v in model.state_dict().items()}
+        prune(model, stages=[{"method": "sparsegpt", "layer_sparsity": [first, 0.3]}], calibration=windows,
+              progress=False)
+        engine = model.state_dict()
+        compared = [k for k in engine if "layers.0." in k]
+        assert compared and all(torch.equal(applied[k], engine[k]) for k in compared)
+        zeros = sum(int((engine[k] == 0).sum()) for k in compared if k.endswith("proj.weight"))
+        assert zeros > 0 and any(not torch.equal(applied[k], dense[k]) for k in compared)
+        model.load_state_dict(dense)
+    with pytest.raises(KeyError, match="no variant at sparsity 0.45"):
+        candidates.apply([0.45, 0.0])
 
 
 def _sensitive_model_dir(tmp_path, tokenizer):
@@ -172,6 +210,26 @@ def test_search_beats_uniform_at_the_same_budget(searched, capsys, monkeypatch):
     assert_recipe_reproduces(out, root / "again", capsys, monkeypatch)
 
 
+def test_sparsegpt_search_beats_uniform_sparsegpt(searched, tmp_path, capsys, monkeypatch):
+    """The sparsity space with SparseGPT's levels: the budget holds, no layer leaves its --max-steps, the search
+    beats uniform SparseGPT of the same budget, and the recipe reproduces the model."""
+    root, text, model_dir = searched
+    out = tmp_path / "sparsegpt"
+    code, _, err = run_cli(_search_args(model_dir, text, out, "--generations", "8", "--method", "sparsegpt",
+                                        "--max-steps", "2", "--no-ppl"), capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads((out / "search.json").read_text())
+    chosen, base = result["layer_sparsity"], result["uniform_sparsity"]
+    assert sum(chosen) / len(chosen) == pytest.approx(base)
+    assert all(abs(s - base) <= 2 * 0.1 + 1e-9 for s in chosen)
+    assert result["levels"]["count"] == 5 and result["levels"]["from"] == "weights pruned per level"
+    assert result["baseline"].startswith("uniform sparsegpt")
+    fitness = result["fitness"]
+    assert fitness["searched_search"] < fitness["baseline_search"]
+    assert fitness["searched_pruned"] < fitness["baseline_pruned"]
+    assert_recipe_reproduces(out, tmp_path / "again", capsys, monkeypatch)
+
+
 def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeypatch):
     root, text, model_dir = searched
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache-a"))
@@ -206,7 +264,8 @@ def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeyp
     (["--target", "params=0.01", "--space", "depth"], "out of reach by removing blocks"),
     (["--target", "params=1.2"], "between 0 and 1"),
     (["--target", "params=0.01"], "out of reach"),
-    (["--target", "params=0.7", "--method", "sparsegpt"], "updates the weights"),
+    (["--target", "params=0.7", "--method", "wanda++"], "optimises whole blocks"),
+    (["--target", "params=0.7", "--method", "gradient"], "more than one calibration pass"),
     (["--target", "params=0.7", "--method", "nosuch"], "unknown method"),
     (["--target", "params=0.7", "--step", "0"], "step"),
     (["--target", "params=0.7", "--recover", "bogus"], "unknown recovery method"),

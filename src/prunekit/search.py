@@ -38,10 +38,13 @@ from prunekit.engine.search import (
     Candidates,
     DepthSpace,
     EvolutionSettings,
+    ScoreLevels,
     SearchState,
     SparsitySpace,
+    WeightLevels,
     check_searchable,
     dense_scores,
+    dense_variants,
     evolve,
     layer_numel,
 )
@@ -51,6 +54,7 @@ from prunekit.eval.perplexity import PerplexityResult
 from prunekit.eval.speed import SpeedConfig, benchmark_models
 from prunekit.methods import get_method
 from prunekit.methods.cost import blocks_for_params, blocks_for_speedup, max_speedup
+from prunekit.methods.evolution import layer_sparsities, offset_bounds
 from prunekit.models.adapters import adapter_for
 from prunekit.models.adapters.base import ModelAdapter
 from prunekit.models.loading import load_model, resolve_device
@@ -67,6 +71,9 @@ SEARCH_FILE = "search.json"
 MAX_SWITCHES = 64  # more mutations per child than this is a random restart, not a search step
 SPACES = ("sparsity", "depth")
 BASELINE_DEPTH = "block-influence"  # ShortGPT: the depth baseline, and where the depth search starts
+# A weight-updating method's levels are one copy of the decoder linears each: by default a layer moves at most this
+# many steps from the uniform sparsity (2 x this + 1 levels).
+WEIGHT_LEVEL_STEPS = 4
 VERIFY_TOLERANCE = 0.05  # met: measured speed-up >= (1 - this) x target; within tolerance: |measured / target - 1|
 
 
@@ -75,7 +82,7 @@ class SearchConfig:
     model: str
     target: str | float  # "params=0.75", "decode=1.3x", "prefill=1.3x" (a bare number: params)
     space: str | None = None  # sparsity | depth; default: sparsity for params, depth for a speed-up
-    method: str = "wanda"  # sparsity space: the score that ranks each layer's weights: magnitude, wanda or ria
+    method: str = "wanda"  # sparsity space: how each layer is pruned: magnitude, wanda, ria, sparsegpt or alps
     settings: EvolutionSettings = field(default_factory=EvolutionSettings)
     fitness_samples: int = 4  # held-out calibration windows (of calibration.seq_len tokens) the KL is measured on
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -120,6 +127,9 @@ class SearchConfig:
         if not 1 <= s.max_switches <= MAX_SWITCHES:
             raise PrunekitError(f"max switches {s.max_switches} must be between 1 and {MAX_SWITCHES} (mutations per "
                                 "child; default 3)")
+        if s.max_steps is not None and s.max_steps < 1:
+            raise PrunekitError(f"max steps {s.max_steps} must be at least 1 (how far a layer may move from the "
+                                "uniform sparsity, in steps)")
         if s.time_limit is not None and s.time_limit <= 0:
             raise PrunekitError(f"time limit {s.time_limit:g} s must be positive")
 
@@ -297,16 +307,29 @@ def _search_sparsity(setup: _Setup, method_name: str, base: float) -> tuple[Stag
     layers = len(adapter.layers)
     model.to(setup.device)
     dense_ppl = setup.perplexity("dense")
-    t0 = time.perf_counter()
-    with progress_bar() as bar:
-        task = bar.add_task(f"{method.name} scores of the dense model", total=layers)
-        scores = dense_scores(adapter, setup.windows, method, options, setup.device, config.calibration.batch_size,
-                              on_layer=lambda done, _total: bar.update(task, completed=done))
-    candidates = Candidates(adapter, scores, setup.held, setup.device)
-    setup.seconds["scores"] = round(time.perf_counter() - t0, 2)
     settings = config.settings
-    space = SparsitySpace(candidates, base, settings.step, settings.max_sparsity)
-    state = setup.search(space, setup.key(method.name, options, round(base, 12)), "uniform")
+    max_steps = settings.max_steps
+    if method.updates_weights and max_steps is None:
+        max_steps = WEIGHT_LEVEL_STEPS
+    low, high = offset_bounds(base, settings.step, settings.max_sparsity, max_steps)
+    t0 = time.perf_counter()
+    levels: ScoreLevels | WeightLevels
+    with progress_bar() as bar:
+        batch, on_layer = config.calibration.batch_size, lambda done, _total: bar.update(task, completed=done)
+        if method.updates_weights:
+            sparsities = layer_sparsities(base, range(low, high + 1), settings.step)
+            task = bar.add_task(f"{method.name} at {len(sparsities)} levels per layer of the dense model",
+                                total=layers)
+            levels = WeightLevels(dense_variants(adapter, setup.windows, method, options, sparsities, setup.device,
+                                                 batch, on_layer))
+        else:
+            task = bar.add_task(f"{method.name} scores of the dense model", total=layers)
+            levels = ScoreLevels(dense_scores(adapter, setup.windows, method, options, setup.device, batch,
+                                              on_layer))
+    candidates = Candidates(adapter, levels, setup.held, setup.device)
+    setup.seconds["scores"] = round(time.perf_counter() - t0, 2)
+    space = SparsitySpace(candidates, base, settings.step, low, high)
+    state = setup.search(space, setup.key(method.name, options, round(base, 12), max_steps), "uniform")
     chosen = space.sparsities(state.genome)
 
     def pruned(stage: StageConfig, label: str) -> tuple[Any, float, PerplexityResult | None]:
@@ -327,6 +350,8 @@ def _search_sparsity(setup: _Setup, method_name: str, base: float) -> tuple[Stag
         "baseline": f"uniform {method.name} {base:.4f}",
         "parameters": {"dense": setup.parameters, "baseline_kept": uniform_kept},
         "uniform_sparsity": base,
+        "levels": {"lowest": space.levels[0], "highest": space.levels[-1], "count": len(space.levels),
+                   "from": "weights pruned per level" if method.updates_weights else "one score table"},
         "layer_sparsity": chosen,
         # "search": the allocation applied from the dense model's scores, as the search saw it; "pruned": the
         # model the engine prunes with it (each layer's statistics on the already-pruned layers before it)

@@ -32,8 +32,10 @@ def search(
     space: Annotated[str | None, typer.Option(help="What the search chooses: sparsity (one sparsity per layer) | "
                                               "depth (which blocks to remove).  \\[default: sparsity for params, "
                                               "depth for memory and a speed-up]", show_default=False)] = None,
-    method: Annotated[str, typer.Option(help="Sparsity space: the score that ranks each layer's weights: magnitude "
-                                        "| wanda | ria.")] = "wanda",
+    method: Annotated[str, typer.Option(help="Sparsity space: how each layer is pruned: magnitude | wanda | ria "
+                                        "(one score table ranks the weights at every level) | sparsegpt | alps "
+                                        "(the kept weights updated: each layer pruned once per level, one copy of "
+                                        "the decoder linears per level).")] = "wanda",
     generations: Annotated[int, typer.Option(min=0, help="Generations of the evolutionary search.")] = 40,
     offspring: Annotated[int, typer.Option(min=1, help="Children per generation, each scored on the first "
                                            "held-out window.")] = 12,
@@ -42,6 +44,9 @@ def search(
     step: Annotated[float, typer.Option(help="Sparsity space: sparsity one mutation moves from one layer to "
                                         "another.")] = 0.05,
     max_sparsity: Annotated[float, typer.Option(help="Sparsity space: no layer is pruned beyond this.")] = 0.9,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Sparsity space: no layer moves more than this many "
+                                                  "--step from the uniform sparsity.  \\[default: no limit; 4 "
+                                                  "for sparsegpt and alps]", show_default=False)] = None,
     max_switches: Annotated[int, typer.Option(min=1, max=64, help="Mutations per child: 1 to this, at "
                                               "random.")] = 3,
     fitness_samples: Annotated[int, typer.Option(min=1, help="Held-out calibration windows (of --calib-seq-len "
@@ -80,8 +85,9 @@ def search(
     EvoPress's evolutionary search (Sieberling et al., ICML 2025): every candidate meets the budget exactly, its
     fitness is the KL divergence from the dense model on held-out calibration windows, and a candidate costs a few
     forward passes. Space sparsity: one sparsity per decoder layer (a mutation moves --step from one layer to
-    another; each layer's mask comes from one table of the dense model's --method scores), against the uniform
-    sparsity of the same budget. Space depth: which blocks to remove (a mutation swaps a removed block for a kept
+    another; each layer at each level comes from one calibration pass of the dense model: a table of --method
+    scores, or the layer pruned by SparseGPT / ALPS at every level), against the uniform sparsity of the same
+    budget. Space depth: which blocks to remove (a mutation swaps a removed block for a kept
     one), starting from and compared with ShortGPT's block influence; a speed-up target sets the number of blocks
     from a latency model measured on this machine, and the result is timed like `prunekit bench` (median of 5).
 
@@ -90,6 +96,8 @@ def search(
     resumes an interrupted search.
 
       prunekit search smollm2-135m --target params=0.75 --out out/search-75
+
+      prunekit search smollm2-135m --target params=0.75 --method sparsegpt --out out/search-75-sparsegpt
 
       prunekit search smollm2-135m --target decode=1.3x --out out/search-decode
 
@@ -107,7 +115,7 @@ def search(
 
     config = SearchConfig(
         model=model, target=target, space=space and space.lower(), method=method.lower(),
-        settings=EvolutionSettings(step=step, max_sparsity=max_sparsity, generations=generations,
+        settings=EvolutionSettings(step=step, max_sparsity=max_sparsity, max_steps=max_steps, generations=generations,
                                    offspring=offspring, survivors=survivors, max_switches=max_switches,
                                    time_limit=time_limit),
         fitness_samples=fitness_samples,

@@ -2,10 +2,12 @@
 table of the dense model's weight scores; or which decoder blocks to remove), the fitness of a candidate against
 the dense model, and the evolutionary loop of methods/evolution.py.
 
-The table is EvoPress's per-layer database in a few bytes per weight: a score method (magnitude, Wanda, RIA) prunes
-a row at sparsity s by keeping its top (1 - s) scores, so one table of scores from the dense model's calibration
-pass gives every layer at every level, and a candidate costs the masks of the layers it changes plus one forward
-pass per fitness window.
+Each layer's variant at each sparsity level comes from one calibration pass of the dense model (EvoPress's per-layer
+database). A score method (magnitude, Wanda, RIA) prunes a row at sparsity s by keeping its top (1 - s) scores, so
+one table of scores gives every layer at every level in a few bytes per weight (ScoreLevels). A method that updates
+the weights it keeps (SparseGPT, ALPS) is run once per layer and level on the dense inputs and every variant kept
+(WeightLevels: one copy of the decoder linears per level). A candidate costs the weights of the layers it changes
+plus one forward pass per fitness window.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,8 +26,9 @@ from prunekit.engine.structured import running_layers
 from prunekit.engine.walker import LayerStore, capture_on_device, walk_layers
 from prunekit.errors import PrunekitError
 from prunekit.files import temporary_sibling
-from prunekit.methods.evolution import kl_sum, layer_sparsities, level_switch, offset_bounds, reference_log_probs
+from prunekit.methods.evolution import kl_sum, layer_sparsities, level_switch, reference_log_probs
 from prunekit.methods.masks import row_mask
+from prunekit.methods.patterns import SparsityPattern
 from prunekit.methods.registry import MethodSpec
 from prunekit.models.adapters.base import ModelAdapter
 from prunekit.models.groups import weight_matrix
@@ -35,11 +38,11 @@ def check_searchable(method: MethodSpec, adapter: ModelAdapter) -> None:
     """A one-line error unless `method` ranks weights by one score and the decoder layers are alike."""
     from prunekit.engine.statistics import STATISTICS
 
-    if method.kind != "weights" or method.updates_weights or method.regional or not set(method.needs) <= set(
-            STATISTICS):
-        raise PrunekitError(f"search ranks each layer's weights by one score of the dense model; {method.name} "
-                            + ("updates the weights it keeps" if method.updates_weights or method.regional else
-                               "needs more than one calibration pass") + ": use magnitude, wanda or ria")
+    if method.kind != "weights" or method.regional or not set(method.needs) <= set(STATISTICS):
+        raise PrunekitError(f"search prunes each layer from one calibration pass of the dense model; {method.name} "
+                            + ("optimises whole blocks against each other" if method.regional else
+                               "needs more than one calibration pass")
+                            + ": use magnitude, wanda, ria, sparsegpt or alps")
     if adapter.expert_matrices(adapter.layers[0]):
         raise PrunekitError("search does not cover the routed experts of a mixture-of-experts model yet: prune "
                             "experts with an expert method (prunekit prune --method reap)")
@@ -53,29 +56,101 @@ def layer_numel(adapter: ModelAdapter, index: int) -> int:
     return sum(lin.weight.numel() for lin in adapter.linears(adapter.layers[index]).values())
 
 
+def _dense_layers(adapter: ModelAdapter, windows: torch.Tensor, method: MethodSpec, device: torch.device,
+                  batch_size: int) -> Iterator[tuple[int, dict[str, torch.nn.Module], dict[str, dict]]]:
+    """Each decoder layer of the dense model with its linears and `method`'s statistics on the dense inputs."""
+    store = LayerStore(adapter, device)
+    if not method.needs:
+        for index, layer in enumerate(adapter.layers):
+            yield index, _targets(adapter, layer), {}
+        return
+    captured = capture_on_device(adapter, windows, batch_size, device, store.home)
+    for visit in walk_layers(adapter, captured, store, final=False):
+        targets = _targets(adapter, visit.layer)
+        yield visit.index, targets, {need: collect_statistic(visit.layer, targets, need, visit.inputs, visit.calls)
+                                     for need in method.needs}
+
+
+def _targets(adapter: ModelAdapter, layer: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    return {n: lin for n, lin in adapter.linears(layer).items() if lin.weight.numel()}
+
+
 @torch.no_grad()
 def dense_scores(adapter: ModelAdapter, windows: torch.Tensor, method: MethodSpec, options: dict[str, object],
                  device: torch.device, batch_size: int = 8,
                  on_layer: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
     """`method`'s score of every weight of every decoder linear, on the dense model: {"i.name": [out, in]}."""
-    store = LayerStore(adapter, device)
-    captured = capture_on_device(adapter, windows, batch_size, device, store.home) if method.needs else None
     scores: dict[str, torch.Tensor] = {}
     count = len(adapter.layers)
-    if captured is None:
-        layers = ((i, adapter.layers[i], None) for i in range(count))
-    else:
-        layers = ((v.index, v.layer, v) for v in walk_layers(adapter, captured, store, final=False))
-    for index, layer, visit in layers:
-        targets = {n: lin for n, lin in adapter.linears(layer).items() if lin.weight.numel()}
-        stats = {need: collect_statistic(layer, targets, need, visit.inputs, visit.calls) for need in method.needs
-                 } if visit is not None else {}
+    for index, targets, stats in _dense_layers(adapter, windows, method, device, batch_size):
         for name, linear in targets.items():
             given = {need: values[name] for need, values in stats.items()}
             scores[f"{index}.{name}"] = method.function(weight_matrix(linear), **given, **options).float().cpu()
         if on_layer:
             on_layer(index + 1, count)
     return scores
+
+
+@torch.no_grad()
+def dense_variants(adapter: ModelAdapter, windows: torch.Tensor, method: MethodSpec, options: dict[str, object],
+                   sparsities: Sequence[float], device: torch.device, batch_size: int = 8,
+                   on_layer: Callable[[int, int], None] | None = None) -> dict[str, dict[float, torch.Tensor]]:
+    """Every decoder linear pruned by a weight-updating `method` at each of `sparsities` (0 left out: the dense
+    weight), on the dense model's inputs: {"i.name": {sparsity: weight}}, in the model's dtype on the CPU."""
+    variants: dict[str, dict[float, torch.Tensor]] = {}
+    count = len(adapter.layers)
+    levels = [s for s in dict.fromkeys(sparsities) if s > 0]
+    for index, targets, stats in _dense_layers(adapter, windows, method, device, batch_size):
+        if method.prepare is not None:  # once per input, shared by the linears that see it and by every level
+            prepared: dict[int, object] = {}
+            for values in stats.values():
+                for name, stat in values.items():
+                    if id(stat) not in prepared:
+                        prepared[id(stat)] = method.prepare(stat, **options)
+                    values[name] = prepared[id(stat)]
+        for name, linear in targets.items():
+            weight = weight_matrix(linear)
+            given = {need: values[name] for need, values in stats.items()}
+            pruned = {}
+            for sparsity in levels:
+                result = method.prune(weight, given, sparsity, SparsityPattern(), **options)
+                new = (result.weight if result.weight is not None else weight).to(weight.dtype)
+                pruned[sparsity] = new.masked_fill(~result.keep.to(new.device), 0).cpu()
+            variants[f"{index}.{name}"] = pruned
+        if on_layer:
+            on_layer(index + 1, count)
+    return variants
+
+
+class ScoreLevels:
+    """A layer at sparsity s from the dense model's score table: each row keeps its top (1 - s) scores."""
+
+    def __init__(self, scores: dict[str, torch.Tensor]) -> None:
+        self.scores = scores
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.scores
+
+    def weight(self, key: str, sparsity: float, dense: torch.Tensor) -> torch.Tensor:
+        return dense.masked_fill(~row_mask(self.scores[key], sparsity).to(dense.device), 0)
+
+
+class WeightLevels:
+    """A layer at sparsity s as a weight-updating method left it (dense_variants); the dense weight at 0."""
+
+    def __init__(self, variants: dict[str, dict[float, torch.Tensor]]) -> None:
+        self.variants = variants
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.variants
+
+    def weight(self, key: str, sparsity: float, dense: torch.Tensor) -> torch.Tensor:
+        if sparsity == 0:
+            return dense
+        levels = self.variants[key]
+        if sparsity not in levels:
+            raise KeyError(f"{key} has no variant at sparsity {sparsity:g}: the levels are {sorted(levels)}")
+        return levels[sparsity]
 
 
 class KLFitness:
@@ -98,13 +173,14 @@ class KLFitness:
 
 
 class Candidates:
-    """Applies per-layer sparsities to the model from the score table and measures their fitness (KLFitness)."""
+    """Applies per-layer sparsities to the model from its levels (ScoreLevels or WeightLevels) and measures their
+    fitness (KLFitness)."""
 
-    def __init__(self, adapter: ModelAdapter, scores: dict[str, torch.Tensor], windows: torch.Tensor,
+    def __init__(self, adapter: ModelAdapter, levels: ScoreLevels | WeightLevels, windows: torch.Tensor,
                  device: torch.device) -> None:
-        self.adapter, self.scores = adapter, scores
+        self.adapter, self.levels = adapter, levels
         self.linears = {f"{i}.{n}": lin for i, layer in enumerate(adapter.layers)
-                        for n, lin in adapter.linears(layer).items() if f"{i}.{n}" in scores}
+                        for n, lin in adapter.linears(layer).items() if f"{i}.{n}" in levels}
         self.dense = {key: weight_matrix(lin).detach().clone() for key, lin in self.linears.items()}
         self.applied = [0.0] * len(adapter.layers)
         self.kl = KLFitness(adapter.model, windows, device)
@@ -117,9 +193,7 @@ class Candidates:
             prefix = f"{index}."
             for key, linear in self.linears.items():
                 if key.startswith(prefix):
-                    weight = weight_matrix(linear)
-                    weight.copy_(self.dense[key])
-                    weight.masked_fill_(~row_mask(self.scores[key], sparsity).to(weight.device), 0)
+                    weight_matrix(linear).copy_(self.levels.weight(key, sparsity, self.dense[key]))
             self.applied[index] = sparsity
 
     @torch.no_grad()
@@ -137,12 +211,18 @@ class Candidates:
 
 
 class SparsitySpace:
-    """Genomes are per-layer integer offsets from the uniform sparsity `base`, in steps of `step` (sum zero)."""
+    """Genomes are per-layer integer offsets in [low, high] from the uniform sparsity `base`, in steps of `step` (sum
+    zero)."""
 
-    def __init__(self, candidates: Candidates, base: float, step: float, max_sparsity: float) -> None:
+    def __init__(self, candidates: Candidates, base: float, step: float, low: int, high: int) -> None:
         self.candidates, self.base, self.step = candidates, base, step
-        self.low, self.high = offset_bounds(base, step, max_sparsity)
+        self.low, self.high = low, high
         self.start = [0] * len(candidates.applied)
+
+    @property
+    def levels(self) -> list[float]:
+        """Every sparsity a layer can take."""
+        return layer_sparsities(self.base, range(self.low, self.high + 1), self.step)
 
     def sparsities(self, genome: Sequence[int]) -> list[float]:
         return layer_sparsities(self.base, genome, self.step)
@@ -179,6 +259,9 @@ class DepthSpace:
 class EvolutionSettings:
     step: float = 0.05  # sparsity space: sparsity moved between two layers by one level switch
     max_sparsity: float = 0.9  # sparsity space: no layer is pruned beyond this
+    # sparsity space: no layer moves more than this many steps from the uniform sparsity. None: no limit for a score
+    # method; a weight-updating method keeps one copy of the decoder linears per level, so WEIGHT_LEVEL_STEPS.
+    max_steps: int | None = None
     generations: int = 40
     offspring: int = 12  # children of the parent per generation, each scored on the first fitness window
     survivors: int = 2  # the best children, scored on every fitness window against the parent

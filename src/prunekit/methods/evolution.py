@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 
-def offset_bounds(base: float, step: float, max_sparsity: float) -> tuple[int, int]:
-    """The lowest and highest offset that keep `base + offset * step` within [0, max_sparsity]."""
+def offset_bounds(base: float, step: float, max_sparsity: float, max_steps: int | None = None) -> tuple[int, int]:
+    """The lowest and highest offset that keep `base + offset * step` within [0, max_sparsity] (and, given
+    `max_steps`, within that many steps of `base`)."""
     tolerance = 1e-9  # so that base exactly on the grid reaches its bounds despite rounding
-    return math.ceil(-base / step - tolerance), math.floor((max_sparsity - base) / step + tolerance)
+    low, high = math.ceil(-base / step - tolerance), math.floor((max_sparsity - base) / step + tolerance)
+    return (low, high) if max_steps is None else (max(low, -max_steps), min(high, max_steps))
 
 
 def layer_sparsities(base: float, offsets: Sequence[int], step: float) -> list[float]:
