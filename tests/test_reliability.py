@@ -439,3 +439,25 @@ def test_defect9_perplexity_needs_two_tokens_and_overflows_to_inf(tiny_model_dir
 
     result = perplexity(Exploding(), torch.ones(1, 8, dtype=torch.long), "x")
     assert result.perplexity == float("inf")
+
+
+def test_progress_writes_lines_when_the_output_is_not_a_terminal(monkeypatch):
+    """rich shows a bar's final state only when stderr is a log: prunekit's bars also write a plain line every
+    LOG_EVERY seconds there, and none on a terminal."""
+    import io
+
+    from rich.console import Console
+
+    from prunekit import progress
+
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)
+    for terminal in (False, True):
+        out = io.StringIO()
+        monkeypatch.setattr(progress, "console", Console(file=out, force_terminal=terminal, width=100))
+        with progress.progress_bar() as bar:
+            task = bar.add_task("scoring layers", total=3)
+            for _ in range(3):
+                bar.advance(task)
+        lines = [line for line in out.getvalue().splitlines() if line.startswith("scoring layers: ")]
+        assert lines == ([] if terminal else ["scoring layers: 1/3 (0 s)", "scoring layers: 2/3 (0 s)",
+                                               "scoring layers: 3/3 (0 s)"])

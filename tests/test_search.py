@@ -1,5 +1,6 @@
 """`prunekit search`: EvoPress-style per-layer sparsity search to a parameter budget."""
 
+import copy
 import json
 import random
 
@@ -19,6 +20,8 @@ from prunekit.engine.search import (
     EvolutionSettings,
     ScoreLevels,
     WeightLevels,
+    WidthDepthSpace,
+    WidthLevel,
     dense_scores,
     dense_variants,
     evolve,
@@ -261,6 +264,8 @@ def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeyp
     (["--target", "decode=fast"], "not a number"),
     (["--target", "decode=1.3x", "--space", "sparsity"], "use --space depth"),
     (["--target", "params=0.7", "--space", "width"], "unknown search space"),
+    (["--target", "params=0.7", "--space", "depth,width", "--min-width", "1"], "min width"),
+    (["--target", "params=0.7", "--space", "depth,width", "--width-method", "wanda"], "width method"),
     (["--target", "params=0.01", "--space", "depth"], "out of reach by removing blocks"),
     (["--target", "params=1.2"], "between 0 and 1"),
     (["--target", "params=0.01"], "out of reach"),
@@ -344,14 +349,52 @@ def test_depth_search_finds_the_best_blocks_of_a_small_space():
     assert state.start_fitness == pytest.approx(every[(2, 3)])
 
 
+def _width_levels(model, windows):
+    """The dense blocks (3 kept of 4) and the blocks with half the MLP channels by Wanda-SP (2 kept)."""
+    narrowed = copy.deepcopy(model)
+    prune(narrowed, stages=[{"method": "wanda-sp", "part": "mlp", "size": 64}], calibration=windows, progress=False)
+    adapter = adapter_for(model)
+    return [WidthLevel(adapter.mlp_width, list(adapter.layers), 3), WidthLevel(64, list(adapter_for(narrowed).layers),
+                                                                              2)]
+
+
+def test_width_depth_candidate_is_the_engine_output():
+    """A candidate of the depth,width space runs the level's blocks without the removed ones: the same KL as the
+    model the engine's width stage and block-list give."""
+    model = _four_block_model()
+    windows = torch.randint(3, 96, (4, 16))
+    space = WidthDepthSpace(adapter_for(model), windows[:2], torch.device("cpu"), _width_levels(model, windows),
+                            start=[0, 1, 1, 1, 0])
+    fitness = space.fitness([1, 1, 0, 1, 0])
+    prune(model, stages=[{"method": "wanda-sp", "part": "mlp", "size": 64}, {"method": "block-list", "blocks": [1, 3]}],
+          calibration=windows, progress=False)
+    assert model.config.intermediate_size == 64 and model.config.num_hidden_layers == 2
+    assert space.kl() == pytest.approx(fitness, rel=1e-6)
+    with pytest.raises(ValueError, match="number of blocks"):
+        WidthDepthSpace(adapter_for(model), windows[:2], torch.device("cpu"), space.levels, start=[1, 1, 1, 1, 0])
+
+
+def test_width_depth_mutations_keep_each_level_count():
+    model = _four_block_model()
+    windows = torch.randint(3, 96, (4, 16))
+    space = WidthDepthSpace(adapter_for(model), windows[:1], torch.device("cpu"), _width_levels(model, windows),
+                            start=[0, 1, 1, 1, 0])
+    rng, genome, seen = random.Random(0), space.start, set()
+    for _ in range(300):
+        genome = space.mutate(genome, rng, rng.randint(1, 3))
+        assert sum(genome[1:]) == space.levels[genome[0]].keep
+        seen.add((genome[0], tuple(genome[1:])))
+    assert {level for level, _ in seen} == {0, 1} and len(seen) == 4 + 6  # every choice of 3 and of 2 blocks
+
+
 def test_latency_model_is_fitted_once_and_cached(monkeypatch):
     calls = []
 
-    def fake_time(adapter, blocks, kind, probe, device):
-        calls.append(blocks)
-        return 0.002 + 0.001 * blocks
+    def fake_time(adapter, layers, kind, probe, device):
+        calls.append(len(layers))
+        return 0.002 + 0.001 * len(layers)
 
-    monkeypatch.setattr(latency, "time_depth", fake_time)
+    monkeypatch.setattr(latency, "time_layers", fake_time)
     adapter = adapter_for(_four_block_model())
     line, cached = latency.latency_model(adapter, "decode", torch.device("cpu"))
     assert not cached and calls == [1, 2, 3, 4] * 6  # interleaved: a discarded round, then 5
@@ -360,9 +403,33 @@ def test_latency_model_is_fitted_once_and_cached(monkeypatch):
     assert cached and again == line and len(calls) == 24
     refreshed, cached = latency.latency_model(adapter, "decode", torch.device("cpu"), refresh=True)
     assert not cached and len(calls) == 48 and refreshed == line
-    monkeypatch.setattr(latency, "time_depth", lambda *_args: 0.01)  # flat: depth costs nothing
+    monkeypatch.setattr(latency, "time_layers", lambda *_args: 0.01)  # flat: depth costs nothing
     with pytest.raises(PrunekitError, match="does not grow with depth"):
         latency.latency_model(adapter, "prefill", torch.device("cpu"))
+
+
+def test_latency_plane_in_depth_and_mlp_width(monkeypatch):
+    """Timed with every MLP narrowed too: a block costs 0.4 ms plus 0.6 ms at full width, so the plane is fitted
+    exactly, kept apart from the depth-only line in the cache, and a width that costs nothing is refused."""
+    adapter = adapter_for(_four_block_model())
+    full = adapter.mlp_width
+
+    def fake_time(adapter, layers, kind, probe, device):
+        return 0.002 + sum(0.0004 + 0.0006 * layer.mlp.down_proj.in_features / full for layer in layers)
+
+    monkeypatch.setattr(latency, "time_layers", fake_time)
+    plane, cached = latency.latency_model(adapter, "decode", torch.device("cpu"), widths=(0.75, 0.5))
+    assert not cached and plane.widths == [0.75, 0.5] and len(plane.width_seconds) == 2
+    assert (plane.intercept, plane.slope, plane.width_slope) == pytest.approx((0.002, 0.001, 0.0006))
+    assert plane.seconds_for(4, 0.5) == pytest.approx(0.002 + 4 * 0.0007)
+    line, cached = latency.latency_model(adapter, "decode", torch.device("cpu"))
+    assert line.width_slope == 0 and line.slope == pytest.approx(0.001)  # the depth-only line, its own entry
+    narrowed = latency.narrowed_layers(adapter, 0.5)
+    assert [layer.mlp.up_proj.out_features for layer in narrowed] == [round(full / 2)] * 4
+    assert adapter.layers[0].mlp.up_proj.out_features == full  # the model itself untouched
+    monkeypatch.setattr(latency, "time_layers", lambda _a, layers, *_rest: 0.002 + 0.001 * len(layers))
+    with pytest.raises(PrunekitError, match="does not grow with MLP width"):
+        latency.latency_model(adapter, "prefill", torch.device("cpu"), widths=(0.5,))
 
 
 def test_decode_target_search_removes_the_blocks_the_cost_model_allows(searched, tmp_path, capsys, monkeypatch):
@@ -370,7 +437,7 @@ def test_decode_target_search_removes_the_blocks_the_cost_model_allows(searched,
     after saving really runs (prunekit bench's workers on the saved output); its value is not asserted (timings are
     not, in unit tests), only recorded consistently."""
     root, text, model_dir = searched
-    monkeypatch.setattr(latency, "time_depth", lambda _a, blocks, *_rest: 0.001 + 0.001 * blocks)
+    monkeypatch.setattr(latency, "time_layers", lambda _a, layers, *_rest: 0.001 + 0.001 * len(layers))
     out = tmp_path / "decode"
     args = _search_args(model_dir, text, out, "--generations", "4")
     args[args.index("--target") + 1] = "decode=1.3x"
@@ -391,6 +458,77 @@ def test_decode_target_search_removes_the_blocks_the_cost_model_allows(searched,
     html = write_report([out], tmp_path / "report.html").read_text()
     assert "<h2>Budget search</h2>" in html and "decode=1.3x" in html and f"{measured:.3f}" in html
     assert_recipe_reproduces(out, tmp_path / "again", capsys, monkeypatch)
+
+
+def test_depth_width_search_beats_both_uniform_recipes(searched, tmp_path, capsys, monkeypatch):
+    """--space depth,width: the levels, the uniform depth and uniform width baselines of the same budget, a choice
+    at least as good as both on the search's KL, a stock checkpoint of that shape with the parameters counted, and
+    a recipe that reproduces it."""
+    root, text, model_dir = searched
+    out = tmp_path / "dw"
+    code, stdout, err = run_cli(_search_args(model_dir, text, out, "--generations", "6", "--space", "width,depth"),
+                                capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads((out / "search.json").read_text())
+    assert result["space"] == "depth,width"
+    width, blocks, cost = result["width"], result["blocks"], result["cost"]
+    levels = width["levels"]
+    assert levels[0]["channels"] == width["channels"] == 128 and levels[0]["blocks_kept"] < 4
+    uniform = cost["uniform_width_channels"]
+    assert levels[-1] == {**levels[-1], "channels": uniform, "blocks_kept": 4}
+    assert [b["kind"] for b in result["baselines"]] == ["depth", "width"]
+    fitness = result["fitness"]
+    assert fitness["searched_search"] <= min(b["fitness_search"] for b in result["baselines"]) + 1e-12
+    assert fitness["searched_search"] == pytest.approx(fitness["searched_pruned"], rel=1e-5)
+    dense = result["parameters"]["dense"]
+    for b in result["baselines"]:
+        assert b["parameters_kept"] <= 0.7 * dense
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    assert saved.config.intermediate_size == width["searched"]
+    assert saved.config.num_hidden_layers == 4 - blocks["removed"]
+    assert sum(int(p.count_nonzero()) for p in saved.parameters()) == result["parameters"]["searched_kept"]
+    assert result["parameters"]["searched_kept"] <= 0.7 * dense
+    assert "MLP channels kept" in stdout and "uniform MLP width" in stdout
+    assert_recipe_reproduces(out, tmp_path / "again", capsys, monkeypatch)
+
+
+def test_depth_width_decode_target_uses_the_latency_plane(searched, tmp_path, capsys, monkeypatch):
+    """decode=1.3x with a block timed at 0.4 + 0.6 x width ms and 1 ms outside: every level keeps the blocks the
+    plane allows, the chosen model's speed-up is predicted from it (each baseline's too), and the report shows the
+    search."""
+    root, text, model_dir = searched
+    full = 128
+
+    def fake_time(adapter, layers, kind, probe, device):
+        return 0.001 + sum(0.0004 + 0.0006 * layer.mlp.down_proj.in_features / full for layer in layers)
+
+    monkeypatch.setattr(latency, "time_layers", fake_time)
+    out = tmp_path / "dw-decode"
+    args = _search_args(model_dir, text, out, "--generations", "2", "--space", "depth,width", "--no-ppl")
+    args[args.index("--target") + 1] = "decode=1.3x"
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads((out / "search.json").read_text())
+    cost = result["cost"]
+
+    def seconds(blocks, channels):
+        return 0.001 + blocks * (0.0004 + 0.0006 * channels / full)
+
+    budget = seconds(4, full) / 1.3
+    for level in result["width"]["levels"]:
+        allowed = max(k for k in range(5) if seconds(k, level["channels"]) <= budget + 1e-12)
+        assert level["blocks_kept"] == min(allowed, 3 if level["channels"] == full else 4)
+    kept = 4 - result["blocks"]["removed"]
+    assert cost["predicted"] == pytest.approx(seconds(4, full) / seconds(kept, result["width"]["searched"]))
+    assert all(b["predicted"] >= 1.3 - 1e-9 for b in result["baselines"])
+    assert cost["baseline_predicted"] in [b["predicted"] for b in result["baselines"]]
+    assert "measured" in cost
+    from prunekit.report import write_report
+
+    html = write_report([out], tmp_path / "report.html").read_text()
+    assert "<h2>Budget search</h2>" in html and "depth,width" in html
 
 
 def test_search_can_recover_the_chosen_model(searched, tmp_path, capsys, monkeypatch):

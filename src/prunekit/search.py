@@ -12,6 +12,7 @@ influence with as many blocks removed. A latency target is then checked with `pr
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ from prunekit.api import (
 from prunekit.assets.cache import cache_dir
 from prunekit.budget import LATENCY, Target, memory_fraction, parse_target, weight_bytes
 from prunekit.engine.cache import fingerprint
-from prunekit.engine.latency import LatencyProbe, latency_model
+from prunekit.engine.latency import LatencyModel, LatencyProbe, latency_model
 from prunekit.engine.layerwise import PruneStage
 from prunekit.engine.search import (
     Candidates,
@@ -42,6 +43,8 @@ from prunekit.engine.search import (
     SearchState,
     SparsitySpace,
     WeightLevels,
+    WidthDepthSpace,
+    WidthLevel,
     check_searchable,
     dense_scores,
     dense_variants,
@@ -53,8 +56,9 @@ from prunekit.errors import PrunekitError
 from prunekit.eval.perplexity import PerplexityResult
 from prunekit.eval.speed import SpeedConfig, benchmark_models
 from prunekit.methods import get_method
-from prunekit.methods.cost import blocks_for_params, blocks_for_speedup, max_speedup
+from prunekit.methods.cost import blocks_for_params, blocks_for_speedup, blocks_within, max_speedup
 from prunekit.methods.evolution import layer_sparsities, offset_bounds
+from prunekit.models import surgery
 from prunekit.models.adapters import adapter_for
 from prunekit.models.adapters.base import ModelAdapter
 from prunekit.models.loading import load_model, resolve_device
@@ -69,7 +73,9 @@ from prunekit.text.tokens import held_out_windows, token_stream
 
 SEARCH_FILE = "search.json"
 MAX_SWITCHES = 64  # more mutations per child than this is a random restart, not a search step
-SPACES = ("sparsity", "depth")
+SPACES = ("sparsity", "depth", "depth,width")
+WIDTH_PROBES = (0.75, 0.5)  # MLP widths the latency plane is timed at, with every block
+CHANNEL_MULTIPLE = 8  # width levels keep a multiple of this many MLP channels (when the MLP has 64 or more)
 BASELINE_DEPTH = "block-influence"  # ShortGPT: the depth baseline, and where the depth search starts
 # A weight-updating method's levels are one copy of the decoder linears each: by default a layer moves at most this
 # many steps from the uniform sparsity (2 x this + 1 levels).
@@ -93,6 +99,9 @@ class SearchConfig:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     refresh_latency: bool = False  # measure the latency cost model again instead of reading it from the cache
+    width_step: float = 0.1  # depth,width space: MLP width levels every this fraction of the channels ...
+    min_width: float = 0.5  # ... down to this fraction (and the widest uniform width that meets the target)
+    width_method: str = "wanda-sp"  # depth,width space: the width method that ranks each MLP's channels
     recover: RecoveryConfig | None = None  # fine-tune the chosen model afterwards (distill: from the dense model)
     recover_out: Path | None = None  # where the recovered model goes; default: OUT-<recovery method>
 
@@ -102,18 +111,32 @@ class SearchConfig:
 
     @property
     def resolved_space(self) -> str:
-        return self.space or ("sparsity" if self.parsed_target.key == "params" else "depth")
+        if self.space is None:
+            return "sparsity" if self.parsed_target.key == "params" else "depth"
+        parts = (p.strip() for p in self.space.lower().split(","))
+        return ",".join(sorted(p for p in parts if p))  # width,depth is depth,width
 
     def check(self) -> None:
         target = self.parsed_target
         if self.resolved_space not in SPACES:
-            raise PrunekitError(f"unknown search space {self.space!r}: choose {' or '.join(SPACES)}")
+            raise PrunekitError(f"unknown search space {self.space!r}: choose {', '.join(SPACES[:-1])} or "
+                                f"{SPACES[-1]}")
         if self.resolved_space == "sparsity" and target.key in LATENCY:
             raise PrunekitError(f"--target {target} needs structure: unstructured sparsity leaves the dense kernels "
                                 "as slow as before; use --space depth")
         if self.resolved_space == "sparsity" and target.key == "memory":
             raise PrunekitError("--target memory= needs structure: zeros take as many bytes as other weights in a "
                                 "dense checkpoint; use --space depth")
+        if self.resolved_space == "depth,width":
+            if not 0.0 < self.min_width < 1.0:
+                raise PrunekitError(f"min width {self.min_width:g} must lie in (0, 1): the smallest fraction of "
+                                    "the MLP channels a width level keeps, e.g. 0.5")
+            if not 0.0 < self.width_step <= 1.0 - self.min_width:
+                raise PrunekitError(f"width step {self.width_step:g} must lie in (0, 1 - min width "
+                                    f"{self.min_width:g}], e.g. 0.1")
+            if get_method(self.width_method).kind != "width" or self.width_method == "taylor":
+                raise PrunekitError(f"width method {self.width_method!r} must rank MLP channels from one "
+                                    "calibration pass: use wanda-sp, activation or flap")
         s = self.settings
         if not 0.0 < s.max_sparsity < 1.0:
             raise PrunekitError(f"max sparsity {s.max_sparsity:g} must lie in (0, 1), e.g. 0.9")
@@ -232,23 +255,27 @@ def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict
                                 config.settings.max_sparsity)
     elif len(adapter.layers) < 2:
         raise PrunekitError(f"the model has {len(adapter.layers)} decoder block: depth search needs at least two")
-    else:
+    elif space == "depth":
         keep, cost = blocks_to_keep(adapter, parameters, target, device, config.refresh_latency)
+    else:
+        levels, cost = width_levels(config, adapter, parameters, target, device)
     setup = _Setup(config, loaded, adapter, parameters,
                    calibration_data(model, tokenizer, config.calibration, config.seed),
                    held_out_data(model, tokenizer, config.calibration, config.fitness_samples, config.seed),
                    evaluation_data(model, tokenizer, config.evaluation) if config.evaluation else None, device)
     if space == "sparsity":
         assert method is not None
-        stage, result, search = _search_sparsity(setup, method.name, base)
+        stages, result, search = _search_sparsity(setup, method.name, base)
+    elif space == "depth":
+        stages, result, search = _search_depth(setup, keep, cost)
     else:
-        stage, result, search = _search_depth(setup, keep, cost)
+        stages, result, search = _search_width_depth(setup, levels, cost)
     model.to("cpu")
     zeros = count_zeros(model)
     remaining = count_parameters(model)
     recipe = Recipe(model=config.model, seed=config.seed, dtype=config.dtype, device=config.device,
                     trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle,
-                    calibration=config.calibration, stages=[stage],
+                    calibration=config.calibration, stages=stages,
                     evaluation=config.evaluation or EvaluationConfig(ppl=False))
     search = {
         "versions": versions(),
@@ -300,7 +327,7 @@ def _recover(config: SearchConfig, chosen: Path, out: Path, overwrite: bool) -> 
             "perplexity": {k: v["perplexity"] for k, v in report["perplexity"].items()}}
 
 
-def _search_sparsity(setup: _Setup, method_name: str, base: float) -> tuple[StageConfig, Any, dict]:
+def _search_sparsity(setup: _Setup, method_name: str, base: float) -> tuple[list[StageConfig], Any, dict]:
     config, adapter, model = setup.config, setup.adapter, setup.model
     method = get_method(method_name)
     options = PruneStage(method=method.name, sparsity=0.5).options
@@ -345,7 +372,7 @@ def _search_sparsity(setup: _Setup, method_name: str, base: float) -> tuple[Stag
     stage = StageConfig(method=method.name, layer_sparsity=chosen)
     result, searched_kl, searched_ppl = pruned(stage, "searched")
     setup.seconds["prune_and_evaluate"] = round(time.perf_counter() - t0, 2)
-    return stage, result, {
+    return [stage], result, {
         "method": method.name,
         "baseline": f"uniform {method.name} {base:.4f}",
         "parameters": {"dense": setup.parameters, "baseline_kept": uniform_kept},
@@ -401,7 +428,7 @@ def blocks_to_keep(adapter: ModelAdapter, parameters: int, target: Target, devic
     return min(keep, total - 1), cost
 
 
-def _search_depth(setup: _Setup, keep: int, cost: dict[str, Any]) -> tuple[StructuredStageConfig, Any, dict]:
+def _search_depth(setup: _Setup, keep: int, cost: dict[str, Any]) -> tuple[list[StructuredStageConfig], Any, dict]:
     config, adapter, model = setup.config, setup.adapter, setup.model
     total = len(adapter.layers)
     per_block = block_parameters(adapter)
@@ -428,7 +455,7 @@ def _search_depth(setup: _Setup, keep: int, cost: dict[str, Any]) -> tuple[Struc
     result = prune(model, stages=[stage], seed=config.seed, device=config.device, progress=False)
     setup.seconds["prune_and_evaluate"] = round(time.perf_counter() - t0, 2)
     dense_kept = setup.parameters
-    return stage, result, {
+    return [stage], result, {
         "baseline": f"{BASELINE_DEPTH} (ShortGPT), {removed_count} blocks removed",
         "parameters": {"dense": dense_kept, "baseline_kept": dense_kept - per_block * removed_count},
         "blocks": {"total": total, "removed": removed_count, "baseline": baseline, "searched": searched},
@@ -437,6 +464,170 @@ def _search_depth(setup: _Setup, keep: int, cost: dict[str, Any]) -> tuple[Struc
         "cost": cost,
         **_outcome(state, dense_ppl, baseline_ppl, searched_ppl),
     }
+
+
+def _channels(total: int, fraction: float) -> int:
+    multiple = CHANNEL_MULTIPLE if total >= 8 * CHANNEL_MULTIPLE else 1
+    return max(multiple, int(total * fraction + 1e-9) // multiple * multiple)
+
+
+def mlp_channel_parameters(adapter: ModelAdapter) -> int:
+    """Parameters one MLP channel holds in a block (its rows of the input projections, its output column)."""
+    layer = copy.deepcopy(adapter.layers[0])
+    before = sum(p.numel() for p in layer.parameters())
+    surgery.shrink_mlp(adapter, layer, torch.arange(adapter.mlp_width - 1))
+    return before - sum(p.numel() for p in layer.parameters())
+
+
+def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, target: Target,
+                 device: torch.device) -> tuple[list[tuple[int, int]], dict[str, Any]]:
+    """The MLP width levels of a depth,width search as (channels, blocks the target allows at that width), widest
+    first: every --width-step of the channels down to --min-width, and the widest uniform width that meets the
+    target with every block (the uniform width baseline). A level that keeps no more blocks than a wider one is
+    left out: the wider one dominates it. One-line error when no level meets the target."""
+    total, channels = len(adapter.layers), adapter.mlp_width
+    cost: dict[str, Any] = {}
+    if target.key in ("params", "memory"):
+        fraction = target.value if target.key == "params" else memory_fraction(target, adapter.model)
+        per_block, per_channel = block_parameters(adapter), mlp_channel_parameters(adapter)
+        outside = parameters - per_block * total
+
+        def keep(c: int) -> int:
+            return blocks_within(fraction * parameters, outside, per_block - (channels - c) * per_channel, total)
+
+        if target.key == "memory":
+            cost = {"bytes_dense": weight_bytes(adapter.model)}
+    else:
+        with console.status(f"measuring {target.key} time at a few depths and MLP widths on this machine (once, "
+                            "then cached)"):
+            line, cached = latency_model(adapter, target.key, device, LatencyProbe(), config.refresh_latency,
+                                         WIDTH_PROBES)
+        budget = line.seconds_for(total) / target.value
+
+        def keep(c: int) -> int:
+            return blocks_within(budget, line.intercept, line.per_block(c / channels), total)
+
+        cost = {"latency_model": asdict(line), "cached": cached}
+    steps = round((1.0 - config.min_width) / config.width_step + 1e-9)
+    grid = {channels, *(_channels(channels, 1.0 - i * config.width_step) for i in range(1, steps + 1))}
+    uniform = max((c for c in range(1, channels) if keep(c) >= total), default=None)
+    if uniform is not None:
+        grid = {c for c in grid if c > uniform} | {uniform}
+    levels: list[tuple[int, int]] = []
+    for c in sorted(grid, reverse=True):
+        k = min(keep(c), total - 1) if c == channels else keep(c)
+        if k >= 1 and k > max((kept for _, kept in levels), default=0):  # else a wider level keeps as many blocks
+            levels.append((c, k))
+    if not levels:
+        raise PrunekitError(f"{target} is out of reach by removing blocks and MLP channels down to "
+                            f"{config.min_width:g} of them: lower --min-width or give a milder target")
+    cost["uniform_width_channels"] = uniform
+    return levels, cost
+
+
+def _search_width_depth(setup: _Setup, levels: list[tuple[int, int]], cost: dict[str, Any]
+                        ) -> tuple[list[StructuredStageConfig], Any, dict]:
+    """Which blocks to remove and how wide every MLP stays, together: a WidthDepthSpace over the width levels,
+    started from the best of the uniform recipes (each level's blocks chosen by block influence), the uniform
+    depth and uniform width baselines measured on the way."""
+    config, adapter, model = setup.config, setup.adapter, setup.model
+    total, channels = len(adapter.layers), adapter.mlp_width
+    model.to(setup.device)
+    dense_ppl = setup.perplexity("dense")
+    t0 = time.perf_counter()
+    built: list[WidthLevel] = []
+    with progress_bar() as bar:
+        task = bar.add_task(f"{config.width_method} width levels", total=len(levels))
+        for c, keep in levels:
+            layers = list(adapter.layers)
+            if c < channels:
+                narrowed = copy.deepcopy(model)
+                prune(narrowed, stages=[_width_stage(config, c)], calibration=setup.windows, seed=config.seed,
+                      device=config.device, batch_size=config.calibration.batch_size, progress=False)
+                layers = list(adapter_for(narrowed).layers)
+                del narrowed
+            built.append(WidthLevel(c, layers, keep))
+            bar.advance(task)
+    influence = {}
+    for level in built:
+        if level.keep < total and total - level.keep not in influence:
+            stage = StructuredStage(method=BASELINE_DEPTH, size=total - level.keep)
+            influence[total - level.keep] = choose_blocks(adapter, stage, setup.windows, setup.device,
+                                                          config.calibration.batch_size).removed["blocks"]
+    starts = [[i, *(0 if b in influence.get(total - level.keep, ()) else 1 for b in range(total))]
+              for i, level in enumerate(built)]
+    space = WidthDepthSpace(adapter, setup.held, setup.device, built, starts[0])
+    start_kl = [space.fitness(start) for start in starts]
+    space.start = starts[min(range(len(built)), key=start_kl.__getitem__)]  # the best uniform recipe
+    setup.seconds["scores"] = round(time.perf_counter() - t0, 2)
+    key = setup.key("depth,width", levels, config.width_method)
+    state = setup.search(space, key, "best uniform")
+
+    def measured(genome: list[int], label: str) -> tuple[float, PerplexityResult | None]:
+        level = built[genome[0]]
+        kept = [b for b in range(total) if genome[1 + b]]
+        with running_layers(adapter, [level.layers[b] for b in kept], kept):
+            return space.kl(), setup.perplexity(label)
+
+    t0 = time.perf_counter()
+    baselines = []
+    for index, name in ((0, "depth"), (len(built) - 1, "width")):
+        level = built[index]
+        if (name == "depth") != (level.channels == channels) or (name == "width" and level.keep < total):
+            continue  # no uniform recipe of this kind meets the target within the levels
+        kl, ppl = measured(starts[index], f"uniform {name}")
+        baselines.append({"name": _recipe_name(level, total, channels), "kind": name, "fitness_pruned": kl,
+                          "fitness_search": start_kl[index], "perplexity": ppl.perplexity if ppl else None,
+                          "parameters_kept": _kept(setup, level, total), "_ppl": ppl})
+    chosen = built[state.genome[0]]
+    removed = [b for b in range(total) if not state.genome[1 + b]]
+    searched_kl, searched_ppl = measured(state.genome, "searched")
+    stages: list[StructuredStageConfig] = []
+    if chosen.channels < channels:
+        stages.append(_width_stage(config, chosen.channels))
+    if removed:
+        stages.append(StructuredStageConfig(method="block-list", blocks=removed))
+    result = prune(model, stages=stages, calibration=setup.windows, seed=config.seed, device=config.device,
+                   batch_size=config.calibration.batch_size, progress=False)
+    setup.seconds["prune_and_evaluate"] = round(time.perf_counter() - t0, 2)
+    baseline = min(baselines, key=lambda b: b["fitness_pruned"])
+    if "bytes_dense" in cost:
+        cost["bytes_kept"] = round(_kept(setup, chosen, total) * cost["bytes_dense"] / setup.parameters)
+    if "latency_model" in cost:
+        line = LatencyModel(**cost["latency_model"])
+        cost["predicted"] = line.seconds_for(total) / line.seconds_for(chosen.keep, chosen.channels / channels)
+        for b in baselines:
+            level = built[0] if b["kind"] == "depth" else built[-1]
+            b["predicted"] = line.seconds_for(total) / line.seconds_for(level.keep, level.channels / channels)
+        cost["baseline_predicted"] = baseline["predicted"]
+    return stages, result, {
+        "baseline": baseline["name"],
+        "baselines": [{k: v for k, v in b.items() if k != "_ppl"} for b in baselines],
+        "parameters": {"dense": setup.parameters, "baseline_kept": baseline["parameters_kept"]},
+        "width": {"method": config.width_method, "channels": channels, "searched": chosen.channels,
+                  "levels": [{"channels": level.channels, "blocks_kept": level.keep, "start_fitness": kl}
+                             for level, kl in zip(built, start_kl, strict=True)]},
+        "blocks": {"total": total, "removed": len(removed), "searched": removed},
+        "fitness": {"baseline_search": baseline["fitness_search"], "searched_search": state.fitness,
+                    "baseline_pruned": baseline["fitness_pruned"], "searched_pruned": searched_kl},
+        "cost": cost,
+        **_outcome(state, dense_ppl, baseline["_ppl"], searched_ppl),
+    }
+
+
+def _width_stage(config: SearchConfig, channels: int) -> StructuredStageConfig:
+    return StructuredStageConfig(method=config.width_method, part="mlp", size=channels)
+
+
+def _recipe_name(level: WidthLevel, total: int, channels: int) -> str:
+    if level.channels == channels:
+        return f"{BASELINE_DEPTH} (ShortGPT), {total - level.keep} blocks removed"
+    return f"uniform MLP width, {level.channels} of {channels} channels"
+
+
+def _kept(setup: _Setup, level: WidthLevel, total: int) -> int:
+    per_block = sum(p.numel() for p in level.layers[0].parameters())
+    return setup.parameters - block_parameters(setup.adapter) * total + per_block * level.keep
 
 
 def _outcome(state: SearchState, dense: PerplexityResult | None, baseline: PerplexityResult | None,

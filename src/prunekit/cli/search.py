@@ -30,8 +30,9 @@ def search(
                                         show_default=False)] = ...,
     out: OutDirOption = ...,
     space: Annotated[str | None, typer.Option(help="What the search chooses: sparsity (one sparsity per layer) | "
-                                              "depth (which blocks to remove).  \\[default: sparsity for params, "
-                                              "depth for memory and a speed-up]", show_default=False)] = None,
+                                              "depth (which blocks to remove) | depth,width (which blocks, and "
+                                              "one MLP width for all).  \\[default: sparsity for params, depth "
+                                              "for memory and a speed-up]", show_default=False)] = None,
     method: Annotated[str, typer.Option(help="Sparsity space: how each layer is pruned: magnitude | wanda | ria "
                                         "(one score table ranks the weights at every level) | sparsegpt | alps "
                                         "(the kept weights updated: each layer pruned once per level, one copy of "
@@ -47,6 +48,12 @@ def search(
     max_steps: Annotated[int | None, typer.Option(min=1, help="Sparsity space: no layer moves more than this many "
                                                   "--step from the uniform sparsity.  \\[default: no limit; 4 "
                                                   "for sparsegpt and alps]", show_default=False)] = None,
+    width_step: Annotated[float, typer.Option(help="depth,width: MLP width levels every this fraction of the "
+                                              "channels...")] = 0.1,
+    min_width: Annotated[float, typer.Option(help="...down to this fraction (and the widest uniform width that "
+                                             "meets the target with every block).")] = 0.5,
+    width_method: Annotated[str, typer.Option(help="depth,width: how each MLP's channels are ranked: wanda-sp | "
+                                              "activation | flap.")] = "wanda-sp",
     max_switches: Annotated[int, typer.Option(min=1, max=64, help="Mutations per child: 1 to this, at "
                                               "random.")] = 3,
     fitness_samples: Annotated[int, typer.Option(min=1, help="Held-out calibration windows (of --calib-seq-len "
@@ -87,9 +94,11 @@ def search(
     forward passes. Space sparsity: one sparsity per decoder layer (a mutation moves --step from one layer to
     another; each layer at each level comes from one calibration pass of the dense model: a table of --method
     scores, or the layer pruned by SparseGPT / ALPS at every level), against the uniform sparsity of the same
-    budget. Space depth: which blocks to remove (a mutation swaps a removed block for a kept
-    one), starting from and compared with ShortGPT's block influence; a speed-up target sets the number of blocks
-    from a latency model measured on this machine, and the result is timed like `prunekit bench` (median of 5).
+    budget. Space depth: which blocks to remove (a mutation swaps a removed block for a kept one), starting from
+    and compared with ShortGPT's block influence; a speed-up target sets the number of blocks from a latency model
+    measured on this machine, and the result is timed like `prunekit bench` (median of 5). Space depth,width: one
+    MLP width for every block (levels every --width-step down to --min-width, channels ranked by --width-method)
+    and which blocks to remove at that width, against uniform depth and uniform width of the same cost.
 
     OUT gets the model, prunekit.json, recipe.yaml (`prunekit prune --recipe OUT/recipe.yaml` reproduces it) and
     search.json (the choice, both fitnesses and perplexities, the cost, the history). A rerun with the same settings
@@ -100,6 +109,8 @@ def search(
       prunekit search smollm2-135m --target params=0.75 --method sparsegpt --out out/search-75-sparsegpt
 
       prunekit search smollm2-135m --target decode=1.3x --out out/search-decode
+
+      prunekit search smollm2-135m --target decode=1.3x --space depth,width --out out/search-decode-dw
 
       prunekit search smollm2-135m --target params=0.6 --method ria --generations 80 --time-limit 1800 --out out/s60
     """
@@ -122,7 +133,8 @@ def search(
         calibration=CalibrationConfig(source=calib, samples=calib_samples, seq_len=calib_seq_len),
         evaluation=EvaluationConfig(source=eval_text, samples=ppl_samples, seq_len=ppl_seq_len) if ppl else None,
         seed=seed, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-        refresh_latency=refresh_latency, recover=recovery, recover_out=recover_out,
+        refresh_latency=refresh_latency, recover=recovery, recover_out=recover_out, width_step=width_step,
+        min_width=min_width, width_method=width_method.lower(),
     )
     result = run_search(config, out, overwrite)
     kept, fitness, ppls = result["parameters"], result["fitness"], result["perplexity"]
@@ -131,16 +143,23 @@ def search(
     for column in ("model", "parameters kept", "KL (search)", "KL (pruned)", "perplexity"):
         table.add_column(column, justify="left" if column == "model" else "right")
     table.add_row("dense", f"{kept['dense']:,}", "0", "0", _number(ppls["dense"]))
-    table.add_row(result["baseline"], f"{kept['baseline_kept']:,}", f"{fitness['baseline_search']:.5f}",
-                  f"{fitness['baseline_pruned']:.5f}", _number(ppls["baseline"]))
+    for baseline in result.get("baselines") or [{
+            "name": result["baseline"], "parameters_kept": kept["baseline_kept"], "perplexity": ppls["baseline"],
+            "fitness_search": fitness["baseline_search"], "fitness_pruned": fitness["baseline_pruned"]}]:
+        table.add_row(baseline["name"], f"{baseline['parameters_kept']:,}", f"{baseline['fitness_search']:.5f}",
+                      f"{baseline['fitness_pruned']:.5f}", _number(baseline["perplexity"]))
     table.add_row("searched", f"{kept['searched_kept']:,}", f"{fitness['searched_search']:.5f}",
                   f"{fitness['searched_pruned']:.5f}", _number(ppls["searched"]))
     stdout.print(table)
     if result["space"] == "sparsity":
         stdout.print("layer sparsity: " + " ".join(f"{s:.2f}" for s in result["layer_sparsity"]))
-    else:
+    elif result["space"] == "depth":
         blocks = result["blocks"]
         stdout.print(f"blocks removed: {blocks['searched']} (block influence: {blocks['baseline']})")
+    else:
+        width, blocks = result["width"], result["blocks"]
+        stdout.print(f"MLP channels kept: {width['searched']} of {width['channels']} ({width['method']}); blocks "
+                     f"removed: {blocks['searched'] or 'none'}")
     cost = result.get("cost") or {}
     if "measured" in cost:
         kind = result["target"]["key"]

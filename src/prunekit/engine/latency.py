@@ -1,6 +1,7 @@
 """The latency cost model of `prunekit search`: the model itself timed on this machine with its first k decoder
-blocks, for a few k (interleaved rounds, medians), and a straight line fitted through the medians
-(methods/cost.py). Measured once per model, machine, dtype and thread count, and cached.
+blocks, for a few k, and (for a width search) with every block's MLP narrowed to a few widths (interleaved rounds,
+medians); a line in k, or a plane in k and k x width, fitted through the medians (methods/cost.py). Measured once
+per model, machine, dtype, thread count and set of widths, and cached.
 
 Timed as `prunekit bench` times (eval/speed.py's loops): decode is seconds per token of a greedy loop with the KV
 cache at batch 1 after a `prompt_len`-token prompt; prefill is one forward over the prompt.
@@ -8,6 +9,7 @@ cache at batch 1 after a `prompt_len`-token prompt; prefill is one forward over 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -24,7 +26,8 @@ from prunekit.engine.structured import running_layers
 from prunekit.errors import PrunekitError
 from prunekit.eval.speed import decode, device_name, make_prompt, time_prefill
 from prunekit.files import temporary_sibling
-from prunekit.methods.cost import fit_line
+from prunekit.methods.cost import fit_line, fit_plane
+from prunekit.models import surgery
 from prunekit.models.adapters.base import ModelAdapter
 
 KINDS = ("decode", "prefill")
@@ -32,17 +35,24 @@ KINDS = ("decode", "prefill")
 
 @dataclass
 class LatencyModel:
-    """seconds(k blocks) = intercept + slope * k, for one kind of work (decode: per token; prefill: per prompt)."""
+    """seconds(k blocks, MLP width w) = intercept + k * (slope + width_slope * (w - 1)), w the fraction of MLP
+    channels kept, for one kind of work (decode: per token; prefill: per prompt)."""
 
     kind: str
     intercept: float
     slope: float
-    blocks: list[int] = field(default_factory=list)  # the depths measured
+    blocks: list[int] = field(default_factory=list)  # the depths measured (at full width)
     seconds: list[float] = field(default_factory=list)  # their medians
     environment: dict[str, object] = field(default_factory=dict)
+    width_slope: float = 0.0  # 0 unless widths were measured
+    widths: list[float] = field(default_factory=list)  # the MLP widths measured (with every block)
+    width_seconds: list[float] = field(default_factory=list)  # their medians
 
-    def seconds_for(self, blocks: int) -> float:
-        return self.intercept + self.slope * blocks
+    def seconds_for(self, blocks: int, width: float = 1.0) -> float:
+        return self.intercept + blocks * self.per_block(width)
+
+    def per_block(self, width: float = 1.0) -> float:
+        return self.slope + self.width_slope * (width - 1.0)
 
 
 @dataclass
@@ -59,26 +69,38 @@ def probe_depths(total: int) -> list[int]:
 
 
 @torch.no_grad()
-def time_depth(adapter: ModelAdapter, blocks: int, kind: str, probe: LatencyProbe, device: torch.device) -> float:
-    """Seconds of one run of `kind` for the model with its first `blocks` decoder blocks."""
+def time_layers(adapter: ModelAdapter, layers: list[torch.nn.Module], kind: str, probe: LatencyProbe,
+                device: torch.device) -> float:
+    """Seconds of one run of `kind` for the model with `layers` as its decoder blocks."""
     ids = make_prompt(1, probe.prompt_len, adapter.config.vocab_size, probe.seed).to(device)
-    with running_layers(adapter, list(adapter.layers)[:blocks], list(range(blocks))):
+    with running_layers(adapter, layers, list(range(len(layers)))):
         if kind == "decode":
             return decode(adapter.model, ids, probe.new_tokens)[1] / probe.new_tokens
         return time_prefill(adapter.model, ids)[0]
 
 
-def time_depths(adapter: ModelAdapter, depths: list[int], kind: str, probe: LatencyProbe, device: torch.device
-                ) -> list[float]:
-    """Median seconds per depth over `probe.repeats` rounds (after a discarded one), each round timing every depth
-    once in turn, so that drift in the machine's load falls on all depths alike (as `prunekit bench` interleaves)."""
-    runs: list[list[float]] = [[] for _ in depths]
+def time_configurations(adapter: ModelAdapter, configurations: list[list[torch.nn.Module]], kind: str,
+                        probe: LatencyProbe, device: torch.device) -> list[float]:
+    """Median seconds per list of decoder blocks over `probe.repeats` rounds (after a discarded one), each round
+    timing every configuration once in turn, so that drift in the machine's load falls on all of them alike (as
+    `prunekit bench` interleaves)."""
+    runs: list[list[float]] = [[] for _ in configurations]
     for round_ in range(probe.repeats + 1):
-        for index, blocks in enumerate(depths):
-            seconds = time_depth(adapter, blocks, kind, probe, device)
+        for index, layers in enumerate(configurations):
+            seconds = time_layers(adapter, layers, kind, probe, device)
             if round_:
                 runs[index].append(seconds)
     return [statistics.median(r) for r in runs]
+
+
+def narrowed_layers(adapter: ModelAdapter, width: float) -> list[torch.nn.Module]:
+    """Copies of the decoder blocks with each MLP cut to its first `width` of the channels (for timing only: which
+    channels does not change the time)."""
+    channels = max(1, round(adapter.mlp_width * width))
+    layers = copy.deepcopy(list(adapter.layers))
+    for layer in layers:
+        surgery.shrink_mlp(adapter, layer, torch.arange(channels))
+    return layers
 
 
 def _environment(adapter: ModelAdapter, device: torch.device, probe: LatencyProbe) -> dict[str, object]:
@@ -88,20 +110,23 @@ def _environment(adapter: ModelAdapter, device: torch.device, probe: LatencyProb
             "dtype": str(dtype).removeprefix("torch."), "probe": asdict(probe)}
 
 
-def _path(adapter: ModelAdapter, kind: str, environment: dict[str, object]) -> Path:
+def _path(adapter: ModelAdapter, kind: str, environment: dict[str, object], widths: tuple[float, ...]) -> Path:
     digest = hashlib.sha256(adapter.config.to_json_string(use_diff=False).encode())
     digest.update(json.dumps({"kind": kind, **environment}, sort_keys=True).encode())
+    if widths:  # a depth-only model keeps the key it always had
+        digest.update(json.dumps(list(widths)).encode())
     return cache_dir() / "latency" / f"{digest.hexdigest()[:24]}.json"
 
 
 def latency_model(adapter: ModelAdapter, kind: str, device: torch.device, probe: LatencyProbe | None = None,
-                  refresh: bool = False) -> tuple[LatencyModel, bool]:
-    """The fitted line for `kind` on this machine, and whether it came from the cache; measured when not cached
-    (or `refresh`). One-line error when the timings do not grow with depth (the cost model cannot be fitted)."""
+                  refresh: bool = False, widths: tuple[float, ...] = ()) -> tuple[LatencyModel, bool]:
+    """The fitted cost model for `kind` on this machine (a plane when `widths`, fractions of the MLP channels, are
+    measured too), and whether it came from the cache; measured when not cached (or `refresh`). One-line error
+    when the timings do not grow with depth or width (the cost model cannot be fitted)."""
     probe = probe or LatencyProbe()
     model = adapter.model
     environment = _environment(adapter, device, probe)
-    path = _path(adapter, kind, environment)
+    path = _path(adapter, kind, environment, widths)
     if not refresh and path.exists():
         try:
             return LatencyModel(**json.loads(path.read_text())), True
@@ -115,15 +140,26 @@ def latency_model(adapter: ModelAdapter, kind: str, device: torch.device, probe:
     home = next(model.parameters()).device
     model.to(device)
     try:
-        seconds = time_depths(adapter, depths, kind, probe, device)
+        layers = list(adapter.layers)
+        configurations = [layers[:k] for k in depths] + [narrowed_layers(adapter, w) for w in widths]
+        timed = time_configurations(adapter, configurations, kind, probe, device)
     finally:
         model.to(home)
-    intercept, slope = fit_line(depths, seconds)
-    if slope <= 0:
-        measured = ", ".join(f"{k} blocks {s * 1000:.2f} ms" for k, s in zip(depths, seconds, strict=True))
-        raise PrunekitError(f"{kind} time does not grow with depth on this machine ({measured}): the latency cost "
+    seconds, width_seconds = timed[:len(depths)], timed[len(depths):]
+    if widths:
+        points = [(k, 1.0) for k in depths] + [(total, w) for w in widths]
+        intercept, slope, width_slope = fit_plane(points, timed)
+    else:
+        (intercept, slope), width_slope = fit_line(depths, seconds), 0.0
+    if slope <= 0 or (widths and width_slope <= slope * 1e-3):  # below that the width's share is noise
+        measured = ", ".join([f"{k} blocks {s * 1000:.2f} ms" for k, s in zip(depths, seconds, strict=True)]
+                             + [f"MLP width {w:g} {s * 1000:.2f} ms" for w, s in zip(widths, width_seconds,
+                                                                                      strict=True)])
+        grows = "depth" if slope <= 0 else "MLP width"
+        raise PrunekitError(f"{kind} time does not grow with {grows} on this machine ({measured}): the latency cost "
                             "model cannot be fitted; use a params= target, or measure on a quieter machine")
-    fitted = LatencyModel(kind, intercept, slope, depths, seconds, environment)
+    fitted = LatencyModel(kind, intercept, slope, depths, seconds, environment, width_slope, list(widths),
+                          width_seconds)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(path)
     tmp.write_text(json.dumps(asdict(fitted), indent=2))

@@ -227,6 +227,9 @@ class SparsitySpace:
     def sparsities(self, genome: Sequence[int]) -> list[float]:
         return layer_sparsities(self.base, genome, self.step)
 
+    def mutate(self, genome: Sequence[int], rng: random.Random, switches: int) -> list[int]:
+        return level_switch(genome, self.low, self.high, rng, switches)
+
     def fitness(self, genome: Sequence[int], windows: int | None = None) -> float:
         return self.candidates.fitness(self.sparsities(genome), windows)
 
@@ -248,11 +251,62 @@ class DepthSpace:
     def removed(genome: Sequence[int]) -> list[int]:
         return [i for i, kept in enumerate(genome) if not kept]
 
+    def mutate(self, genome: Sequence[int], rng: random.Random, switches: int) -> list[int]:
+        return level_switch(genome, self.low, self.high, rng, switches)
+
     def fitness(self, genome: Sequence[int], windows: int | None = None) -> float:
-        kept = [i for i, flag in enumerate(genome) if flag]
-        layers = list(self.adapter.layers)
-        with running_layers(self.adapter, [layers[i] for i in kept], kept):
-            return self.kl(windows)
+        return _without_blocks(self.adapter, list(self.adapter.layers), genome, self.kl, windows)
+
+
+def _without_blocks(adapter: ModelAdapter, layers: list[torch.nn.Module], flags: Sequence[int], kl: KLFitness,
+                    windows: int | None) -> float:
+    """The KL of the model run with the flagged ones of `layers` as its decoder blocks."""
+    kept = [i for i, flag in enumerate(flags) if flag]
+    with running_layers(adapter, [layers[i] for i in kept], kept):
+        return kl(windows)
+
+
+@dataclass
+class WidthLevel:
+    """The decoder blocks with every MLP cut to `channels` (as the engine's width stage cuts them), and how many of
+    them the budget allows at that width."""
+
+    channels: int
+    layers: list[torch.nn.Module]
+    keep: int
+
+
+class WidthDepthSpace:
+    """Genomes are a width level (an index into `levels`, widest first) followed by one flag per decoder block, as
+    many kept as that level allows. A mutation either swaps a kept block for a removed one or moves to the next
+    narrower or wider level, restoring or removing blocks at random to meet that level's count. A candidate runs
+    the model with the level's blocks in place of its own, without its removed blocks."""
+
+    def __init__(self, adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, levels: list[WidthLevel],
+                 start: Sequence[int]) -> None:
+        self.adapter, self.levels = adapter, levels
+        self.kl = KLFitness(adapter.model, windows, device)
+        self.start = list(start)
+        if sum(self.start[1:]) != levels[self.start[0]].keep:
+            raise ValueError("the start keeps another number of blocks than its level allows")
+
+    def fitness(self, genome: Sequence[int], windows: int | None = None) -> float:
+        return _without_blocks(self.adapter, self.levels[genome[0]].layers, genome[1:], self.kl, windows)
+
+    def mutate(self, genome: Sequence[int], rng: random.Random, switches: int) -> list[int]:
+        level, flags = genome[0], list(genome[1:])
+        for _ in range(switches):
+            kept = [i for i, f in enumerate(flags) if f]
+            removed = [i for i, f in enumerate(flags) if not f]
+            moves = [m for m in (level - 1, level + 1) if 0 <= m < len(self.levels)]
+            if moves and (rng.random() < 1 / 3 or not (kept and removed)):
+                level = rng.choice(moves)
+                change = self.levels[level].keep - len(kept)
+                for i in rng.sample(removed if change > 0 else kept, abs(change)):
+                    flags[i] = int(change > 0)
+            elif kept and removed:
+                flags[rng.choice(kept)], flags[rng.choice(removed)] = 0, 1
+        return [level, *flags]
 
 
 @dataclass
@@ -294,7 +348,7 @@ class SearchState:
         tmp.replace(path)
 
 
-def evolve(space: SparsitySpace | DepthSpace, settings: EvolutionSettings, seed: int,
+def evolve(space: SparsitySpace | DepthSpace | WidthDepthSpace, settings: EvolutionSettings, seed: int,
            state: SearchState | None = None, on_generation: Callable[[SearchState], None] | None = None
            ) -> SearchState:
     """EvoPress's loop from `space.start` (or from `state`, to resume): each generation's random draws depend only
@@ -305,7 +359,7 @@ def evolve(space: SparsitySpace | DepthSpace, settings: EvolutionSettings, seed:
     started = time.perf_counter()
     while state.generation < settings.generations:
         rng = random.Random(f"{seed}:{state.generation}")
-        children = [level_switch(state.genome, space.low, space.high, rng, rng.randint(1, settings.max_switches))
+        children = [space.mutate(state.genome, rng, rng.randint(1, settings.max_switches))
                     for _ in range(settings.offspring)]
         children = [c for c in dict.fromkeys(map(tuple, children)) if list(c) != state.genome]
         quick = sorted((space.fitness(c, windows=1), c) for c in children)[:settings.survivors]

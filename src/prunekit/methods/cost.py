@@ -1,6 +1,7 @@
-"""What a structured candidate costs, as pure functions: a straight-line latency model in the number of decoder
-blocks (time = fixed + per_block * blocks, fitted to measurements of the model itself at a few depths), and the
-largest number of blocks that meets a speed-up or a parameter budget."""
+"""What a structured candidate costs, as pure functions: a latency model linear in the number of decoder blocks and,
+for a narrower MLP, in its width (time = fixed + blocks * (per_block + per_width * (width - 1)), width the fraction
+of MLP channels kept, fitted to measurements of the model itself), and the largest number of blocks that meets a
+speed-up or a parameter budget."""
 
 from __future__ import annotations
 
@@ -18,17 +19,37 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
+def fit_plane(points: Sequence[tuple[float, float]], ys: Sequence[float]) -> tuple[float, float, float]:
+    """Least-squares (intercept, per_block, per_width) of time = intercept + blocks * (per_block + per_width *
+    (width - 1)) through measurements at (blocks, width) points; needs two depths at full width and one narrower
+    width."""
+    import torch
+
+    if len(points) != len(ys) or len({b for b, w in points if w == 1}) < 2 or all(w == 1 for _, w in points):
+        raise ValueError("a plane needs two depths at full width and a narrower width")
+    features = torch.tensor([[1.0, b, b * (w - 1)] for b, w in points], dtype=torch.float64)
+    solution = torch.linalg.lstsq(features, torch.tensor(ys, dtype=torch.float64).unsqueeze(1)).solution
+    intercept, per_block, per_width = solution.squeeze(1).tolist()
+    return intercept, per_block, per_width
+
+
 def line_time(intercept: float, slope: float, blocks: int) -> float:
     return intercept + slope * blocks
 
 
+def blocks_within(budget: float, fixed: float, per_block: float, total: int) -> int:
+    """The most blocks (of `total`) with fixed + per_block * blocks <= budget; 0 when not even one fits."""
+    if per_block <= 0:
+        return total if fixed <= budget else 0
+    return max(0, min(total, math.floor((budget - fixed) / per_block + 1e-9)))
+
+
 def blocks_for_speedup(intercept: float, slope: float, total: int, speedup: float) -> int:
     """The most blocks (of `total`) a model may keep to run `speedup` times faster than with all of them, by the
-    line; 0 when even one block is too slow."""
+    line (slope: the time of one block as it is now); 0 when even one block is too slow."""
     if slope <= 0:
         return 0
-    budget = line_time(intercept, slope, total) / speedup
-    return max(0, min(total, math.floor((budget - intercept) / slope + 1e-9)))
+    return blocks_within(line_time(intercept, slope, total) / speedup, intercept, slope, total)
 
 
 def max_speedup(intercept: float, slope: float, total: int) -> float:
@@ -38,5 +59,4 @@ def max_speedup(intercept: float, slope: float, total: int) -> float:
 
 def blocks_for_params(parameters: int, per_block: int, total: int, fraction: float) -> int:
     """The most blocks a model may keep so that it holds at most `fraction` of its `parameters`."""
-    outside = parameters - per_block * total
-    return max(0, min(total, math.floor((fraction * parameters - outside) / per_block + 1e-9)))
+    return blocks_within(fraction * parameters, parameters - per_block * total, per_block, total)

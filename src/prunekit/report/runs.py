@@ -378,9 +378,11 @@ def search_record(data: dict, run: str, model: str) -> Search:
 
     if key in ("params", "memory"):  # one dtype: the fraction of the bytes is the fraction of the parameters
         chosen, baseline = kept("searched_kept"), kept("baseline_kept")
-    else:  # the baseline removes as many blocks of the same size: the same model shape, so the same speed
+    else:  # a depth search's baseline removes as many blocks of the same size: the same shape, the same speed
         chosen = number(cost.get("measured"))
-        baseline = chosen = number(cost.get("predicted")) if chosen is None else chosen
+        chosen = number(cost.get("predicted")) if chosen is None else chosen
+        baseline = number(cost.get("baseline_predicted"))  # a depth,width search's baseline has its own shape
+        baseline = chosen if baseline is None else baseline
     history = data.get("history")
     bests = [number(h.get("fitness")) for h in history if isinstance(h, dict)] if isinstance(history, list) else []
     evaluated = number(data.get("evaluated"))
