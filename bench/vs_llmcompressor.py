@@ -2,7 +2,11 @@
 
     .venv/bin/python bench/vs_llmcompressor.py [--samples 128] [--seq-len 512] [--repeats 3]
         [--jobs wanda:unstructured,wanda:2:4,sparsegpt:unstructured,sparsegpt:2:4]
-        [--ppl-samples 16] [--ppl-seq-len 1024]
+        [--ppl-samples 16] [--ppl-seq-len 1024] [--model DIR]
+
+    # REAP expert pruning (25% of each layer's experts) on a mixture of experts, e.g. SmolLM2 converted by moefy:
+    .venv/bin/prunekit prune smollm2-135m --method moefy --experts 8 --top-k 2 --out out/smollm2-moe
+    .venv/bin/python bench/vs_llmcompressor.py --model out/smollm2-moe --jobs reap:0.25,reap:0.5 --repeats 1
 
 llm-compressor lives in its own venv, bench/.venv-peers (it pins an older transformers); make it once with
     python3 -m venv bench/.venv-peers && bench/.venv-peers/bin/pip install torch==2.13.0 \
@@ -11,10 +15,12 @@ This script installs nothing. It draws the calibration windows and the evaluatio
 venv), saves them, and hands the same files to every worker. Each job (method x pattern) runs `prunekit.prune` in a
 fresh process of the main venv, prunekit's streamed path (`--stream`: read, prune and write one layer at a time) in
 another, and llm-compressor's `oneshot` in a fresh process of the peer venv, in turn, `--repeats` times. A worker
-loads the float32 SmolLM2-135M copy (the streamed one reads it layer by layer), times the pruning call alone, reads
-its peak RSS right after it (loading + pruning), checks the achieved sparsity, and scores perplexity on the shared
-windows with one formula: exp(total NLL of tokens 2..L over all windows / their count). A dense run in each venv
-checks that the two stacks score the unpruned model alike. Prints medians, writes
+loads the float32 model (SmolLM2-135M's copy by default, or --model; the streamed one reads it layer by layer), times
+the pruning call alone, reads its peak RSS right after it (loading + pruning), checks the achieved sparsity (or, for
+REAP, the experts and parameters left), and scores perplexity on the shared windows with one formula: exp(total NLL
+of tokens 2..L over all windows / their count). A dense run in each venv checks that the two stacks score the
+unpruned model alike. REAP jobs (reap:F, F the fraction of each layer's experts removed) run prunekit's `reap`
+method and llm-compressor's REAPPruningModifier (from 0.14). Prints medians, writes
 bench/results/vs_llmcompressor.json.
 """
 
@@ -125,17 +131,34 @@ def sparsity_report(model: nn.Module, pattern: str) -> dict:
     return report
 
 
-def prune_with_prunekit(method: str, pattern: str, calibration: torch.Tensor, meter: Meter) -> nn.Module:
+def expert_report(model: nn.Module) -> dict:
+    """Experts per layer and parameters left after expert pruning."""
+    config = model.config
+    experts = next((getattr(config, k) for k in ("num_experts", "num_local_experts", "n_routed_experts")
+                    if getattr(config, k, None)), None)
+    return {"experts_per_layer": experts, "parameters": sum(p.numel() for p in model.parameters())}
+
+
+def stage_for(method: str, pattern: str) -> dict:
+    """prunekit's stage for a job: REAP removes the fraction `pattern` of the experts; weight methods prune 50%
+    (or the N:M pattern)."""
+    if method == "reap":
+        return {"method": "reap", "sparsity": float(pattern)}
+    return {"method": method, "sparsity": None if ":" in pattern else 0.5, "pattern": pattern}
+
+
+def prune_with_prunekit(method: str, pattern: str, calibration: torch.Tensor, meter: Meter, model_dir: str
+                        ) -> nn.Module:
     import prunekit
     from prunekit.methods import names
 
-    if method != "dense" and method not in names("weights"):
-        raise LookupError(f"prunekit has no method {method!r} yet (it has {', '.join(names('weights'))})")
-    model = prunekit.load_model("smollm2-135m").model
+    known = [*names("weights"), "reap"]
+    if method != "dense" and method not in known:
+        raise LookupError(f"prunekit has no method {method!r} yet (it has {', '.join(known)})")
+    model = prunekit.load_model(model_dir, dtype="float32").model
     if method != "dense":
         meter.start()
-        prunekit.prune(model, method=method, sparsity=None if ":" in pattern else 0.5, pattern=pattern,
-                       calibration=calibration, progress=False)
+        prunekit.prune(model, stages=[stage_for(method, pattern)], calibration=calibration, progress=False)
         meter.stop()
     return model
 
@@ -148,8 +171,7 @@ def prune_streamed(method: str, pattern: str, calibration: torch.Tensor, meter: 
     from prunekit.api import run_streaming
     from prunekit.recipe import Recipe
 
-    recipe = Recipe.parse({"model": model_dir, "stream": True, "stages": [
-        {"method": method, "sparsity": None if ":" in pattern else 0.5, "pattern": pattern}]})
+    recipe = Recipe.parse({"model": model_dir, "stream": True, "stages": [stage_for(method, pattern)]})
     meter.start()
     run_streaming(recipe, out, calibration=calibration)
     meter.stop()
@@ -162,17 +184,21 @@ def prune_with_llmcompressor(
     import torch
     from datasets import Dataset
     from llmcompressor import oneshot
-    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
+    from llmcompressor.modifiers import pruning
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    modifiers = {"wanda": WandaPruningModifier, "sparsegpt": SparseGPTModifier}
-    if method != "dense" and method not in modifiers:
-        raise LookupError(f"no llm-compressor modifier for {method!r} here (known: {', '.join(modifiers)})")
+    modifiers = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier", "reap": "REAPPruningModifier"}
+    if method != "dense" and not hasattr(pruning, modifiers.get(method, "-")):
+        raise LookupError(f"no llm-compressor modifier for {method!r} in this version")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     if method == "dense":
         return model
-    recipe = modifiers[method](sparsity=0.5, mask_structure="0:0" if pattern == "unstructured" else pattern,
-                               targets=LLMC_TARGETS)
+    modifier = getattr(pruning, modifiers[method])
+    if method == "reap":
+        recipe = modifier(sparsity=float(pattern))
+    else:
+        recipe = modifier(sparsity=0.5, mask_structure="0:0" if pattern == "unstructured" else pattern,
+                          targets=LLMC_TARGETS)
     dataset = Dataset.from_dict({"input_ids": calibration.tolist(),
                                  "attention_mask": torch.ones_like(calibration).tolist()})
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -196,7 +222,7 @@ def worker(args: argparse.Namespace) -> dict:
     meter = Meter()
     try:
         if args.worker == "prunekit":
-            model = prune_with_prunekit(args.method, args.pattern, calibration, meter)
+            model = prune_with_prunekit(args.method, args.pattern, calibration, meter, args.model_dir)
         elif args.worker == "prunekit-stream":
             with tempfile.TemporaryDirectory(prefix="vs-llmc-stream-") as out:
                 model = prune_streamed(args.method, args.pattern, calibration, meter, args.model_dir,
@@ -207,7 +233,7 @@ def worker(args: argparse.Namespace) -> dict:
     except LookupError as e:
         return {"skipped": str(e)}
     rss = meter.stop_peak or meter.peak()
-    report = sparsity_report(model, args.pattern)
+    report = expert_report(model) if args.method == "reap" else sparsity_report(model, args.pattern)
     ppl = perplexity(model, windows)
     package = args.worker.removesuffix("-stream")
     versions = {package: version(package), "torch": torch.__version__, "transformers": transformers.__version__}
@@ -230,7 +256,7 @@ def prepare(args: argparse.Namespace) -> dict:
     from prunekit.text.sources import load_texts
     from prunekit.text.tokens import evaluation_windows, token_stream
 
-    model_dir = cached_asset(MODELS["smollm2-135m"])
+    model_dir = Path(args.model).resolve() if args.model else cached_asset(MODELS["smollm2-135m"])
     loaded = prunekit.load_model(str(model_dir))
     config = prunekit.CalibrationConfig(samples=args.samples, seq_len=args.seq_len)
     calibration = prunekit.calibration_data(loaded.model, loaded.tokenizer, config)
@@ -250,7 +276,7 @@ def run_worker(tool: str, job: str, args: argparse.Namespace, workdir: Path, mod
                "--calib", str(workdir / "calibration.pt"), "--eval", str(workdir / "evaluation.pt"),
                "--samples", str(args.samples), "--seq-len", str(args.seq_len),
                "--ppl-samples", str(args.ppl_samples), "--ppl-seq-len", str(args.ppl_seq_len),
-               "--llmc-batch-size", str(args.llmc_batch_size)]
+               "--llmc-batch-size", str(args.llmc_batch_size), *(["--model", args.model] if args.model else [])]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     total = time.perf_counter() - started
@@ -267,8 +293,16 @@ def parse_jobs(text: str) -> list[str]:
     jobs = [j.strip() for j in text.split(",") if j.strip()]
     for job in jobs:
         method, _, pattern = job.partition(":")
-        if method not in ("wanda", "sparsegpt") or not (pattern == "unstructured" or pattern.count(":") == 1):
-            raise SystemExit(f"bad job {job!r}: use METHOD:unstructured or METHOD:N:M with METHOD wanda or sparsegpt")
+        if method == "reap":
+            try:
+                fraction = float(pattern)
+            except ValueError:
+                fraction = -1.0
+            if not 0 < fraction < 1:
+                raise SystemExit(f"bad job {job!r}: use reap:F with F the fraction of experts removed, e.g. reap:0.25")
+        elif method not in ("wanda", "sparsegpt") or not (pattern == "unstructured" or pattern.count(":") == 1):
+            raise SystemExit(f"bad job {job!r}: use METHOD:unstructured or METHOD:N:M with METHOD wanda or "
+                             "sparsegpt, or reap:F")
     return jobs
 
 
@@ -286,6 +320,8 @@ def describe(result: dict) -> str:
 
 
 def describe_sparsity(report: dict) -> str:
+    if "experts_per_layer" in report:
+        return f"{report['experts_per_layer']} experts per layer, {report['parameters']:,} parameters"
     text = (f"{report['decoder_linear_sparsity']:.2%} zeros over {report['decoder_linears']} decoder linears "
             f"(per matrix {report['min_matrix_sparsity']:.2%}..{report['max_matrix_sparsity']:.2%})")
     if "nm_groups_valid" in report:
@@ -340,6 +376,7 @@ def main() -> None:
     parser.add_argument("--ppl-seq-len", type=int, default=1024, help="evaluation window length")
     parser.add_argument("--llmc-batch-size", type=int, default=1, help="oneshot batch_size (its own default: 1)")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense perplexity check in both venvs")
+    parser.add_argument("--model", default=None, help="a local model directory (default: SmolLM2-135M's copy)")
     parser.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "vs_llmcompressor.json")
     parser.add_argument("--worker", choices=("prepare", *TOOLS), help=argparse.SUPPRESS)
@@ -381,8 +418,8 @@ def main() -> None:
                         print(f"    sparsity: {describe_sparsity(result['sparsity'])}", flush=True)
 
     median = {job: {tool: medians(runs[job][tool]) for tool in TOOLS} for job in jobs}
-    print(f"\nSmolLM2-135M float32, {args.samples} x {args.seq_len} calibration tokens, perplexity on "
-          f"{args.ppl_samples} x {args.ppl_seq_len} held-out tokens, median of {args.repeats}; "
+    print(f"\n{args.model or 'SmolLM2-135M'} float32, {args.samples} x {args.seq_len} calibration tokens, "
+          f"perplexity on {args.ppl_samples} x {args.ppl_seq_len} held-out tokens, median of {args.repeats}; "
           "s = the pruning call alone (--stream: reading, pruning and writing the checkpoint), "
           "RSS = process peak through loading + pruning, ratios = prunekit / llm-compressor")
     print_table(median)
