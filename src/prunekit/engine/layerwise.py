@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import torch
 from torch import nn
@@ -303,6 +304,21 @@ def prune_layerwise(
     return results
 
 
+def prepared_statistics(method: MethodSpec, stats: dict[str, dict[str, Any]], options: dict[str, Any]
+                        ) -> dict[str, dict[str, Any]]:
+    """The statistics `method` needs, per linear, through its `prepare` step when it has one: once per input, so
+    the linears that see one input (q/k/v, gate/up) share the result."""
+    own = {need: dict(stats[need]) for need in method.needs if need in stats}
+    if method.prepare is not None:
+        for values in own.values():
+            prepared: dict[int, object] = {}
+            for name, stat in values.items():
+                if id(stat) not in prepared:
+                    prepared[id(stat)] = method.prepare(stat, **options)
+                values[name] = prepared[id(stat)]
+    return own
+
+
 def _prune_targets(stage: PruneStage, plan: dict[str, float] | None, index: int, targets: dict[str, nn.Module],
                    stats: dict[str, dict[str, torch.Tensor]], gradients: dict[str, torch.Tensor],
                    notes: dict[str, list[str]]) -> None:
@@ -310,14 +326,7 @@ def _prune_targets(stage: PruneStage, plan: dict[str, float] | None, index: int,
 
     `stats`: per statistic the stage needs, its value per linear (linears fed one input share one tensor)."""
     method, options = stage.impl, stage.options
-    own = {need: dict(stats[need]) for need in method.needs if need in stats}
-    if method.prepare is not None:
-        for values in own.values():
-            prepared: dict[int, object] = {}  # linears sharing an input share its prepared statistic
-            for name, stat in values.items():
-                if id(stat) not in prepared:
-                    prepared[id(stat)] = method.prepare(stat, **options)
-                values[name] = prepared[id(stat)]
+    own = prepared_statistics(method, stats, options)
     for name, linear in targets.items():
         sparsity = (plan[f"{index}.{name}"] if plan is not None else
                     stage.layer_sparsity[index] if stage.layer_sparsity is not None else stage.sparsity)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from prunekit.engine.layerwise import collect_statistic
+from prunekit.engine.layerwise import collect_statistic, prepared_statistics
 from prunekit.engine.structured import running_layers
 from prunekit.engine.walker import LayerStore, capture_on_device, walk_layers
 from prunekit.errors import PrunekitError
@@ -101,13 +101,7 @@ def dense_variants(adapter: ModelAdapter, windows: torch.Tensor, method: MethodS
     count = len(adapter.layers)
     levels = [s for s in dict.fromkeys(sparsities) if s > 0]
     for index, targets, stats in _dense_layers(adapter, windows, method, device, batch_size):
-        if method.prepare is not None:  # once per input, shared by the linears that see it and by every level
-            prepared: dict[int, object] = {}
-            for values in stats.values():
-                for name, stat in values.items():
-                    if id(stat) not in prepared:
-                        prepared[id(stat)] = method.prepare(stat, **options)
-                    values[name] = prepared[id(stat)]
+        stats = prepared_statistics(method, stats, options)  # prepared once, for every level
         for name, linear in targets.items():
             weight = weight_matrix(linear)
             given = {need: values[name] for need, values in stats.items()}
