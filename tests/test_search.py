@@ -233,6 +233,37 @@ def test_sparsegpt_search_beats_uniform_sparsegpt(searched, tmp_path, capsys, mo
     assert_recipe_reproduces(out, tmp_path / "again", capsys, monkeypatch)
 
 
+def test_a_front_runs_one_search_per_budget(searched, tmp_path, capsys, monkeypatch):
+    """--target params=0.8,0.6: one complete search per budget (the same as searching it alone), front.json with
+    the Pareto front, and a report that takes the front's directory and shows every budget."""
+    root, text, model_dir = searched
+    out = tmp_path / "front"
+    args = _search_args(model_dir, text, out, "--generations", "3", "--no-ppl")
+    args[args.index("--target") + 1] = "params=0.8,0.6"
+    code, stdout, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    front = json.loads((out / "front.json").read_text())
+    assert front["targets"] == ["params=0.6", "params=0.8"]
+    assert [p["folder"] for p in front["points"]] == ["params-0.6", "params-0.8"]
+    for point, fraction in zip(front["points"], (0.6, 0.8), strict=True):
+        result = json.loads((out / point["folder"] / "search.json").read_text())
+        assert result["target"]["value"] == fraction and point["fitness"] == result["fitness"]["searched_pruned"]
+        assert point["cost"] == pytest.approx(fraction, abs=0.01)
+    fitness = [p["fitness"] for p in front["points"]]
+    assert fitness[0] > fitness[1]  # keeping less costs more KL: both points are on the front
+    assert front["pareto"] == [0, 1] and "Pareto front" in " ".join(stdout.split())
+    alone = tmp_path / "alone"
+    args = _search_args(model_dir, text, alone, "--generations", "3", "--no-ppl")
+    args[args.index("--target") + 1] = "params=0.6"
+    assert run_cli(args, capsys, monkeypatch)[0] == 0
+    assert json.loads((alone / "search.json").read_text())["layer_sparsity"] == json.loads(
+        (out / "params-0.6" / "search.json").read_text())["layer_sparsity"]
+    from prunekit.report import write_report
+
+    html = write_report([out], tmp_path / "report.html").read_text()
+    assert "params=0.6" in html and "params=0.8" in html
+
+
 def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeypatch):
     root, text, model_dir = searched
     monkeypatch.setenv("PRUNEKIT_CACHE", str(tmp_path / "cache-a"))
@@ -275,6 +306,10 @@ def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeyp
     (["--target", "params=0.7", "--step", "0"], "step"),
     (["--target", "params=0.7", "--recover", "bogus"], "unknown recovery method"),
     (["--target", "params=0.7", "--max-sparsity", "1"], "max sparsity"),
+    (["--target", "params=0.7,decode=1.3x"], "of one kind"),
+    (["--target", "params=0.7,0.7"], "repeats a budget"),
+    (["--target", "params=0.7,1.5"], "between 0 and 1"),
+    (["--target", "params=0.6,0.7", "--recover", "lora", "--recover-out", "x"], "drop --recover-out"),
 ])
 def test_bad_searches_are_one_line_errors(tiny_model_dir, tmp_path, capsys, monkeypatch, flags, fragment):
     out = tmp_path / "out"

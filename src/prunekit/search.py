@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ from prunekit.models import surgery
 from prunekit.models.adapters import adapter_for
 from prunekit.models.adapters.base import ModelAdapter
 from prunekit.models.loading import load_model, resolve_device
-from prunekit.outputs import atomic_file, check_output
+from prunekit.outputs import atomic_directory, atomic_file, check_output
 from prunekit.progress import console, progress_bar
 from prunekit.recipe import CalibrationConfig, EvaluationConfig, Recipe, StageConfig, StructuredStageConfig
 from prunekit.recovery.finetune import RecoveryConfig
@@ -72,6 +72,7 @@ from prunekit.text.sources import load_texts
 from prunekit.text.tokens import held_out_windows, token_stream
 
 SEARCH_FILE = "search.json"
+FRONT_FILE = "front.json"  # a search over several budgets: one search output per budget next to it
 MAX_SWITCHES = 64  # more mutations per child than this is a random restart, not a search step
 SPACES = ("sparsity", "depth", "depth,width")
 WIDTH_PROBES = (0.75, 0.5)  # MLP widths the latency plane is timed at, with every block
@@ -315,6 +316,67 @@ def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict
         with atomic_file(out / SEARCH_FILE, overwrite=True) as temporary:
             temporary.write_text(json.dumps(search, indent=2) + "\n")
     return search
+
+
+def front_targets(text: str) -> list[Target]:
+    """The budgets of a front: a comma list of targets of one kind, all different (e.g. params=0.6,0.75,0.9)."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if parts and "=" not in parts[0]:
+        raise PrunekitError(f"--target {text!r} is not KEY=VALUE: give e.g. params=0.75")
+    key = parts[0].partition("=")[0] if parts else ""
+    targets = [parse_target(p if "=" in p else f"{key}={p}") for p in parts]  # params=0.6,0.75 = both params
+    if len({t.key for t in targets}) > 1:
+        raise PrunekitError(f"--target {text}: a front's budgets are of one kind (e.g. params=0.6,0.75,0.9); run "
+                            "one search per kind")
+    if len({t.value for t in targets}) != len(targets):
+        raise PrunekitError(f"--target {text} repeats a budget: give each once")
+    return sorted(targets, key=lambda t: t.value)
+
+
+def target_folder(target: Target) -> str:
+    return str(target).replace("=", "-")
+
+
+def pareto_front(points: list[tuple[float, float]], higher_cost_is_cheaper: bool) -> list[int]:
+    """Indices of the points (cost, fitness) no other point beats on both, fitness lower is better; cost is the
+    fraction kept (lower is cheaper) or, `higher_cost_is_cheaper`, a speed-up."""
+    def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        cheaper = a[0] >= b[0] if higher_cost_is_cheaper else a[0] <= b[0]
+        return cheaper and a[1] <= b[1] and a != b
+    return [i for i, p in enumerate(points) if not any(beats(q, p) for q in points)]
+
+
+def run_front(config: SearchConfig, targets: list[Target], out: Path, overwrite: bool = False) -> dict:
+    """One search per budget (each a full search output in OUT/<key>-<value>), and OUT/front.json: every budget's
+    cost, fitness and perplexity next to its baseline's, with the Pareto front among the searched models. A rerun
+    resumes each search from the cache."""
+    if config.recover is not None and config.recover_out is not None:
+        raise PrunekitError("--recover-out names one directory; a front recovers each budget's model next to it "
+                            "(OUT/<budget>-<method>): drop --recover-out")
+    runs = [replace(config, target=str(t)) for t in targets]
+    for run in runs:
+        run.check()
+    points = []
+    with atomic_directory(out, overwrite, (config.model,)) as tmp:
+        for index, (target, run) in enumerate(zip(targets, runs, strict=True), 1):
+            console.log(f"budget {index}/{len(targets)}: {target}")
+            folder = target_folder(target)
+            result = run_search(run, tmp / folder)
+            cost = result.get("cost") or {}
+            kept = result["parameters"]
+            speed = target.key in LATENCY
+            points.append({
+                "target": str(target), "folder": folder,
+                "cost": cost.get("measured", cost.get("predicted")) if speed else
+                kept["searched_kept"] / kept["dense"],
+                "fitness": result["fitness"]["searched_pruned"], "perplexity": result["perplexity"]["searched"],
+                "baseline": result["baseline"], "baseline_fitness": result["fitness"]["baseline_pruned"],
+                "baseline_perplexity": result["perplexity"]["baseline"]})
+        front = pareto_front([(p["cost"], p["fitness"]) for p in points], targets[0].key in LATENCY)
+        document = {"versions": versions(), "model": config.model, "space": runs[0].resolved_space,
+                    "targets": [str(t) for t in targets], "points": points, "pareto": front}
+        (tmp / FRONT_FILE).write_text(json.dumps(document, indent=2) + "\n")
+    return document
 
 
 def _recover(config: SearchConfig, chosen: Path, out: Path, overwrite: bool) -> dict:

@@ -26,7 +26,9 @@ def search(
     target: Annotated[str, typer.Option(help="The budget: params=F keeps the fraction F of the model's parameters "
                                         "(non-zero), e.g. params=0.75; memory=SIZE fits the weights in SIZE "
                                         "(e.g. memory=400MB); decode=X / prefill=X makes decoding / "
-                                        "prefill X times faster on this machine, e.g. decode=1.3x.",
+                                        "prefill X times faster on this machine, e.g. decode=1.3x. Several "
+                                        "budgets of one kind (params=0.6,0.75,0.9) run one search each into "
+                                        "OUT/<budget> and write the front to OUT/front.json.",
                                         show_default=False)] = ...,
     out: OutDirOption = ...,
     space: Annotated[str | None, typer.Option(help="What the search chooses: sparsity (one sparsity per layer) | "
@@ -112,12 +114,14 @@ def search(
 
       prunekit search smollm2-135m --target decode=1.3x --space depth,width --out out/search-decode-dw
 
+      prunekit search smollm2-135m --target params=0.6,0.75,0.9 --out out/front
+
       prunekit search smollm2-135m --target params=0.6 --method ria --generations 80 --time-limit 1800 --out out/s60
     """
     from prunekit.engine.search import EvolutionSettings
     from prunekit.recipe import CalibrationConfig, EvaluationConfig
     from prunekit.recovery.finetune import RecoveryConfig
-    from prunekit.search import SearchConfig, run_search
+    from prunekit.search import SearchConfig, front_targets, run_front, run_search
 
     recovery = None
     if recover is not None:
@@ -136,6 +140,9 @@ def search(
         refresh_latency=refresh_latency, recover=recovery, recover_out=recover_out, width_step=width_step,
         min_width=min_width, width_method=width_method.lower(),
     )
+    if "," in target:
+        _print_front(run_front(config, front_targets(target), out, overwrite), out)
+        return
     result = run_search(config, out, overwrite)
     kept, fitness, ppls = result["parameters"], result["fitness"], result["perplexity"]
     table = Table(title=f"{model}, {result['target']['text']} ({result['space']}): {result['evaluated']} candidates "
@@ -174,6 +181,20 @@ def search(
         after = recovered["perplexity"].get("after")
         stdout.print(f"recovered ({recovered['method']}, {recovered['steps']} steps): {recovered['path']}"
                      + (f", perplexity {after:.2f}" if after is not None else ""))
+
+
+def _print_front(front: dict, out: Path) -> None:
+    table = Table(title=f"{front['model']} ({front['space']}): one search per budget; * on the Pareto front")
+    for column in ("budget", "cost", "KL", "perplexity", "baseline", "baseline KL", "baseline perplexity"):
+        table.add_column(column, justify="left" if column in ("budget", "baseline") else "right")
+    for index, point in enumerate(front["points"]):
+        mark = " *" if index in front["pareto"] else ""
+        table.add_row(point["target"] + mark, f"{point['cost']:.4g}", f"{point['fitness']:.5f}",
+                      _number(point["perplexity"]), point["baseline"], f"{point['baseline_fitness']:.5f}",
+                      _number(point["baseline_perplexity"]))
+    stdout.print(table)
+    stdout.print(f"saved: {out} (front.json, and one search output per budget: "
+                 f"{', '.join(p['folder'] for p in front['points'])}); `prunekit report {out}` draws the front")
 
 
 def _number(value: float | None) -> str:

@@ -526,7 +526,20 @@ def labels(paths: Sequence[Path]) -> list[str]:
     return [p.name if names.count(p.name) == 1 else f"{p.parent.name}/{p.name}" for p in resolved]
 
 
+def front_members(path: Path) -> list[Path]:
+    """The search outputs of a `prunekit search --target A,B,...` front (its front.json lists them), or [path]."""
+    front = run_directory(path) / "front.json"
+    if not front.is_file():
+        return [path]
+    points = _read_json(front, path).get("points")
+    folders = [p.get("folder") for p in points if isinstance(p, dict)] if isinstance(points, list) else []
+    if not folders or not all(isinstance(f, str) and f and "/" not in f and f != ".." for f in folders):
+        raise PrunekitError(f"{front} lists no search outputs; pass the --out directory of a finished search")
+    return [run_directory(path) / f for f in folders]
+
+
 def load_runs(paths: Sequence[Path]) -> list[Run]:
     if not paths:
         raise PrunekitError("no run directories given; pass one or more prune, recover or sweep output directories")
+    paths = [member for p in paths for member in front_members(Path(p))]
     return [load_run(Path(p), label) for p, label in zip(paths, labels(paths), strict=True)]
