@@ -233,6 +233,16 @@ def test_sparsegpt_search_beats_uniform_sparsegpt(searched, tmp_path, capsys, mo
     assert_recipe_reproduces(out, tmp_path / "again", capsys, monkeypatch)
 
 
+def test_pareto_front_keeps_the_points_nothing_beats():
+    from prunekit.search import front_targets, pareto_front
+
+    # (fraction kept, KL): 0.7 with KL 0.5 is beaten by 0.6 with KL 0.4 (cheaper and better)
+    assert pareto_front([(0.6, 0.4), (0.7, 0.5), (0.8, 0.1)], higher_cost_is_cheaper=False) == [0, 2]
+    # speed-ups: faster is cheaper; 1.2x with KL 0.3 is beaten by 1.3x with KL 0.2
+    assert pareto_front([(1.2, 0.3), (1.3, 0.2), (1.5, 0.9)], higher_cost_is_cheaper=True) == [1, 2]
+    assert [str(t) for t in front_targets("decode=1.5x, 1.2")] == ["decode=1.2x", "decode=1.5x"]
+
+
 def test_a_front_runs_one_search_per_budget(searched, tmp_path, capsys, monkeypatch):
     """--target params=0.8,0.6: one complete search per budget (the same as searching it alone), front.json with
     the Pareto front, and a report that takes the front's directory and shows every budget."""
