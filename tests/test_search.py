@@ -306,6 +306,7 @@ def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeyp
     (["--target", "decode=1.3x", "--space", "sparsity"], "use --space depth"),
     (["--target", "params=0.7", "--space", "width"], "unknown search space"),
     (["--target", "params=0.7", "--space", "depth,width", "--min-width", "1"], "min width"),
+    (["--target", "params=0.02", "--space", "depth,width"], "give params between"),
     (["--target", "params=0.7", "--space", "depth,width", "--width-method", "wanda"], "width method"),
     (["--target", "params=0.01", "--space", "depth"], "out of reach by removing blocks"),
     (["--target", "params=1.2"], "between 0 and 1"),

@@ -547,6 +547,9 @@ def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, t
     first: every --width-step of the channels down to --min-width, and the widest uniform width that meets the
     target with every block (the uniform width baseline). A level that keeps no more blocks than a wider one is
     left out: the wider one dominates it. One-line error when no level meets the target."""
+    if adapter.expert_matrices(adapter.layers[0]):
+        raise PrunekitError("--space depth,width narrows dense MLPs; this model's MLPs are routed experts: use "
+                            "--space depth, or prune experts with an expert method (prunekit prune --method reap)")
     total, channels = len(adapter.layers), adapter.mlp_width
     cost: dict[str, Any] = {}
     if target.key in ("params", "memory"):
@@ -556,6 +559,12 @@ def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, t
 
         def keep(c: int) -> int:
             return blocks_within(fraction * parameters, outside, per_block - (channels - c) * per_channel, total)
+
+        def reach(c: int) -> str:  # the smallest model of the space: one block at width c
+            least = (outside + per_block - (channels - c) * per_channel) / parameters
+            if target.key == "memory":
+                return f"memory above {least * weight_bytes(adapter.model) / 1e9:.4g}GB"
+            return f"params between {least:.4f} and 1"
 
         if target.key == "memory":
             cost = {"bytes_dense": weight_bytes(adapter.model)}
@@ -569,6 +578,9 @@ def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, t
         def keep(c: int) -> int:
             return blocks_within(budget, line.intercept, line.per_block(c / channels), total)
 
+        def reach(c: int) -> str:
+            return f"{target.key} between 1 and {line.seconds_for(total) / line.seconds_for(1, c / channels):.2f}x"
+
         cost = {"latency_model": asdict(line), "cached": cached}
     steps = round((1.0 - config.min_width) / config.width_step + 1e-9)
     grid = {channels, *(_channels(channels, 1.0 - i * config.width_step) for i in range(1, steps + 1))}
@@ -581,8 +593,9 @@ def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, t
         if k >= 1 and k > max((kept for _, kept in levels), default=0):  # else a wider level keeps as many blocks
             levels.append((c, k))
     if not levels:
+        narrowest = _channels(channels, config.min_width)
         raise PrunekitError(f"{target} is out of reach by removing blocks and MLP channels down to "
-                            f"{config.min_width:g} of them: lower --min-width or give a milder target")
+                            f"{config.min_width:g} of them: give {reach(narrowest)}, or lower --min-width")
     cost["uniform_width_channels"] = uniform
     return levels, cost
 
