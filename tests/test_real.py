@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import pytest
 import torch
@@ -172,3 +173,20 @@ def test_search_on_real_weights_keeps_the_budget_and_reloads(smollm2, tmp_path):
     assert reloaded.config.num_hidden_layers == blocks["total"] - blocks["removed"]
     assert count_parameters(reloaded) - count_zeros(reloaded) == depth["parameters"]["searched_kept"]
     assert count_parameters(reloaded) <= 0.9 * depth["parameters"]["dense"]
+
+    both = run_search(SearchConfig(model="smollm2-135m", target="params=0.85", space="depth,width",
+                                   settings=settings, fitness_samples=1, calibration=calibration, evaluation=None,
+                                   width_step=0.25), tmp_path / "dw")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "dw")
+    assert reloaded.config.intermediate_size == both["width"]["searched"]
+    assert reloaded.config.num_hidden_layers == both["blocks"]["total"] - both["blocks"]["removed"]
+    assert count_parameters(reloaded) <= 0.85 * both["parameters"]["dense"]
+    assert both["fitness"]["searched_search"] <= min(b["fitness_search"] for b in both["baselines"])
+
+    sparsegpt = run_search(SearchConfig(model="smollm2-135m", target="params=0.8", method="sparsegpt",
+                                        settings=replace(settings, max_steps=1), fitness_samples=1,
+                                        calibration=calibration, evaluation=None), tmp_path / "sg")
+    assert sparsegpt["levels"]["count"] == 3
+    assert sparsegpt["fitness"]["searched_search"] <= sparsegpt["fitness"]["baseline_search"]
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "sg")
+    assert count_parameters(reloaded) - count_zeros(reloaded) == sparsegpt["parameters"]["searched_kept"]
