@@ -540,6 +540,22 @@ def test_depth_width_search_beats_both_uniform_recipes(searched, tmp_path, capsy
     assert_recipe_reproduces(out, tmp_path / "again", capsys, monkeypatch)
 
 
+def test_depth_width_without_a_uniform_recipe_compares_with_the_best_level(searched, tmp_path, capsys, monkeypatch):
+    """params=0.3 is out of reach of uniform depth and of uniform width alone: the baseline is the best width level
+    with block influence's blocks, and the search starts from it."""
+    root, text, model_dir = searched
+    out = tmp_path / "dw30"
+    args = _search_args(model_dir, text, out, "--generations", "2", "--space", "depth,width", "--no-ppl")
+    args[args.index("--target") + 1] = "params=0.3"
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads((out / "search.json").read_text())
+    assert [b["kind"] for b in result["baselines"]] == ["level"]
+    assert all(level["channels"] < 128 for level in result["width"]["levels"])
+    assert result["fitness"]["searched_search"] <= result["baselines"][0]["fitness_search"]
+    assert result["parameters"]["searched_kept"] <= 0.3 * result["parameters"]["dense"]
+
+
 def test_depth_width_decode_target_uses_the_latency_plane(searched, tmp_path, capsys, monkeypatch):
     """decode=1.3x with a block timed at 0.4 + 0.6 x width ms and 1 ms outside: every level keeps the blocks the
     plane allows, the chosen model's speed-up is predicted from it (each baseline's too), and the report shows the

@@ -645,15 +645,18 @@ def _search_width_depth(setup: _Setup, levels: list[tuple[int, int]], cost: dict
             return space.kl(), setup.perplexity(label)
 
     t0 = time.perf_counter()
+    uniform = [(i, kind) for i, kind in ((0, "depth"), (len(built) - 1, "width"))
+               if (kind == "depth" and built[i].channels == channels)
+               or (kind == "width" and built[i].channels < channels and built[i].keep == total)]
+    if not uniform:  # neither uniform recipe meets the target: the best level with block influence stands in
+        uniform = [(min(range(len(built)), key=start_kl.__getitem__), "level")]
     baselines = []
-    for index, name in ((0, "depth"), (len(built) - 1, "width")):
+    for index, kind in uniform:
         level = built[index]
-        if (name == "depth") != (level.channels == channels) or (name == "width" and level.keep < total):
-            continue  # no uniform recipe of this kind meets the target within the levels
-        kl, ppl = measured(starts[index], f"uniform {name}")
-        baselines.append({"name": _recipe_name(level, total, channels), "kind": name, "fitness_pruned": kl,
+        kl, ppl = measured(starts[index], f"uniform {kind}")
+        baselines.append({"name": _recipe_name(level, total, channels), "kind": kind, "fitness_pruned": kl,
                           "fitness_search": start_kl[index], "perplexity": ppl.perplexity if ppl else None,
-                          "parameters_kept": _kept(setup, level, total), "_ppl": ppl})
+                          "parameters_kept": _kept(setup, level, total), "_ppl": ppl, "_index": index})
     chosen = built[state.genome[0]]
     removed = [b for b in range(total) if not state.genome[1 + b]]
     searched_kl, searched_ppl = measured(state.genome, "searched")
@@ -672,12 +675,12 @@ def _search_width_depth(setup: _Setup, levels: list[tuple[int, int]], cost: dict
         line = LatencyModel(**cost["latency_model"])
         cost["predicted"] = line.seconds_for(total) / line.seconds_for(chosen.keep, chosen.channels / channels)
         for b in baselines:
-            level = built[0] if b["kind"] == "depth" else built[-1]
+            level = built[b["_index"]]
             b["predicted"] = line.seconds_for(total) / line.seconds_for(level.keep, level.channels / channels)
         cost["baseline_predicted"] = baseline["predicted"]
     return stages, result, {
         "baseline": baseline["name"],
-        "baselines": [{k: v for k, v in b.items() if k != "_ppl"} for b in baselines],
+        "baselines": [{k: v for k, v in b.items() if not k.startswith("_")} for b in baselines],
         "parameters": {"dense": setup.parameters, "baseline_kept": baseline["parameters_kept"]},
         "width": {"method": config.width_method, "channels": channels, "searched": chosen.channels,
                   "levels": [{"channels": level.channels, "blocks_kept": level.keep, "start_fitness": kl}
@@ -697,7 +700,9 @@ def _width_stage(config: SearchConfig, channels: int) -> StructuredStageConfig:
 def _recipe_name(level: WidthLevel, total: int, channels: int) -> str:
     if level.channels == channels:
         return f"{BASELINE_DEPTH} (ShortGPT), {total - level.keep} blocks removed"
-    return f"uniform MLP width, {level.channels} of {channels} channels"
+    if level.keep == total:
+        return f"uniform MLP width, {level.channels} of {channels} channels"
+    return f"MLP width {level.channels} of {channels}, {BASELINE_DEPTH} removing {total - level.keep} blocks"
 
 
 def _kept(setup: _Setup, level: WidthLevel, total: int) -> int:
