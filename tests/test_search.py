@@ -171,6 +171,16 @@ def _search_args(model_dir, text_file, out, *extra):
             "--ppl-samples", "2", "--ppl-seq-len", "64", "--step", "0.1", "--offspring", "6", *extra]
 
 
+def _search_with_target(searched, out, target, capsys, monkeypatch, *extra):
+    """A CLI search of the sensitive model to `target`: its search.json and stdout (it must succeed)."""
+    _, text, model_dir = searched
+    args = _search_args(model_dir, text, out, *extra)
+    args[args.index("--target") + 1] = target
+    code, stdout, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    return json.loads((out / "search.json").read_text()), stdout
+
+
 def assert_recipe_reproduces(out, again, capsys, monkeypatch):
     """`prunekit prune --recipe OUT/recipe.yaml` gives the searched model bit for bit."""
     code, _, err = run_cli(["prune", "--recipe", str(out / "recipe.yaml"), "--out", str(again)], capsys, monkeypatch)
@@ -543,13 +553,8 @@ def test_depth_width_search_beats_both_uniform_recipes(searched, tmp_path, capsy
 def test_depth_width_without_a_uniform_recipe_compares_with_the_best_level(searched, tmp_path, capsys, monkeypatch):
     """params=0.3 is out of reach of uniform depth and of uniform width alone: the baseline is the best width level
     with block influence's blocks, and the search starts from it."""
-    root, text, model_dir = searched
-    out = tmp_path / "dw30"
-    args = _search_args(model_dir, text, out, "--generations", "2", "--space", "depth,width", "--no-ppl")
-    args[args.index("--target") + 1] = "params=0.3"
-    code, _, err = run_cli(args, capsys, monkeypatch)
-    assert code == 0, err
-    result = json.loads((out / "search.json").read_text())
+    result, _ = _search_with_target(searched, tmp_path / "dw30", "params=0.3", capsys, monkeypatch,
+                                    "--generations", "2", "--space", "depth,width", "--no-ppl")
     assert [b["kind"] for b in result["baselines"]] == ["level"]
     assert all(level["channels"] < 128 for level in result["width"]["levels"])
     assert result["fitness"]["searched_search"] <= result["baselines"][0]["fitness_search"]
@@ -560,7 +565,6 @@ def test_depth_width_decode_target_uses_the_latency_plane(searched, tmp_path, ca
     """decode=1.3x with a block timed at 0.4 + 0.6 x width ms and 1 ms outside: every level keeps the blocks the
     plane allows, the chosen model's speed-up is predicted from it (each baseline's too), and the report shows the
     search."""
-    root, text, model_dir = searched
     full = 128
 
     def fake_time(adapter, layers, kind, probe, device):
@@ -568,11 +572,8 @@ def test_depth_width_decode_target_uses_the_latency_plane(searched, tmp_path, ca
 
     monkeypatch.setattr(latency, "time_layers", fake_time)
     out = tmp_path / "dw-decode"
-    args = _search_args(model_dir, text, out, "--generations", "2", "--space", "depth,width", "--no-ppl")
-    args[args.index("--target") + 1] = "decode=1.3x"
-    code, _, err = run_cli(args, capsys, monkeypatch)
-    assert code == 0, err
-    result = json.loads((out / "search.json").read_text())
+    result, _ = _search_with_target(searched, out, "decode=1.3x", capsys, monkeypatch,
+                                    "--generations", "2", "--space", "depth,width", "--no-ppl")
     cost = result["cost"]
 
     def seconds(blocks, channels):
