@@ -638,11 +638,12 @@ def _search_width_depth(setup: _Setup, levels: list[tuple[int, int]], cost: dict
     key = setup.key("depth,width", levels, config.width_method)
     state = setup.search(space, key, "best uniform")
 
-    def measured(genome: list[int], label: str) -> tuple[float, PerplexityResult | None]:
+    def perplexity(genome: list[int], label: str) -> PerplexityResult | None:
+        """Of the candidate, which is the engine's output (its KL is the one the search measured)."""
         level = built[genome[0]]
         kept = [b for b in range(total) if genome[1 + b]]
         with running_layers(adapter, [level.layers[b] for b in kept], kept):
-            return space.kl(), setup.perplexity(label)
+            return setup.perplexity(label)
 
     t0 = time.perf_counter()
     uniform = [(i, kind) for i, kind in ((0, "depth"), (len(built) - 1, "width"))
@@ -653,13 +654,13 @@ def _search_width_depth(setup: _Setup, levels: list[tuple[int, int]], cost: dict
     baselines = []
     for index, kind in uniform:
         level = built[index]
-        kl, ppl = measured(starts[index], f"uniform {kind}")
+        kl, ppl = start_kl[index], perplexity(starts[index], f"uniform {kind}")
         baselines.append({"name": _recipe_name(level, total, channels), "kind": kind, "fitness_pruned": kl,
                           "fitness_search": start_kl[index], "perplexity": ppl.perplexity if ppl else None,
                           "parameters_kept": _kept(setup, level, total), "_ppl": ppl, "_index": index})
     chosen = built[state.genome[0]]
     removed = [b for b in range(total) if not state.genome[1 + b]]
-    searched_kl, searched_ppl = measured(state.genome, "searched")
+    searched_kl, searched_ppl = state.fitness, perplexity(state.genome, "searched")
     stages: list[StructuredStageConfig] = []
     if chosen.channels < channels:
         stages.append(_width_stage(config, chosen.channels))
