@@ -54,6 +54,9 @@ from transformers.generation.candidate_generator import (
     AssistedCandidateGeneratorDifferentTokenizers,
     CandidateGenerator,
     UniversalSpeculativeDecodingGenerator,
+    _prepare_attention_mask,
+    _prepare_position_ids,
+    _prepare_token_type_ids,
 )
 from transformers.generation.logits_process import LogitsProcessorList, SuppressTokensLogitsProcessor
 
@@ -232,6 +235,37 @@ class Draft:
     unmapped: list[int] = field(default_factory=list)  # draft ids the translator cannot map (mapped mode)
 
 
+class _TextDraftGenerator(AssistedCandidateGeneratorDifferentTokenizers):
+    """transformers' generator for a draft of another tokenizer, with the draft's cache cut back to the tokens it
+    shares with the round's draft ids. transformers 5.25 works out the cut from lengths in the target's tokens,
+    which differ from the draft's, so the cache could cover every id and the draft's next step got no input."""
+
+    _cached_ids: torch.Tensor | None = None  # the draft ids the cache was computed on, as the last round left them
+
+    def get_candidates(self, input_ids: torch.LongTensor, **kwargs: Any) -> tuple[torch.LongTensor, Any]:
+        # copied before the round rewrites them in place (transformers edits the previous ids on a discrepancy)
+        previous = self.prev_assistant_ids
+        self._cached_ids = None if previous is None else previous.clone()
+        return super().get_candidates(input_ids, **kwargs)
+
+    def _update_past_and_masks(self, input_ids: torch.LongTensor, *args: Any, **kwargs: Any) -> bool:
+        cache = self.assistant_kwargs.get("cache")
+        if cache is None or self._cached_ids is None:
+            return False
+        cached = self._cached_ids[:, :cache.get_seq_length()]
+        # keep the longest shared prefix, always leaving the last id to be fed
+        limit = min(cached.shape[1], input_ids.shape[1] - 1)
+        differs = torch.nonzero(cached[0, :limit] != input_ids[0, :limit].to(cached.device))
+        keep = int(differs[0]) if len(differs) else limit
+        if cache.get_seq_length() > keep:
+            cache.crop(keep - cache.get_seq_length())
+        length, encoder_decoder = input_ids.shape[-1], self.assistant_model.config.is_encoder_decoder
+        self.assistant_kwargs = _prepare_attention_mask(self.assistant_kwargs, length, encoder_decoder)
+        self.assistant_kwargs = _prepare_position_ids(self.assistant_kwargs, length, encoder_decoder)
+        self.assistant_kwargs = _prepare_token_type_ids(self.assistant_kwargs, length)
+        return True
+
+
 def _candidate_generator(draft: Draft, target_tokenizer: PreTrainedTokenizerBase, target: torch.nn.Module,
                          kwargs: dict[str, Any]) -> CandidateGenerator:
     """The generator transformers would build for this pair, except for a mapped draft under greedy decoding,
@@ -242,7 +276,7 @@ def _candidate_generator(draft: Draft, target_tokenizer: PreTrainedTokenizerBase
         return AssistedCandidateGenerator(assistant_model=draft.model, **common)
     tokenizers = {"target_tokenizer": target_tokenizer, "assistant_tokenizer": draft.tokenizer}
     if draft.match.mode == "text":
-        return AssistedCandidateGeneratorDifferentTokenizers(assistant_model=draft.model, **tokenizers, **common)
+        return _TextDraftGenerator(assistant_model=draft.model, **tokenizers, **common)
     if draft.translator is None:
         draft.translator = build_translator(target_tokenizer, draft.tokenizer, target, draft.model)
         draft.unmapped = unmapped_ids(draft.translator, draft.model)
