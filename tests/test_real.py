@@ -174,11 +174,13 @@ def test_search_on_real_weights_keeps_the_budget_and_reloads(smollm2, tmp_path):
     assert count_parameters(reloaded) - count_zeros(reloaded) == depth["parameters"]["searched_kept"]
     assert count_parameters(reloaded) <= 0.9 * depth["parameters"]["dense"]
 
-    both = run_search(SearchConfig(model="smollm2-135m", target="params=0.85", space="depth,width",
+    both = run_search(SearchConfig(model="smollm2-135m", target="params=0.85", space="depth,heads,width",
                                    settings=settings, fitness_samples=1, calibration=calibration, evaluation=None,
                                    width_step=0.25), tmp_path / "dw")
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "dw")
+    assert {level["heads"] for level in both["width"]["levels"]} == {9, 6}  # GQA: 3 query heads per key/value head
     assert reloaded.config.intermediate_size == both["width"]["searched"]
+    assert reloaded.config.num_attention_heads == both["width"]["searched_heads"]
     assert reloaded.config.num_hidden_layers == both["blocks"]["total"] - both["blocks"]["removed"]
     assert count_parameters(reloaded) <= 0.85 * both["parameters"]["dense"]
     assert both["fitness"]["searched_search"] <= min(b["fitness_search"] for b in both["baselines"])

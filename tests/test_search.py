@@ -25,6 +25,7 @@ from prunekit.engine.search import (
     dense_scores,
     dense_variants,
     evolve,
+    line_neighbours,
 )
 from prunekit.errors import PrunekitError
 from prunekit.methods import get_method
@@ -316,6 +317,7 @@ def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeyp
     (["--target", "decode=1.3x", "--space", "sparsity"], "use --space depth"),
     (["--target", "params=0.7", "--space", "width"], "unknown search space"),
     (["--target", "params=0.7", "--space", "depth,width", "--min-width", "1"], "min width"),
+    (["--target", "params=0.7", "--space", "depth,heads", "--min-heads", "0"], "min heads"),
     (["--target", "params=0.02", "--space", "depth,width"], "give params between"),
     (["--target", "params=0.7", "--space", "depth,width", "--width-method", "wanda"], "width method"),
     (["--target", "params=0.01", "--space", "depth"], "out of reach by removing blocks"),
@@ -443,6 +445,32 @@ def test_width_depth_mutations_keep_each_level_count():
     assert {level for level, _ in seen} == {0, 1} and len(seen) == 4 + 6  # every choice of 3 and of 2 blocks
 
 
+def test_line_neighbours_step_along_one_part():
+    """A level's moves: the nearest narrower and wider level in each part with the other part the same (a level
+    left out is stepped over); one part alone is the list's previous and next."""
+    sizes = [(128, 4), (128, 2), (96, 4), (64, 4), (64, 2)]  # (96, 2) left out
+    assert line_neighbours(sizes) == [[1, 2], [0, 4], [0, 3], [2, 4], [1, 3]]
+    assert line_neighbours([(128,), (96,), (64,)]) == [[1], [0, 2], [1]]
+
+
+def test_width_depth_candidate_with_fewer_heads_is_the_engine_output():
+    """A level with half the MLP channels and half the query heads (one per key/value head) by Wanda-SP: a
+    candidate's KL is that of the engine's output of the same stages and block-list, and the saved shape holds."""
+    model = _four_block_model()
+    windows = torch.randint(3, 96, (4, 16))
+    stages = [{"method": "wanda-sp", "part": "mlp", "size": 64}, {"method": "wanda-sp", "part": "heads", "size": 2}]
+    narrowed = copy.deepcopy(model)
+    prune(narrowed, stages=stages, calibration=windows, progress=False)
+    adapter = adapter_for(model)
+    levels = [WidthLevel(128, list(adapter.layers), 3, 4), WidthLevel(64, list(adapter_for(narrowed).layers), 2, 2)]
+    space = WidthDepthSpace(adapter, windows[:2], torch.device("cpu"), levels, start=[0, 1, 1, 1, 0])
+    fitness = space.fitness([1, 0, 1, 1, 0])
+    prune(model, stages=[*stages, {"method": "block-list", "blocks": [0, 3]}], calibration=windows, progress=False)
+    assert (model.config.intermediate_size, model.config.num_attention_heads) == (64, 2)
+    assert model.config.num_key_value_heads == 2 and model.config.num_hidden_layers == 2
+    assert space.kl() == pytest.approx(fitness, rel=1e-6)
+
+
 def test_latency_model_is_fitted_once_and_cached(monkeypatch):
     calls = []
 
@@ -486,6 +514,37 @@ def test_latency_plane_in_depth_and_mlp_width(monkeypatch):
     monkeypatch.setattr(latency, "time_layers", lambda _a, layers, *_rest: 0.002 + 0.001 * len(layers))
     with pytest.raises(PrunekitError, match="does not grow with MLP width"):
         latency.latency_model(adapter, "prefill", torch.device("cpu"), widths=(0.5,))
+
+
+def _timed_by_shape(full_channels, full_heads, head_dim=16):
+    """Fake timings: 1 ms outside the blocks, a block 0.3 ms plus 0.3 ms at full MLP width plus 0.4 ms with every
+    query head."""
+    def fake_time(adapter, layers, kind, probe, device):
+        return 0.001 + sum(0.0003 + 0.0003 * layer.mlp.down_proj.in_features / full_channels
+                           + 0.0004 * layer.self_attn.o_proj.in_features / (full_heads * head_dim)
+                           for layer in layers)
+    return fake_time
+
+
+def test_latency_plane_in_depth_width_and_heads(monkeypatch):
+    """Timed with every MLP narrowed and with every attention cut to fewer heads: each part's share is fitted
+    exactly, alone or together, each set of probes its own cache entry; heads that cost nothing are refused."""
+    adapter = adapter_for(_four_block_model())
+    monkeypatch.setattr(latency, "time_layers", _timed_by_shape(adapter.mlp_width, adapter.num_heads))
+    both, _ = latency.latency_model(adapter, "decode", torch.device("cpu"), widths=(0.5,), heads=(2,))
+    assert (both.intercept, both.slope, both.width_slope, both.head_slope) == pytest.approx(
+        (0.001, 0.001, 0.0003, 0.0004))
+    assert both.heads == [0.5] and len(both.head_seconds) == 1
+    assert both.seconds_for(3, 0.5, 0.5) == pytest.approx(0.001 + 3 * (0.0003 + 0.00015 + 0.0002))
+    heads_only, cached = latency.latency_model(adapter, "decode", torch.device("cpu"), heads=(2,))
+    assert not cached and heads_only.width_slope == 0 and heads_only.head_slope == pytest.approx(0.0004)
+    fewer = latency.fewer_heads_layers(adapter, 2)
+    assert [layer.self_attn.q_proj.out_features for layer in fewer] == [2 * 16] * 4
+    assert [layer.self_attn.k_proj.out_features for layer in fewer] == [2 * 16] * 4  # GQA: keys and values stay
+    assert adapter.layers[0].self_attn.q_proj.out_features == 4 * 16  # the model itself untouched
+    monkeypatch.setattr(latency, "time_layers", lambda _a, layers, *_rest: 0.002 + 0.001 * len(layers))
+    with pytest.raises(PrunekitError, match="does not grow with attention heads"):
+        latency.latency_model(adapter, "prefill", torch.device("cpu"), heads=(2,))
 
 
 def test_decode_target_search_removes_the_blocks_the_cost_model_allows(searched, tmp_path, capsys, monkeypatch):
@@ -592,6 +651,59 @@ def test_depth_width_decode_target_uses_the_latency_plane(searched, tmp_path, ca
 
     html = write_report([out], tmp_path / "report.html").read_text()
     assert "<h2>Budget search</h2>" in html and "depth,width" in html
+
+
+def test_depth_heads_width_search_narrows_both_parts(searched, tmp_path, capsys, monkeypatch):
+    """--space depth,heads,width: every combination of MLP width and head levels (a dominated one left out), the
+    uniform baselines of the same budget, a choice at least as good on the search's KL, a stock checkpoint of that
+    shape with the parameters counted, and a recipe that reproduces it."""
+    out = tmp_path / "dhw"
+    result, stdout = _search_with_target(searched, out, "params=0.7", capsys, monkeypatch, "--generations", "6",
+                                         "--space", "width,heads,depth")
+    assert result["space"] == "depth,heads,width"
+    width, blocks = result["width"], result["blocks"]
+    pairs = [(level["channels"], level["heads"]) for level in width["levels"]]
+    assert width["heads"] == 4 and {h for _, h in pairs} == {4, 2} and pairs == sorted(pairs, reverse=True)
+    for level in width["levels"]:  # no level keeps as few blocks as one wider in one part and equal in the other
+        assert not any(other["blocks_kept"] >= level["blocks_kept"] and other is not level
+                       and ((other["channels"] > level["channels"] and other["heads"] == level["heads"])
+                            or (other["channels"] == level["channels"] and other["heads"] > level["heads"]))
+                       for other in width["levels"])
+    assert {"depth", "width"} <= {b["kind"] for b in result["baselines"]}
+    fitness = result["fitness"]
+    assert fitness["searched_search"] <= min(b["fitness_search"] for b in result["baselines"]) + 1e-12
+    assert fitness["searched_search"] == pytest.approx(fitness["searched_pruned"], rel=1e-5)
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    assert saved.config.intermediate_size == width["searched"]
+    assert saved.config.num_attention_heads == width["searched_heads"]
+    assert saved.config.num_hidden_layers == 4 - blocks["removed"]
+    assert sum(int(p.count_nonzero()) for p in saved.parameters()) == result["parameters"]["searched_kept"]
+    assert result["parameters"]["searched_kept"] <= 0.7 * result["parameters"]["dense"]
+    assert f"heads kept: {width['searched_heads']} of 4" in stdout
+    assert_recipe_reproduces(out, tmp_path / "again", capsys, monkeypatch)
+
+
+def test_depth_heads_decode_target_uses_the_head_plane(searched, tmp_path, capsys, monkeypatch):
+    """decode=1.3x with heads in the plane: each level keeps the blocks the plane allows at its head count, and the
+    chosen model's speed-up is predicted from it."""
+    monkeypatch.setattr(latency, "time_layers", _timed_by_shape(128, 4))
+    result, _ = _search_with_target(searched, tmp_path / "dh", "decode=1.3x", capsys, monkeypatch,
+                                    "--generations", "2", "--space", "depth,heads", "--no-ppl")
+
+    def seconds(blocks, heads):
+        return 0.001 + blocks * (0.0006 + 0.0004 * heads / 4)
+
+    budget = seconds(4, 4) / 1.3
+    levels = result["width"]["levels"]
+    assert [(level["channels"], level["heads"]) for level in levels] == [(128, 4), (128, 2)]
+    for level in levels:
+        allowed = max(k for k in range(5) if seconds(k, level["heads"]) <= budget + 1e-12)
+        assert level["blocks_kept"] == min(allowed, 3 if level["heads"] == 4 else 4)
+    kept = 4 - result["blocks"]["removed"]
+    searched_heads = result["width"]["searched_heads"]
+    assert result["cost"]["predicted"] == pytest.approx(seconds(4, 4) / seconds(kept, searched_heads))
 
 
 def test_search_can_recover_the_chosen_model(searched, tmp_path, capsys, monkeypatch):

@@ -1,20 +1,25 @@
-"""`prunekit search`: give the budget, get the model. EvoPress's evolutionary search (engine/search.py) in one of two
-spaces, with the least KL divergence from the dense model on held-out calibration tokens as the goal:
+"""`prunekit search`: give the budget, get the model. EvoPress's evolutionary search (engine/search.py) in one of
+these spaces, with the least KL divergence from the dense model on held-out calibration tokens as the goal:
 
 - sparsity: one sparsity per decoder layer, for a parameter budget (params=F);
 - depth: which decoder blocks to remove, for a parameter budget or a speed-up on this machine (decode=X,
-  prefill=X), with a latency cost model measured on the model itself (engine/latency.py).
+  prefill=X), with a latency cost model measured on the model itself (engine/latency.py);
+- depth,width / depth,heads / depth,heads,width: which blocks, with one MLP width and / or one number of query
+  heads for every block (width levels, each built by the engine's width stages).
 
 The chosen model is pruned through the engine and saved with a recipe that reproduces it (`prunekit prune --recipe
-OUT/recipe.yaml`), next to the baseline of the same cost it must beat: the uniform sparsity, or ShortGPT's block
-influence with as many blocks removed. A latency target is then checked with `prunekit bench`'s measurement.
+OUT/recipe.yaml`), next to the baseline of the same cost it must beat: the uniform sparsity, ShortGPT's block
+influence with as many blocks removed, or the uniform widths. A latency target is then checked with `prunekit
+bench`'s measurement.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +38,7 @@ from prunekit.api import (
 from prunekit.assets.cache import cache_dir
 from prunekit.budget import LATENCY, Target, memory_fraction, parse_target, weight_bytes
 from prunekit.engine.cache import fingerprint
-from prunekit.engine.latency import LatencyModel, LatencyProbe, latency_model
+from prunekit.engine.latency import LatencyModel, LatencyProbe, head_indices, latency_model
 from prunekit.engine.layerwise import PruneStage
 from prunekit.engine.search import (
     Candidates,
@@ -50,6 +55,7 @@ from prunekit.engine.search import (
     dense_variants,
     evolve,
     layer_numel,
+    line_neighbours,
 )
 from prunekit.engine.structured import StructuredStage, choose_blocks, running_layers
 from prunekit.errors import PrunekitError
@@ -74,8 +80,9 @@ from prunekit.text.tokens import held_out_windows, token_stream
 SEARCH_FILE = "search.json"
 FRONT_FILE = "front.json"  # a search over several budgets: one search output per budget next to it
 MAX_SWITCHES = 64  # more mutations per child than this is a random restart, not a search step
-SPACES = ("sparsity", "depth", "depth,width")
+SPACES = ("sparsity", "depth", "depth,width", "depth,heads", "depth,heads,width")
 WIDTH_PROBES = (0.75, 0.5)  # MLP widths the latency plane is timed at, with every block
+HEAD_PROBES = (0.75, 0.5)  # fractions of the query heads it is timed at (rounded to what can be kept)
 CHANNEL_MULTIPLE = 8  # width levels keep a multiple of this many MLP channels (when the MLP has 64 or more)
 BASELINE_DEPTH = "block-influence"  # ShortGPT: the depth baseline, and where the depth search starts
 # A weight-updating method's levels are one copy of the decoder linears each: by default a layer moves at most this
@@ -100,9 +107,10 @@ class SearchConfig:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     refresh_latency: bool = False  # measure the latency cost model again instead of reading it from the cache
-    width_step: float = 0.1  # depth,width space: MLP width levels every this fraction of the channels ...
-    min_width: float = 0.5  # ... down to this fraction (and the widest uniform width that meets the target)
-    width_method: str = "wanda-sp"  # depth,width space: the width method that ranks each MLP's channels
+    width_step: float = 0.1  # width spaces: width levels every this fraction of the MLP channels / heads ...
+    min_width: float = 0.5  # ... down to this fraction of the channels (and the widest uniform width that meets
+    min_heads: float = 0.5  # the target), of the query heads (and the most uniform heads that meet it)
+    width_method: str = "wanda-sp"  # width spaces: the width method that ranks each MLP's channels and heads
     recover: RecoveryConfig | None = None  # fine-tune the chosen model afterwards (distill: from the dense model)
     recover_out: Path | None = None  # where the recovered model goes; default: OUT-<recovery method>
 
@@ -128,16 +136,20 @@ class SearchConfig:
         if self.resolved_space == "sparsity" and target.key == "memory":
             raise PrunekitError("--target memory= needs structure: zeros take as many bytes as other weights in a "
                                 "dense checkpoint; use --space depth")
-        if self.resolved_space == "depth,width":
-            if not 0.0 < self.min_width < 1.0:
-                raise PrunekitError(f"min width {self.min_width:g} must lie in (0, 1): the smallest fraction of "
-                                    "the MLP channels a width level keeps, e.g. 0.5")
-            if not 0.0 < self.width_step <= 1.0 - self.min_width:
-                raise PrunekitError(f"width step {self.width_step:g} must lie in (0, 1 - min width "
-                                    f"{self.min_width:g}], e.g. 0.1")
-            if get_method(self.width_method).kind != "width" or self.width_method == "taylor":
-                raise PrunekitError(f"width method {self.width_method!r} must rank MLP channels from one "
-                                    "calibration pass: use wanda-sp, activation or flap")
+        parts = set(self.resolved_space.split(",")) - {"depth", "sparsity"}
+        for part, least in (("width", self.min_width), ("heads", self.min_heads)):
+            if part not in parts:
+                continue
+            what = "the MLP channels" if part == "width" else "the query heads"
+            if not 0.0 < least < 1.0:
+                raise PrunekitError(f"min {part} {least:g} must lie in (0, 1): the smallest fraction of {what} a "
+                                    "width level keeps, e.g. 0.5")
+            if not 0.0 < self.width_step <= 1.0 - least:
+                raise PrunekitError(f"width step {self.width_step:g} must lie in (0, 1 - min {part} {least:g}], "
+                                    "e.g. 0.1")
+        if parts and (get_method(self.width_method).kind != "width" or self.width_method == "taylor"):
+            raise PrunekitError(f"width method {self.width_method!r} must rank MLP channels and heads from one "
+                                "calibration pass: use wanda-sp, activation or flap")
         s = self.settings
         if not 0.0 < s.max_sparsity < 1.0:
             raise PrunekitError(f"max sparsity {s.max_sparsity:g} must lie in (0, 1), e.g. 0.9")
@@ -541,27 +553,70 @@ def mlp_channel_parameters(adapter: ModelAdapter) -> int:
     return before - sum(p.numel() for p in layer.parameters())
 
 
+def head_parameters(adapter: ModelAdapter) -> float:
+    """Parameters one query head holds in a block, as the width stage removes heads: its query rows and output
+    columns (GQA: the key/value heads stay), or the whole head with its key and value (one query head per key/value
+    head)."""
+    layer = copy.deepcopy(adapter.layers[0])
+    before = sum(p.numel() for p in layer.parameters())
+    keep, keep_kv = head_indices(adapter, adapter.num_heads - _head_unit(adapter))
+    surgery.shrink_attention(adapter, layer, keep, keep_kv, adapter.head_dim)
+    return (before - sum(p.numel() for p in layer.parameters())) / _head_unit(adapter)
+
+
+def _head_unit(adapter: ModelAdapter) -> int:
+    """Query heads go a key/value group's worth at a time (one from each group), or one by one without GQA."""
+    return adapter.num_kv_heads if adapter.num_kv_heads < adapter.num_heads else 1
+
+
+def _heads_part(adapter: ModelAdapter) -> str:
+    return "heads" if adapter.num_kv_heads < adapter.num_heads else "kv-heads"
+
+
+def _grid(total: int, step: float, least: float, size: Callable[[float], int], uniform: int | None) -> set[int]:
+    """Sizes every `step` of `total` down to `least` of it, cut below the widest uniform size (which is kept)."""
+    steps = round((1.0 - least) / step + 1e-9)
+    grid = {total, *(size(1.0 - i * step) for i in range(1, steps + 1))}
+    return grid if uniform is None else {c for c in grid if c > uniform} | {uniform}
+
+
 def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, target: Target,
-                 device: torch.device) -> tuple[list[tuple[int, int]], dict[str, Any]]:
-    """The MLP width levels of a depth,width search as (channels, blocks the target allows at that width), widest
-    first: every --width-step of the channels down to --min-width, and the widest uniform width that meets the
-    target with every block (the uniform width baseline). A level that keeps no more blocks than a wider one is
-    left out: the wider one dominates it. One-line error when no level meets the target."""
-    if adapter.expert_matrices(adapter.layers[0]):
-        raise PrunekitError("--space depth,width narrows dense MLPs; this model's MLPs are routed experts: use "
-                            "--space depth, or prune experts with an expert method (prunekit prune --method reap)")
-    total, channels = len(adapter.layers), adapter.mlp_width
+                 device: torch.device) -> tuple[list[tuple[int, int, int]], dict[str, Any]]:
+    """The width levels of a depth,width / depth,heads / depth,heads,width search as (MLP channels, query heads,
+    blocks the target allows at that width), widest first: for each part searched, every --width-step of it down to
+    --min-width (MLP) or --min-heads (heads), and the widest uniform size that meets the target with every block
+    and the other part whole (the uniform baselines); every combination of the two. A level that keeps no more
+    blocks than one wider in one part and the same in the other is left out: that one dominates it. One-line error
+    when no level meets the target."""
+    parts = set(config.resolved_space.split(",")) - {"depth"}
+    if "width" in parts and adapter.expert_matrices(adapter.layers[0]):
+        raise PrunekitError(f"--space {config.resolved_space} narrows dense MLPs; this model's MLPs are routed "
+                            "experts: use --space depth or depth,heads, or prune experts with an expert method "
+                            "(prunekit prune --method reap)")
+    if "heads" in parts and adapter.heads_refusal:
+        raise PrunekitError(adapter.heads_refusal)
+    total, channels, heads = len(adapter.layers), adapter.mlp_width, adapter.num_heads
+    unit = _head_unit(adapter) if "heads" in parts else heads
+
+    def head_count(fraction: float) -> int:  # rounded up: never fewer heads than --min-heads asks
+        return max(unit, math.ceil(heads * fraction / unit - 1e-9) * unit)
+
     cost: dict[str, Any] = {}
     if target.key in ("params", "memory"):
         fraction = target.value if target.key == "params" else memory_fraction(target, adapter.model)
-        per_block, per_channel = block_parameters(adapter), mlp_channel_parameters(adapter)
+        per_block = block_parameters(adapter)
+        per_channel = mlp_channel_parameters(adapter) if "width" in parts else 0
+        per_head = head_parameters(adapter) if "heads" in parts else 0.0
         outside = parameters - per_block * total
 
-        def keep(c: int) -> int:
-            return blocks_within(fraction * parameters, outside, per_block - (channels - c) * per_channel, total)
+        def block(c: int, h: int) -> float:
+            return per_block - (channels - c) * per_channel - (heads - h) * per_head
 
-        def reach(c: int) -> str:  # the smallest model of the space: one block at width c
-            least = (outside + per_block - (channels - c) * per_channel) / parameters
+        def keep(c: int, h: int) -> int:
+            return blocks_within(fraction * parameters, outside, block(c, h), total)
+
+        def reach(c: int, h: int) -> str:  # the smallest model of the space: one block at that width
+            least = (outside + block(c, h)) / parameters
             if target.key == "memory":
                 return f"memory above {least * weight_bytes(adapter.model) / 1e9:.4g}GB"
             return f"params between {least:.4f} and 1"
@@ -569,59 +624,71 @@ def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, t
         if target.key == "memory":
             cost = {"bytes_dense": weight_bytes(adapter.model)}
     else:
-        with console.status(f"measuring {target.key} time at a few depths and MLP widths on this machine (once, "
-                            "then cached)"):
+        probes = tuple(sorted({head_count(f) for f in HEAD_PROBES} - {heads}, reverse=True)) if "heads" in parts \
+            else ()
+        with console.status(f"measuring {target.key} time at a few depths and widths on this machine (once, then "
+                            "cached)"):
             line, cached = latency_model(adapter, target.key, device, LatencyProbe(), config.refresh_latency,
-                                         WIDTH_PROBES)
+                                         WIDTH_PROBES if "width" in parts else (), probes)
         budget = line.seconds_for(total) / target.value
 
-        def keep(c: int) -> int:
-            return blocks_within(budget, line.intercept, line.per_block(c / channels), total)
+        def keep(c: int, h: int) -> int:
+            return blocks_within(budget, line.intercept, line.per_block(c / channels, h / heads), total)
 
-        def reach(c: int) -> str:
-            return f"{target.key} between 1 and {line.seconds_for(total) / line.seconds_for(1, c / channels):.2f}x"
+        def reach(c: int, h: int) -> str:
+            return (f"{target.key} between 1 and "
+                    f"{line.seconds_for(total) / line.seconds_for(1, c / channels, h / heads):.2f}x")
 
         cost = {"latency_model": asdict(line), "cached": cached}
-    steps = round((1.0 - config.min_width) / config.width_step + 1e-9)
-    grid = {channels, *(_channels(channels, 1.0 - i * config.width_step) for i in range(1, steps + 1))}
-    uniform = max((c for c in range(1, channels) if keep(c) >= total), default=None)
-    if uniform is not None:
-        grid = {c for c in grid if c > uniform} | {uniform}
-    levels: list[tuple[int, int]] = []
-    for c in sorted(grid, reverse=True):
-        k = min(keep(c), total - 1) if c == channels else keep(c)
-        if k >= 1 and k > max((kept for _, kept in levels), default=0):  # else a wider level keeps as many blocks
-            levels.append((c, k))
+    uniform_channels = max((c for c in range(1, channels) if keep(c, heads) >= total), default=None) \
+        if "width" in parts else None
+    uniform_heads = max((h for h in range(unit, heads, unit) if keep(channels, h) >= total), default=None) \
+        if "heads" in parts else None
+    mlp_grid = _grid(channels, config.width_step, config.min_width, lambda f: _channels(channels, f),
+                     uniform_channels) if "width" in parts else {channels}
+    head_grid = _grid(heads, config.width_step, config.min_heads, head_count, uniform_heads) \
+        if "heads" in parts else {heads}
+    levels: list[tuple[int, int, int]] = []
+    for c, h in sorted(((c, h) for c in mlp_grid for h in head_grid), reverse=True):
+        k = min(keep(c, h), total - 1) if (c, h) == (channels, heads) else keep(c, h)
+        dominated = any(kept >= k and ((c2 > c and h2 == h) or (c2 == c and h2 > h)) for c2, h2, kept in levels)
+        if k >= 1 and not dominated:
+            levels.append((c, h, k))
     if not levels:
-        narrowest = _channels(channels, config.min_width)
-        raise PrunekitError(f"{target} is out of reach by removing blocks and MLP channels down to "
-                            f"{config.min_width:g} of them: give {reach(narrowest)}, or lower --min-width")
-    cost["uniform_width_channels"] = uniform
+        narrowest = _channels(channels, config.min_width) if "width" in parts else channels
+        fewest = head_count(config.min_heads) if "heads" in parts else heads
+        limits = [f"{narrowest} MLP channels"] * ("width" in parts) + [f"{fewest} query heads"] * ("heads" in parts)
+        lower = " or ".join(f"--min-{p}" for p in ("width", "heads") if p in parts)
+        raise PrunekitError(f"{target} is out of reach by removing blocks and narrowing each to "
+                            f"{' and '.join(limits)}: give {reach(narrowest, fewest)}, or lower {lower}")
+    cost["uniform_width_channels"] = uniform_channels
+    if "heads" in parts:
+        cost["uniform_heads"] = uniform_heads
     return levels, cost
 
 
-def _search_width_depth(setup: _Setup, levels: list[tuple[int, int]], cost: dict[str, Any]
+def _search_width_depth(setup: _Setup, levels: list[tuple[int, int, int]], cost: dict[str, Any]
                         ) -> tuple[list[StructuredStageConfig], Any, dict]:
-    """Which blocks to remove and how wide every MLP stays, together: a WidthDepthSpace over the width levels,
-    started from the best of the uniform recipes (each level's blocks chosen by block influence), the uniform
-    depth and uniform width baselines measured on the way."""
+    """Which blocks to remove and how wide every MLP / how many heads every attention keeps, together: a
+    WidthDepthSpace over the width levels, started from the best of the uniform recipes (each level's blocks chosen
+    by block influence), the uniform depth, uniform MLP width and uniform heads baselines measured on the way."""
     config, adapter, model = setup.config, setup.adapter, setup.model
-    total, channels = len(adapter.layers), adapter.mlp_width
+    total, channels, heads = len(adapter.layers), adapter.mlp_width, adapter.num_heads
     model.to(setup.device)
     dense_ppl = setup.perplexity("dense")
     t0 = time.perf_counter()
     built: list[WidthLevel] = []
     with progress_bar() as bar:
         task = bar.add_task(f"{config.width_method} width levels", total=len(levels))
-        for c, keep in levels:
+        for c, h, keep in levels:
             layers = list(adapter.layers)
-            if c < channels:
+            if stages := _width_stages(config, adapter, c, h):
                 narrowed = copy.deepcopy(model)
-                prune(narrowed, stages=[_width_stage(config, c)], calibration=setup.windows, seed=config.seed,
-                      device=config.device, batch_size=config.calibration.batch_size, progress=False)
+                prune(narrowed, stages=stages, calibration=setup.windows, seed=config.seed, device=config.device,
+                      batch_size=config.calibration.batch_size, progress=False)
                 layers = list(adapter_for(narrowed).layers)
                 del narrowed
-            built.append(WidthLevel(c, layers, keep))
+            built.append(WidthLevel(c, layers, keep, h))
             bar.advance(task)
     influence = {}
     for level in built:
@@ -631,11 +698,12 @@ def _search_width_depth(setup: _Setup, levels: list[tuple[int, int]], cost: dict
                                                           config.calibration.batch_size).removed["blocks"]
     starts = [[i, *(0 if b in influence.get(total - level.keep, ()) else 1 for b in range(total))]
               for i, level in enumerate(built)]
-    space = WidthDepthSpace(adapter, setup.held, setup.device, built, starts[0])
+    space = WidthDepthSpace(adapter, setup.held, setup.device, built, starts[0],
+                            line_neighbours([(c, h) for c, h, _ in levels]))
     start_kl = [space.fitness(start) for start in starts]
     space.start = starts[min(range(len(built)), key=start_kl.__getitem__)]  # the best uniform recipe
     setup.seconds["scores"] = round(time.perf_counter() - t0, 2)
-    key = setup.key("depth,width", levels, config.width_method)
+    key = setup.key(config.resolved_space, levels, config.width_method)
     state = setup.search(space, key, "best uniform")
 
     def perplexity(genome: list[int], label: str) -> PerplexityResult | None:
@@ -646,24 +714,25 @@ def _search_width_depth(setup: _Setup, levels: list[tuple[int, int]], cost: dict
             return setup.perplexity(label)
 
     t0 = time.perf_counter()
-    uniform = [(i, kind) for i, kind in ((0, "depth"), (len(built) - 1, "width"))
-               if (kind == "depth" and built[i].channels == channels)
-               or (kind == "width" and built[i].channels < channels and built[i].keep == total)]
-    if not uniform:  # neither uniform recipe meets the target: the best level with block influence stands in
+    full = [(level.channels == channels, level.heads == heads) for level in built]
+    kinds = {"depth": lambda i: full[i] == (True, True),
+             "width": lambda i: full[i] == (False, True) and built[i].keep == total,
+             "heads": lambda i: full[i] == (True, False) and built[i].keep == total}
+    uniform = [(next(i for i in range(len(built)) if is_kind(i)), kind) for kind, is_kind in kinds.items()
+               if any(is_kind(i) for i in range(len(built)))]
+    if not uniform:  # no uniform recipe meets the target: the best level with block influence stands in
         uniform = [(min(range(len(built)), key=start_kl.__getitem__), "level")]
     baselines = []
     for index, kind in uniform:
         level = built[index]
         kl, ppl = start_kl[index], perplexity(starts[index], f"uniform {kind}")
-        baselines.append({"name": _recipe_name(level, total, channels), "kind": kind, "fitness_pruned": kl,
+        baselines.append({"name": _recipe_name(level, total, channels, heads), "kind": kind, "fitness_pruned": kl,
                           "fitness_search": start_kl[index], "perplexity": ppl.perplexity if ppl else None,
                           "parameters_kept": _kept(setup, level, total), "_ppl": ppl, "_index": index})
     chosen = built[state.genome[0]]
     removed = [b for b in range(total) if not state.genome[1 + b]]
     searched_kl, searched_ppl = state.fitness, perplexity(state.genome, "searched")
-    stages: list[StructuredStageConfig] = []
-    if chosen.channels < channels:
-        stages.append(_width_stage(config, chosen.channels))
+    stages = _width_stages(config, adapter, chosen.channels, chosen.heads or heads)
     if removed:
         stages.append(StructuredStageConfig(method="block-list", blocks=removed))
     result = prune(model, stages=stages, calibration=setup.windows, seed=config.seed, device=config.device,
@@ -674,18 +743,23 @@ def _search_width_depth(setup: _Setup, levels: list[tuple[int, int]], cost: dict
         cost["bytes_kept"] = round(_kept(setup, chosen, total) * cost["bytes_dense"] / setup.parameters)
     if "latency_model" in cost:
         line = LatencyModel(**cost["latency_model"])
-        cost["predicted"] = line.seconds_for(total) / line.seconds_for(chosen.keep, chosen.channels / channels)
+
+        def speedup(level: WidthLevel) -> float:
+            return line.seconds_for(total) / line.seconds_for(level.keep, level.channels / channels,
+                                                              (level.heads or heads) / heads)
+
+        cost["predicted"] = speedup(chosen)
         for b in baselines:
-            level = built[b["_index"]]
-            b["predicted"] = line.seconds_for(total) / line.seconds_for(level.keep, level.channels / channels)
+            b["predicted"] = speedup(built[b["_index"]])
         cost["baseline_predicted"] = baseline["predicted"]
     return stages, result, {
         "baseline": baseline["name"],
         "baselines": [{k: v for k, v in b.items() if not k.startswith("_")} for b in baselines],
         "parameters": {"dense": setup.parameters, "baseline_kept": baseline["parameters_kept"]},
         "width": {"method": config.width_method, "channels": channels, "searched": chosen.channels,
-                  "levels": [{"channels": level.channels, "blocks_kept": level.keep, "start_fitness": kl}
-                             for level, kl in zip(built, start_kl, strict=True)]},
+                  "heads": heads, "searched_heads": chosen.heads,
+                  "levels": [{"channels": level.channels, "heads": level.heads, "blocks_kept": level.keep,
+                              "start_fitness": kl} for level, kl in zip(built, start_kl, strict=True)]},
         "blocks": {"total": total, "removed": len(removed), "searched": removed},
         "fitness": {"baseline_search": baseline["fitness_search"], "searched_search": state.fitness,
                     "baseline_pruned": baseline["fitness_pruned"], "searched_pruned": searched_kl},
@@ -694,16 +768,26 @@ def _search_width_depth(setup: _Setup, levels: list[tuple[int, int]], cost: dict
     }
 
 
-def _width_stage(config: SearchConfig, channels: int) -> StructuredStageConfig:
-    return StructuredStageConfig(method=config.width_method, part="mlp", size=channels)
+def _width_stages(config: SearchConfig, adapter: ModelAdapter, channels: int, heads: int
+                  ) -> list[StructuredStageConfig]:
+    """The engine's stages that cut every MLP to `channels` and every attention to `heads` query heads (none for
+    a part left whole)."""
+    stages = []
+    if channels < adapter.mlp_width:
+        stages.append(StructuredStageConfig(method=config.width_method, part="mlp", size=channels))
+    if heads < adapter.num_heads:
+        stages.append(StructuredStageConfig(method=config.width_method, part=_heads_part(adapter), size=heads))
+    return stages
 
 
-def _recipe_name(level: WidthLevel, total: int, channels: int) -> str:
-    if level.channels == channels:
+def _recipe_name(level: WidthLevel, total: int, channels: int, heads: int) -> str:
+    narrowed = [f"MLP width {level.channels} of {channels}"] * (level.channels < channels)
+    narrowed += [f"{level.heads} of {heads} heads"] * ((level.heads or heads) < heads)
+    if not narrowed:
         return f"{BASELINE_DEPTH} (ShortGPT), {total - level.keep} blocks removed"
     if level.keep == total:
-        return f"uniform MLP width, {level.channels} of {channels} channels"
-    return f"MLP width {level.channels} of {channels}, {BASELINE_DEPTH} removing {total - level.keep} blocks"
+        return "uniform " + ", ".join(narrowed)
+    return f"{', '.join(narrowed)}, {BASELINE_DEPTH} removing {total - level.keep} blocks"
 
 
 def _kept(setup: _Setup, level: WidthLevel, total: int) -> int:

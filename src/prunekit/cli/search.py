@@ -33,7 +33,9 @@ def search(
     out: OutDirOption = ...,
     space: Annotated[str | None, typer.Option(help="What the search chooses: sparsity (one sparsity per layer) | "
                                               "depth (which blocks to remove) | depth,width (which blocks, and "
-                                              "one MLP width for all).  \\[default: sparsity for params, depth "
+                                              "one MLP width for all) | depth,heads (which blocks, and one number "
+                                              "of attention heads for all) | depth,heads,width (both).  "
+                                              "\\[default: sparsity for params, depth "
                                               "for memory and a speed-up]", show_default=False)] = None,
     method: Annotated[str, typer.Option(help="Sparsity space: how each layer is pruned: magnitude | wanda | ria "
                                         "(one score table ranks the weights at every level) | sparsegpt | alps "
@@ -50,12 +52,14 @@ def search(
     max_steps: Annotated[int | None, typer.Option(min=1, help="Sparsity space: no layer moves more than this many "
                                                   "--step from the uniform sparsity.  \\[default: no limit; 4 "
                                                   "for sparsegpt and alps]", show_default=False)] = None,
-    width_step: Annotated[float, typer.Option(help="depth,width: MLP width levels every this fraction of the "
-                                              "channels...")] = 0.1,
-    min_width: Annotated[float, typer.Option(help="...down to this fraction (and the widest uniform width that "
-                                             "meets the target with every block).")] = 0.5,
-    width_method: Annotated[str, typer.Option(help="depth,width: how each MLP's channels are ranked: wanda-sp | "
-                                              "activation | flap.")] = "wanda-sp",
+    width_step: Annotated[float, typer.Option(help="Width spaces: levels every this fraction of the MLP channels "
+                                              "and of the query heads...")] = 0.1,
+    min_width: Annotated[float, typer.Option(help="...down to this fraction of the channels (and the widest "
+                                             "uniform width that meets the target with every block)...")] = 0.5,
+    min_heads: Annotated[float, typer.Option(help="...and of the query heads (and the most uniform heads that "
+                                             "meet it).")] = 0.5,
+    width_method: Annotated[str, typer.Option(help="Width spaces: how each MLP's channels and each attention's "
+                                              "heads are ranked: wanda-sp | activation | flap.")] = "wanda-sp",
     max_switches: Annotated[int, typer.Option(min=1, max=64, help="Mutations per child: 1 to this, at "
                                               "random.")] = 3,
     fitness_samples: Annotated[int, typer.Option(min=1, help="Held-out calibration windows (of --calib-seq-len "
@@ -100,7 +104,10 @@ def search(
     and compared with ShortGPT's block influence; a speed-up target sets the number of blocks from a latency model
     measured on this machine, and the result is timed like `prunekit bench` (median of 5). Space depth,width: one
     MLP width for every block (levels every --width-step down to --min-width, channels ranked by --width-method)
-    and which blocks to remove at that width, against uniform depth and uniform width of the same cost.
+    and which blocks to remove at that width, against uniform depth and uniform width of the same cost. Space
+    depth,heads: the same with one number of query heads per attention (levels every --width-step down to
+    --min-heads; with GQA a key/value group's worth at a time, the keys and values kept), and depth,heads,width
+    both at once (every combination of the levels), also against uniform heads.
 
     OUT gets the model, prunekit.json, recipe.yaml (`prunekit prune --recipe OUT/recipe.yaml` reproduces it) and
     search.json (the choice, both fitnesses and perplexities, the cost, the history). A rerun with the same settings
@@ -113,6 +120,8 @@ def search(
       prunekit search smollm2-135m --target decode=1.3x --out out/search-decode
 
       prunekit search smollm2-135m --target decode=1.3x --space depth,width --out out/search-decode-dw
+
+      prunekit search smollm2-135m --target params=0.75 --space depth,heads,width --out out/search-75-dhw
 
       prunekit search smollm2-135m --target params=0.6,0.75,0.9 --out out/front
 
@@ -138,7 +147,7 @@ def search(
         evaluation=EvaluationConfig(source=eval_text, samples=ppl_samples, seq_len=ppl_seq_len) if ppl else None,
         seed=seed, dtype=dtype, device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
         refresh_latency=refresh_latency, recover=recovery, recover_out=recover_out, width_step=width_step,
-        min_width=min_width, width_method=width_method.lower(),
+        min_width=min_width, min_heads=min_heads, width_method=width_method.lower(),
     )
     if "," in target:
         _print_front(run_front(config, front_targets(target), out, overwrite), out)
@@ -165,8 +174,9 @@ def search(
         stdout.print(f"blocks removed: {blocks['searched']} (block influence: {blocks['baseline']})")
     else:
         width, blocks = result["width"], result["blocks"]
-        stdout.print(f"MLP channels kept: {width['searched']} of {width['channels']} ({width['method']}); blocks "
-                     f"removed: {blocks['searched'] or 'none'}")
+        heads = f"; heads kept: {width['searched_heads']} of {width['heads']}" if "heads" in result["space"] else ""
+        stdout.print(f"MLP channels kept: {width['searched']} of {width['channels']} ({width['method']}){heads}; "
+                     f"blocks removed: {blocks['searched'] or 'none'}")
     cost = result.get("cost") or {}
     if "measured" in cost:
         kind = result["target"]["key"]

@@ -262,23 +262,47 @@ def _without_blocks(adapter: ModelAdapter, layers: list[torch.nn.Module], flags:
 
 @dataclass
 class WidthLevel:
-    """The decoder blocks with every MLP cut to `channels` (as the engine's width stage cuts them), and how many of
-    them the budget allows at that width."""
+    """The decoder blocks with every MLP cut to `channels` and every attention to `heads` query heads (as the
+    engine's width stages cut them), and how many of them the budget allows at that width."""
 
     channels: int
     layers: list[torch.nn.Module]
     keep: int
+    heads: int | None = None  # None: the attention as it is
+
+
+def line_neighbours(sizes: Sequence[tuple[int, ...]]) -> list[list[int]]:
+    """For each level (its sizes, one per part narrowed), the levels one step away: along each part, the nearest
+    level narrower and the nearest wider with every other part the same. Ascending indices."""
+    out = []
+    for index, own in enumerate(sizes):
+        near: list[int] = []
+        for part in range(len(own)):
+            line = [i for i, other in enumerate(sizes)
+                    if i != index and all(o == v for p, (o, v) in enumerate(zip(other, own, strict=True))
+                                          if p != part)]
+            narrower = [i for i in line if sizes[i][part] < own[part]]
+            wider = [i for i in line if sizes[i][part] > own[part]]
+            if narrower:
+                near.append(max(narrower, key=lambda i: sizes[i][part]))
+            if wider:
+                near.append(min(wider, key=lambda i: sizes[i][part]))
+        out.append(sorted(set(near)))
+    return out
 
 
 class WidthDepthSpace:
     """Genomes are a width level (an index into `levels`, widest first) followed by one flag per decoder block, as
-    many kept as that level allows. A mutation either swaps a kept block for a removed one or moves to the next
-    narrower or wider level, restoring or removing blocks at random to meet that level's count. A candidate runs
-    the model with the level's blocks in place of its own, without its removed blocks."""
+    many kept as that level allows. A mutation either swaps a kept block for a removed one or moves to a
+    neighbouring level (`neighbours`; default: the next narrower or wider one in the list), restoring or removing
+    blocks at random to meet that level's count. A candidate runs the model with the level's blocks in place of its
+    own, without its removed blocks."""
 
     def __init__(self, adapter: ModelAdapter, windows: torch.Tensor, device: torch.device, levels: list[WidthLevel],
-                 start: Sequence[int]) -> None:
+                 start: Sequence[int], neighbours: list[list[int]] | None = None) -> None:
         self.adapter, self.levels = adapter, levels
+        self.neighbours = neighbours or [[m for m in (i - 1, i + 1) if 0 <= m < len(levels)]
+                                         for i in range(len(levels))]
         self.kl = KLFitness(adapter.model, windows, device)
         self.start = list(start)
         if sum(self.start[1:]) != levels[self.start[0]].keep:
@@ -292,7 +316,7 @@ class WidthDepthSpace:
         for _ in range(switches):
             kept = [i for i, f in enumerate(flags) if f]
             removed = [i for i, f in enumerate(flags) if not f]
-            moves = [m for m in (level - 1, level + 1) if 0 <= m < len(self.levels)]
+            moves = self.neighbours[level]
             if moves and (rng.random() < 1 / 3 or not (kept and removed)):
                 level = rng.choice(moves)
                 change = self.levels[level].keep - len(kept)

@@ -1,6 +1,7 @@
 """What a structured candidate costs, as pure functions: a latency model linear in the number of decoder blocks and,
-for a narrower MLP, in its width (time = fixed + blocks * (per_block + per_width * (width - 1)), width the fraction
-of MLP channels kept, fitted to measurements of the model itself), and the largest number of blocks that meets a
+for narrower MLPs or fewer heads, in their width (time = fixed + blocks * (per_block + per_width * (width - 1) +
+per_heads * (heads - 1)), width and heads the fractions of MLP channels and query heads kept, fitted to
+measurements of the model itself), and the largest number of blocks that meets a
 speed-up or a parameter budget."""
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
-def fit_plane(points: Sequence[tuple[float, float]], ys: Sequence[float]) -> tuple[float, float, float]:
-    """Least-squares (intercept, per_block, per_width) of time = intercept + blocks * (per_block + per_width *
-    (width - 1)) through measurements at (blocks, width) points; needs two depths at full width and one narrower
-    width."""
+def fit_plane(points: Sequence[Sequence[float]], ys: Sequence[float]) -> tuple[float, ...]:
+    """Least-squares (intercept, per_block, per_fraction...) of time = intercept + blocks * (per_block +
+    sum_i per_fraction_i * (fraction_i - 1)) through measurements at (blocks, fraction_1, ...) points, each fraction
+    what a block keeps of one part (its MLP channels, its attention heads); needs two depths with every part whole
+    and, for each part, a point where it is narrower."""
     import torch
 
-    if len(points) != len(ys) or len({b for b, w in points if w == 1}) < 2 or all(w == 1 for _, w in points):
-        raise ValueError("a plane needs two depths at full width and a narrower width")
-    features = torch.tensor([[1.0, b, b * (w - 1)] for b, w in points], dtype=torch.float64)
+    parts = len(points[0]) - 1 if points else 0
+    whole = {p[0] for p in points if all(f == 1 for f in p[1:])}
+    if (len(points) != len(ys) or not parts or len(whole) < 2
+            or any(all(p[1 + i] == 1 for p in points) for i in range(parts))):
+        raise ValueError("a plane needs two depths with every part whole and each part narrower somewhere")
+    features = torch.tensor([[1.0, p[0], *(p[0] * (f - 1) for f in p[1:])] for p in points], dtype=torch.float64)
     solution = torch.linalg.lstsq(features, torch.tensor(ys, dtype=torch.float64).unsqueeze(1)).solution
-    intercept, per_block, per_width = solution.squeeze(1).tolist()
-    return intercept, per_block, per_width
+    return tuple(solution.squeeze(1).tolist())
 
 
 def line_time(intercept: float, slope: float, blocks: int) -> float:
