@@ -706,6 +706,32 @@ def test_depth_heads_decode_target_uses_the_head_plane(searched, tmp_path, capsy
     assert result["cost"]["predicted"] == pytest.approx(seconds(4, 4) / seconds(kept, searched_heads))
 
 
+def test_mixture_of_experts_searches_heads_but_not_mlp_width(searched, tokenizer, tmp_path, capsys, monkeypatch):
+    """Routed experts have no MLP width to cut: depth,width is a one-line error that names the spaces that work,
+    and depth,heads prunes the attention of the MoE model, which reloads with the heads it searched."""
+    _, text, _ = searched
+    model_dir = tmp_path / "moe"
+    tiny_model("qwen2_moe").save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    args = _search_args(model_dir, text, tmp_path / "dw", "--generations", "1", "--space", "depth,width", "--no-ppl")
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 2 and "routed experts" in err and "depth,heads" in err and not (tmp_path / "dw").exists()
+    assert_one_line_error(err)
+    out = tmp_path / "dh"
+    args = _search_args(model_dir, text, out, "--generations", "2", "--space", "depth,heads", "--no-ppl")
+    args[args.index("--target") + 1] = "params=0.95"  # both blocks with half the heads (0.94), or one block
+    code, _, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads((out / "search.json").read_text())
+    assert [(level["heads"], level["blocks_kept"]) for level in result["width"]["levels"]] == [(4, 1), (2, 2)]
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    assert saved.config.num_attention_heads == result["width"]["searched_heads"]
+    assert saved.config.num_hidden_layers == 2 - result["blocks"]["removed"]
+    assert sum(int(p.count_nonzero()) for p in saved.parameters()) == result["parameters"]["searched_kept"]
+
+
 def test_search_can_recover_the_chosen_model(searched, tmp_path, capsys, monkeypatch):
     root, text, model_dir = searched
     out = tmp_path / "chosen"

@@ -564,6 +564,15 @@ def head_parameters(adapter: ModelAdapter) -> float:
     return (before - sum(p.numel() for p in layer.parameters())) / _head_unit(adapter)
 
 
+def full_widths(adapter: ModelAdapter) -> tuple[int, int]:
+    """(MLP channels, query heads) of a block as it is; 0 channels for routed experts (no MLP width to cut)."""
+    return 0 if adapter.expert_matrices(adapter.layers[0]) else adapter.mlp_width, adapter.num_heads
+
+
+def _share(kept: int, whole: int) -> float:
+    return kept / whole if whole else 1.0  # no MLP width (routed experts): whole
+
+
 def _head_unit(adapter: ModelAdapter) -> int:
     """Query heads go a key/value group's worth at a time (one from each group), or one by one without GQA."""
     return adapter.num_kv_heads if adapter.num_kv_heads < adapter.num_heads else 1
@@ -595,7 +604,7 @@ def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, t
                             "(prunekit prune --method reap)")
     if "heads" in parts and adapter.heads_refusal:
         raise PrunekitError(adapter.heads_refusal)
-    total, channels, heads = len(adapter.layers), adapter.mlp_width, adapter.num_heads
+    total, (channels, heads) = len(adapter.layers), full_widths(adapter)
     unit = _head_unit(adapter) if "heads" in parts else heads
 
     def head_count(fraction: float) -> int:  # rounded up: never fewer heads than --min-heads asks
@@ -633,11 +642,11 @@ def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, t
         budget = line.seconds_for(total) / target.value
 
         def keep(c: int, h: int) -> int:
-            return blocks_within(budget, line.intercept, line.per_block(c / channels, h / heads), total)
+            return blocks_within(budget, line.intercept, line.per_block(_share(c, channels), h / heads), total)
 
         def reach(c: int, h: int) -> str:
             return (f"{target.key} between 1 and "
-                    f"{line.seconds_for(total) / line.seconds_for(1, c / channels, h / heads):.2f}x")
+                    f"{line.seconds_for(total) / line.seconds_for(1, _share(c, channels), h / heads):.2f}x")
 
         cost = {"latency_model": asdict(line), "cached": cached}
     uniform_channels = max((c for c in range(1, channels) if keep(c, heads) >= total), default=None) \
@@ -673,7 +682,7 @@ def _search_width_depth(setup: _Setup, levels: list[tuple[int, int, int]], cost:
     WidthDepthSpace over the width levels, started from the best of the uniform recipes (each level's blocks chosen
     by block influence), the uniform depth, uniform MLP width and uniform heads baselines measured on the way."""
     config, adapter, model = setup.config, setup.adapter, setup.model
-    total, channels, heads = len(adapter.layers), adapter.mlp_width, adapter.num_heads
+    total, (channels, heads) = len(adapter.layers), full_widths(adapter)
     model.to(setup.device)
     dense_ppl = setup.perplexity("dense")
     t0 = time.perf_counter()
@@ -745,7 +754,7 @@ def _search_width_depth(setup: _Setup, levels: list[tuple[int, int, int]], cost:
         line = LatencyModel(**cost["latency_model"])
 
         def speedup(level: WidthLevel) -> float:
-            return line.seconds_for(total) / line.seconds_for(level.keep, level.channels / channels,
+            return line.seconds_for(total) / line.seconds_for(level.keep, _share(level.channels, channels),
                                                               (level.heads or heads) / heads)
 
         cost["predicted"] = speedup(chosen)
@@ -773,9 +782,10 @@ def _width_stages(config: SearchConfig, adapter: ModelAdapter, channels: int, he
     """The engine's stages that cut every MLP to `channels` and every attention to `heads` query heads (none for
     a part left whole)."""
     stages = []
-    if channels < adapter.mlp_width:
+    full_channels, full_heads = full_widths(adapter)
+    if channels < full_channels:
         stages.append(StructuredStageConfig(method=config.width_method, part="mlp", size=channels))
-    if heads < adapter.num_heads:
+    if heads < full_heads:
         stages.append(StructuredStageConfig(method=config.width_method, part=_heads_part(adapter), size=heads))
     return stages
 
