@@ -12,9 +12,10 @@ from test_cli import assert_one_line_error, run_cli, small_run
 from test_families import prune_and_reload
 
 from prunekit.api import prune
-from prunekit.engine.experts import measure_routing, route, sample, subset_error
+from prunekit.engine.experts import expert_output, measure_routing, route, sample, subset_error
 from prunekit.errors import PrunekitError
 from prunekit.methods.experts import (
+    align_channels,
     best_subset,
     cluster_by_output,
     dominant,
@@ -146,6 +147,59 @@ def test_merged_expert_is_the_frequency_weighted_average_and_keeps_the_dominant_
     assert torch.equal(experts.down_proj[1], down[2])
     assert torch.allclose(experts.down_proj[2], 0.5 * down[3] + 0.25 * down[4] + 0.25 * down[5])
     assert torch.equal(router.weight, rows[[1, 2, 3]]) and experts.num_experts == 3
+
+
+def test_align_channels_undoes_a_permutation():
+    reference = torch.randn(24, 12, generator=torch.Generator().manual_seed(0))
+    shuffle = torch.randperm(24, generator=torch.Generator().manual_seed(1))
+    member = reference[shuffle] * 0.9 + 0.01 * torch.randn(24, 12, generator=torch.Generator().manual_seed(2))
+    order = align_channels(reference, member)
+    assert torch.equal(shuffle[order], torch.arange(24))  # member[order] lines up with the reference
+    assert torch.equal(align_channels(reference, reference), torch.arange(24))  # aligned experts keep their order
+
+
+@pytest.mark.parametrize("family", list(MOE_CONFIGS))
+@torch.no_grad()
+def test_permuting_an_experts_channels_keeps_its_function(family):
+    """Every layout (gate and up rows stacked or interleaved, transposed matrices, biases): the reordered expert
+    computes the same outputs, its channels' weights are the old ones in the new order, and the others are
+    untouched."""
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    experts, group = adapter.moe(adapter.layers[0])[0], adapter.require_experts()
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(4))
+    before = [expert_output(experts, x, e) for e in range(2)]
+    weights = group.channel_weights(experts, 1).clone()
+    order = torch.randperm(len(weights), generator=torch.Generator().manual_seed(5))
+    group.permute_channels(experts, 1, order)
+    assert torch.equal(group.channel_weights(experts, 1), weights[order])
+    assert torch.allclose(expert_output(experts, x, 1), before[1], rtol=1e-5, atol=1e-6)
+    assert torch.equal(expert_output(experts, x, 0), before[0])
+
+
+@torch.no_grad()
+def test_merging_a_channel_permuted_copy_gives_the_expert_back():
+    """Expert 1 is expert 0 with its channels shuffled: the same function, so expert-merge groups the two, and
+    after alignment their average is expert 0 again (a plain average of the unaligned weights is not)."""
+    model = tiny_model("olmoe")
+    adapter = adapter_for(model)
+    experts, group = adapter.moe(adapter.layers[0])[0], adapter.require_experts()
+    experts.gate_up_proj[1], experts.down_proj[1] = experts.gate_up_proj[0], experts.down_proj[0]
+    group.permute_channels(experts, 1, torch.randperm(experts.down_proj.shape[-1],
+                                                      generator=torch.Generator().manual_seed(6)))
+    x = torch.randn(32, 64, generator=torch.Generator().manual_seed(7))
+    original = expert_output(experts, x, 0)
+    averaged = type(experts)(model.config)  # what averaging without alignment gives
+    averaged.load_state_dict(experts.state_dict())
+    averaged.gate_up_proj[0] = (experts.gate_up_proj[0] + experts.gate_up_proj[1]) / 2
+    averaged.down_proj[0] = (experts.down_proj[0] + experts.down_proj[1]) / 2
+    naive = expert_output(averaged, x, 0)
+    assert not torch.allclose(naive, original, atol=1e-3)
+    prune(model, stages=[dict(method="expert-merge", size=5)], calibration=CALIBRATION, progress=False,
+          cache_scores=False)
+    merged = adapter.moe(adapter.layers[0])[0]
+    assert merged.num_experts == 5
+    assert torch.allclose(expert_output(merged, x, 0), original, rtol=1e-5, atol=1e-6)
 
 
 @torch.no_grad()

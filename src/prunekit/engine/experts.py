@@ -19,6 +19,7 @@ from prunekit.engine.walker import LayerStore, LayerVisit, capture_on_device, fo
 from prunekit.errors import PrunekitError
 from prunekit.methods.experts import (
     ExpertRouting,
+    align_channels,
     dominant,
     merge_weights,
     reap_saliency,
@@ -139,6 +140,17 @@ def _layer_statistics(needs: tuple[str, ...], visit: LayerVisit, experts: nn.Mod
 
 
 @torch.no_grad()
+def align_members(adapter: ModelAdapter, layer: nn.Module, groups: list[list[int]], leaders: list[int]) -> None:
+    """Before a group is averaged, each member's channels reordered to match its leader's (the same function)."""
+    experts, group = adapter.moe(layer)[0], adapter.require_experts()
+    for members, leader in zip(groups, leaders, strict=True):
+        reference = group.channel_weights(experts, leader)
+        for member in members:
+            if member != leader:
+                group.permute_channels(experts, member, align_channels(reference, group.channel_weights(experts,
+                                                                                                        member)))
+
+
 def prune_experts(adapter: ModelAdapter, method: str, keep: int, options: dict[str, object],
                   windows: torch.Tensor | None, device: torch.device, batch_size: int,
                   step: Callable[[str], None], store: LayerStore | None = None) -> dict[str, object]:
@@ -154,7 +166,9 @@ def prune_experts(adapter: ModelAdapter, method: str, keep: int, options: dict[s
     frequencies: list[list[float]] = []
 
     def apply(layer: nn.Module, groups: list[list[int]], frequency: torch.Tensor) -> None:
-        surgery.regroup_experts(adapter, layer, groups, merge_weights(groups, frequency), dominant(groups, frequency))
+        leaders = dominant(groups, frequency)
+        align_members(adapter, layer, groups, leaders)
+        surgery.regroup_experts(adapter, layer, groups, merge_weights(groups, frequency), leaders)
         kept.append(groups)
         frequencies.append([round(float(f), 6) for f in frequency])
 

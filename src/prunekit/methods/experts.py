@@ -12,7 +12,11 @@ statistics (engine/experts.py) and applies the groups (models/surgery.py).
   re-routing among the kept experts only, is closest (mean squared error) to the full layer's on calibration
   tokens; every subset when there are few, else greedy removal one expert at a time.
 - expert-merge (HC-SMoE, Chen et al. 2025): hierarchical clustering (average linkage, cosine distance) of the
-  experts by their mean output over calibration tokens, into as many clusters as experts are kept.
+  experts by their mean output over calibration tokens, into as many clusters as experts are kept. Before the
+  average, each member's intermediate channels are put in the order that best matches the group's dominant
+  expert (weight matching, as MC-SMoE aligns neurons before merging): an expert's function does not depend on the
+  order of its channels, but an average of unaligned channels mixes unrelated ones. Experts that are already
+  aligned (copies, upcycled experts) keep their order.
 - expert-random: a seeded random subset, the baseline.
 """
 
@@ -92,6 +96,17 @@ def merge_weights(groups: Groups, frequency: torch.Tensor) -> list[torch.Tensor]
         f = frequency[group].double()
         weights.append(f / f.sum() if f.sum() > 0 else torch.full((len(group),), 1.0 / len(group), dtype=torch.float64))
     return weights
+
+
+def align_channels(reference: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """The order of `member`'s channels ([width, dims] weights per channel) that best matches `reference`'s: the
+    permutation maximising the summed inner products of matched channels (an assignment problem, solved exactly),
+    so member[order] lines up with reference."""
+    from scipy.optimize import linear_sum_assignment
+
+    similarity = reference.double() @ member.double().T
+    _, order = linear_sum_assignment(similarity.cpu().numpy(), maximize=True)
+    return torch.as_tensor(order, dtype=torch.long)
 
 
 def dominant(groups: Groups, frequency: torch.Tensor) -> list[int]:

@@ -125,6 +125,37 @@ class Experts:
             return {"gate_up_proj": gate_up.T, "down_proj": down.T}
         return {"gate_up_proj": gate_up, "down_proj": down}
 
+    def _gate_up_pairs(self, experts: nn.Module, order: torch.Tensor) -> torch.Tensor:
+        """[channels, 2]: the gate row and the up row of channels `order` in gate_up_proj's (outputs, inputs) view
+        (gate rows then up rows, or interleaved)."""
+        if self.layout == "transposed":
+            return torch.stack([2 * order, 2 * order + 1], dim=1)
+        return torch.stack([order, order + experts.down_proj.shape[-1]], dim=1)
+
+    def channel_weights(self, experts: nn.Module, expert: int) -> torch.Tensor:
+        """[width, 3 x hidden]: per intermediate channel, its gate row, up row and down column."""
+        matrices = self.matrices(experts, expert)
+        width = matrices["down_proj"].shape[1]
+        pairs = self._gate_up_pairs(experts, torch.arange(width, device=matrices["down_proj"].device))
+        return torch.cat([matrices["gate_up_proj"][pairs.flatten()].reshape(width, -1), matrices["down_proj"].T], 1)
+
+    @torch.no_grad()
+    def permute_channels(self, experts: nn.Module, expert: int, order: torch.Tensor) -> None:
+        """Reorder one expert's intermediate channels (channel i becomes what channel order[i] was): the expert
+        computes the same function."""
+        order = order.to(experts.down_proj.device)
+        pairs = self._gate_up_pairs(experts, order)
+        fused = pairs.flatten() if self.layout == "transposed" else pairs.T.flatten()  # as the dimension is stored
+        if self.layout == "transposed":
+            experts.gate_up_proj[expert] = experts.gate_up_proj[expert][:, fused]
+            experts.down_proj[expert] = experts.down_proj[expert][order]
+        else:
+            experts.gate_up_proj[expert] = experts.gate_up_proj[expert][fused]
+            experts.down_proj[expert] = experts.down_proj[expert][:, order]
+        bias = getattr(experts, "gate_up_proj_bias", None)
+        if bias is not None:
+            bias[expert] = bias[expert][fused]
+
     def hidden(self, experts: nn.Module, x: torch.Tensor, expert: int) -> torch.Tensor:
         """The input of one expert's down projection for the rows of x."""
         if self.layout == "transposed":
