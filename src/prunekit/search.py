@@ -598,13 +598,13 @@ def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, t
     blocks than one wider in one part and the same in the other is left out: that one dominates it. One-line error
     when no level meets the target."""
     parts = set(config.resolved_space.split(",")) - {"depth"}
-    if "width" in parts and adapter.expert_matrices(adapter.layers[0]):
+    total, (channels, heads) = len(adapter.layers), full_widths(adapter)
+    if "width" in parts and not channels:
         raise PrunekitError(f"--space {config.resolved_space} narrows dense MLPs; this model's MLPs are routed "
                             "experts: use --space depth or depth,heads, or prune experts with an expert method "
                             "(prunekit prune --method reap)")
     if "heads" in parts and adapter.heads_refusal:
         raise PrunekitError(adapter.heads_refusal)
-    total, (channels, heads) = len(adapter.layers), full_widths(adapter)
     unit = _head_unit(adapter) if "heads" in parts else heads
 
     def head_count(fraction: float) -> int:  # rounded up: never fewer heads than --min-heads asks
@@ -791,8 +791,11 @@ def _width_stages(config: SearchConfig, adapter: ModelAdapter, channels: int, he
 
 
 def _recipe_name(level: WidthLevel, total: int, channels: int, heads: int) -> str:
-    narrowed = [f"MLP width {level.channels} of {channels}"] * (level.channels < channels)
-    narrowed += [f"{level.heads} of {heads} heads"] * ((level.heads or heads) < heads)
+    narrowed = []
+    if level.channels < channels:
+        narrowed.append(f"MLP width {level.channels} of {channels}")
+    if (level.heads or heads) < heads:
+        narrowed.append(f"{level.heads} of {heads} heads")
     if not narrowed:
         return f"{BASELINE_DEPTH} (ShortGPT), {total - level.keep} blocks removed"
     if level.keep == total:
