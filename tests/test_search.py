@@ -30,7 +30,15 @@ from prunekit.engine.search import (
 from prunekit.errors import PrunekitError
 from prunekit.methods import get_method
 from prunekit.methods.cost import blocks_for_params, blocks_for_speedup, fit_line, max_speedup
-from prunekit.methods.evolution import kl_sum, layer_sparsities, level_switch, offset_bounds, reference_log_probs
+from prunekit.methods.evolution import (
+    block_switch,
+    kept_level_switch,
+    kl_sum,
+    layer_sparsities,
+    level_switch,
+    offset_bounds,
+    reference_log_probs,
+)
 from prunekit.models.adapters import adapter_for
 from prunekit.recipe import StageConfig, StructuredStageConfig
 from prunekit.text.tokens import calibration_windows, held_out_windows
@@ -49,6 +57,30 @@ def test_level_switch_keeps_the_budget_and_the_bounds():
     assert level_switch([1, -1], -1, 1, random.Random(3)) == [0, 0]  # the only legal switch
     first = level_switch([0] * 8, -2, 2, random.Random(7), 3)
     assert first == level_switch([0] * 8, -2, 2, random.Random(7), 3)
+
+
+def test_block_switch_removes_and_restores_within_the_budget():
+    """A removed layer sits exactly at sparsity 1 (offset `removed`), the sum of the offsets never changes, kept
+    layers stay in their bounds, and both moves happen."""
+    rng = random.Random(0)
+    base, step = 0.3, 0.1
+    removed = round((1 - base) / step)  # 7
+    low, high = offset_bounds(base, step, 0.9)  # -3, 6
+    offsets, seen = [0] * 8, set()
+    for _ in range(400):
+        if rng.random() < 0.5:
+            offsets = block_switch(offsets, low, high, removed, rng)
+        else:
+            offsets = kept_level_switch(offsets, low, high, removed, rng)
+        assert sum(offsets) == 0
+        assert all(low <= o <= high for o in offsets if o != removed)
+        seen.add(offsets.count(removed))
+        assert offsets.count(removed) < 8
+    assert {0, 1, 2} <= seen
+    assert all(s in (1.0,) or s <= 0.9 + 1e-9 for s in layer_sparsities(base, offsets, step))
+    # no room: the other layers cannot give the 7 steps a removal frees
+    assert block_switch([0, 0], -3, 6, removed, random.Random(1)) == [0, 0]
+    assert kept_level_switch([7, 1, -1], -1, 1, 7, random.Random(2)) == [7, 0, 0]  # the one legal switch; 7 stays
 
 
 def test_kl_sum_is_the_kl_divergence():
@@ -244,6 +276,35 @@ def test_sparsegpt_search_beats_uniform_sparsegpt(searched, tmp_path, capsys, mo
     assert_recipe_reproduces(out, tmp_path / "again", capsys, monkeypatch)
 
 
+def test_depth_sparsity_search_removes_a_block_that_writes_little(searched, tmp_path, capsys, monkeypatch):
+    """Space depth,sparsity on the sensitive model (blocks 1-3 write almost nothing): the search removes some
+    of them and spends what it frees on the other layers, beating uniform sparsity and the sparsity-only search of
+    the same settings; the budget holds, the recipe reproduces the model, and stock transformers loads it with
+    fewer blocks."""
+    from transformers import AutoModelForCausalLM
+
+    flags = ("--max-sparsity", "0.7", "--generations", "10")  # no layer below 0.7 as sparsity: 1 - 0.7 is the gain
+    result, stdout = _search_with_target(searched, tmp_path / "ds", "params=0.45", capsys, monkeypatch,
+                                         "--space", "depth,sparsity", *flags)
+    only, _ = _search_with_target(searched, tmp_path / "s", "params=0.45", capsys, monkeypatch, *flags)
+    removed, chosen = result["blocks"]["searched"], result["layer_sparsity"]
+    assert removed and set(removed) <= {1, 2, 3} and 0 not in removed
+    assert all((s == 1.0) == (i in removed) for i, s in enumerate(chosen))
+    steps = (1 - result["uniform_sparsity"]) / result["step"]  # sparsity 1 on the grid: --step 0.1 shrunk
+    assert result["step"] <= 0.1 and steps == pytest.approx(round(steps))
+    kept = result["parameters"]
+    assert kept["searched_kept"] <= kept["baseline_kept"] + 4 * 64  # row rounding; a removed block's norms go too
+    assert kept["searched_kept"] / kept["dense"] == pytest.approx(0.45, abs=0.01)
+    fitness = result["fitness"]
+    assert fitness["searched_pruned"] < fitness["baseline_pruned"]
+    assert fitness["searched_pruned"] < only["fitness"]["searched_pruned"] / 2  # 4.1e-5 against 1.2e-4 here
+    assert "removed" in stdout
+    out = tmp_path / "ds"
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    assert reloaded.config.num_hidden_layers == 4 - len(removed)
+    assert_recipe_reproduces(out, tmp_path / "again", capsys, monkeypatch)
+
+
 def test_pareto_front_keeps_the_points_nothing_beats():
     from prunekit.search import front_targets, pareto_front
 
@@ -327,6 +388,8 @@ def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeyp
     (["--target", "params=0.7", "--method", "gradient"], "more than one calibration pass"),
     (["--target", "params=0.7", "--method", "nosuch"], "unknown method"),
     (["--target", "params=0.7", "--step", "0"], "step"),
+    (["--target", "decode=1.3x", "--space", "depth,sparsity"], "needs structure"),
+    (["--target", "memory=1MB", "--space", "sparsity,depth"], "needs structure"),
     (["--target", "params=0.7", "--recover", "bogus"], "unknown recovery method"),
     (["--target", "params=0.7", "--max-sparsity", "1"], "max sparsity"),
     (["--target", "params=0.7,decode=1.3x"], "of one kind"),

@@ -2,6 +2,8 @@
 these spaces, with the least KL divergence from the dense model on held-out calibration tokens as the goal:
 
 - sparsity: one sparsity per decoder layer, for a parameter budget (params=F);
+- depth,sparsity: the same, where a layer may also be removed (its block dropped, the budget it frees spread over
+  the other layers as lower sparsity);
 - depth: which decoder blocks to remove, for a parameter budget or a speed-up on this machine (decode=X,
   prefill=X), with a latency cost model measured on the model itself (engine/latency.py);
 - depth,width / depth,heads / depth,heads,width: which blocks, with one MLP width and / or one number of query
@@ -46,6 +48,7 @@ from prunekit.engine.search import (
     EvolutionSettings,
     ScoreLevels,
     SearchState,
+    SparsityDepthSpace,
     SparsitySpace,
     WeightLevels,
     WidthDepthSpace,
@@ -80,7 +83,7 @@ from prunekit.text.tokens import held_out_windows, token_stream
 SEARCH_FILE = "search.json"
 FRONT_FILE = "front.json"  # a search over several budgets: one search output per budget next to it
 MAX_SWITCHES = 64  # more mutations per child than this is a random restart, not a search step
-SPACES = ("sparsity", "depth", "depth,width", "depth,heads", "depth,heads,width")
+SPACES = ("sparsity", "depth,sparsity", "depth", "depth,width", "depth,heads", "depth,heads,width")
 WIDTH_PROBES = (0.75, 0.5)  # MLP widths the latency plane is timed at, with every block
 HEAD_PROBES = (0.75, 0.5)  # fractions of the query heads it is timed at (rounded to what can be kept)
 CHANNEL_MULTIPLE = 8  # width levels keep a multiple of this many MLP channels (when the MLP has 64 or more)
@@ -130,10 +133,11 @@ class SearchConfig:
         if self.resolved_space not in SPACES:
             raise PrunekitError(f"unknown search space {self.space!r}: choose {', '.join(SPACES[:-1])} or "
                                 f"{SPACES[-1]}")
-        if self.resolved_space == "sparsity" and target.key in LATENCY:
+        unstructured = "sparsity" in self.resolved_space.split(",")
+        if unstructured and target.key in LATENCY:
             raise PrunekitError(f"--target {target} needs structure: unstructured sparsity leaves the dense kernels "
                                 "as slow as before; use --space depth")
-        if self.resolved_space == "sparsity" and target.key == "memory":
+        if unstructured and target.key == "memory":
             raise PrunekitError("--target memory= needs structure: zeros take as many bytes as other weights in a "
                                 "dense checkpoint; use --space depth")
         parts = set(self.resolved_space.split(",")) - {"depth", "sparsity"}
@@ -255,7 +259,7 @@ def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict
     if config.recover is not None:
         recovered = check_output(config.recover_out or out.with_name(f"{out.name}-{config.recover.method}"),
                                  overwrite, (config.model, out))
-    method = get_method(config.method, "weights") if space == "sparsity" else None
+    method = get_method(config.method, "weights") if "sparsity" in space.split(",") else None
     with console.status(f"loading {config.model}"):
         loaded = load_model(config.model, config.dtype, config.device, config.trust_remote_code, config.allow_pickle)
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -276,9 +280,8 @@ def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict
                    calibration_data(model, tokenizer, config.calibration, config.seed),
                    held_out_data(model, tokenizer, config.calibration, config.fitness_samples, config.seed),
                    evaluation_data(model, tokenizer, config.evaluation) if config.evaluation else None, device)
-    if space == "sparsity":
-        assert method is not None
-        stages, result, search = _search_sparsity(setup, method.name, base)
+    if method is not None:
+        stages, result, search = _search_sparsity(setup, method.name, base, removable=space == "depth,sparsity")
     elif space == "depth":
         stages, result, search = _search_depth(setup, keep, cost)
     else:
@@ -401,7 +404,10 @@ def _recover(config: SearchConfig, chosen: Path, out: Path, overwrite: bool) -> 
             "perplexity": {k: v["perplexity"] for k, v in report["perplexity"].items()}}
 
 
-def _search_sparsity(setup: _Setup, method_name: str, base: float) -> tuple[list[StageConfig], Any, dict]:
+def _search_sparsity(setup: _Setup, method_name: str, base: float, removable: bool = False
+                     ) -> tuple[list[StageConfig | StructuredStageConfig], Any, dict]:
+    """One sparsity per layer against the uniform `base`; `removable`: a layer may also be removed (depth,sparsity),
+    with the step shrunk to the nearest that puts sparsity 1 on the grid, so a removal moves whole steps."""
     config, adapter, model = setup.config, setup.adapter, setup.model
     method = get_method(method_name)
     options = PruneStage(method=method.name, sparsity=0.5).options
@@ -412,13 +418,14 @@ def _search_sparsity(setup: _Setup, method_name: str, base: float) -> tuple[list
     max_steps = settings.max_steps
     if method.updates_weights and max_steps is None:
         max_steps = WEIGHT_LEVEL_STEPS
-    low, high = offset_bounds(base, settings.step, settings.max_sparsity, max_steps)
+    step = (1.0 - base) / math.ceil((1.0 - base) / settings.step - 1e-9) if removable else settings.step
+    low, high = offset_bounds(base, step, settings.max_sparsity, max_steps)
     t0 = time.perf_counter()
     levels: ScoreLevels | WeightLevels
     with progress_bar() as bar:
         batch, on_layer = config.calibration.batch_size, lambda done, _total: bar.update(task, completed=done)
         if method.updates_weights:
-            sparsities = layer_sparsities(base, range(low, high + 1), settings.step)
+            sparsities = layer_sparsities(base, range(low, high + 1), step)
             task = bar.add_task(f"{method.name} at {len(sparsities)} levels per layer of the dense model",
                                 total=layers)
             levels = WeightLevels(dense_variants(adapter, setup.windows, method, options, sparsities, setup.device,
@@ -429,31 +436,42 @@ def _search_sparsity(setup: _Setup, method_name: str, base: float) -> tuple[list
                                               on_layer))
     candidates = Candidates(adapter, levels, setup.held, setup.device)
     setup.seconds["scores"] = round(time.perf_counter() - t0, 2)
-    space = SparsitySpace(candidates, base, settings.step, low, high)
-    state = setup.search(space, setup.key(method.name, options, round(base, 12), max_steps), "uniform")
-    chosen = space.sparsities(state.genome)
+    space = SparsityDepthSpace(candidates, base, step, low, high, round((1.0 - base) / step)) if removable else \
+        SparsitySpace(candidates, base, step, low, high)
+    key = setup.key(method.name, options, round(base, 12), max_steps, *(["removable"] if removable else []))
+    state = setup.search(space, key, "uniform")
+    removed = space.removed(state.genome) if isinstance(space, SparsityDepthSpace) else []
+    chosen = [1.0 if i in removed else s for i, s in enumerate(space.sparsities(state.genome))]
 
-    def pruned(stage: StageConfig, label: str) -> tuple[Any, float, PerplexityResult | None]:
+    def pruned(stages: list[StageConfig | StructuredStageConfig], label: str
+               ) -> tuple[Any, float, PerplexityResult | None]:
         candidates.restore()
-        result = prune(model, stages=[stage], calibration=setup.windows, seed=config.seed, device=config.device,
+        result = prune(model, stages=stages, calibration=setup.windows, seed=config.seed, device=config.device,
                        batch_size=config.calibration.batch_size)
         model.to(setup.device)
         return result, candidates.fitness(), setup.perplexity(label)
 
     t0 = time.perf_counter()
-    _, uniform_kl, uniform_ppl = pruned(StageConfig(method=method.name, sparsity=base), "uniform")
+    _, uniform_kl, uniform_ppl = pruned([StageConfig(method=method.name, sparsity=base)], "uniform")
     uniform_kept = setup.parameters - count_zeros(model)
-    stage = StageConfig(method=method.name, layer_sparsity=chosen)
-    result, searched_kl, searched_ppl = pruned(stage, "searched")
+    # the blocks go first, so the weight stage prunes the kept layers (re-indexed) on their own inputs
+    stages: list[StageConfig | StructuredStageConfig] = [StructuredStageConfig(method="block-list", blocks=removed)
+                                                         ] if removed else []
+    stages.append(StageConfig(method=method.name, layer_sparsity=[s for i, s in enumerate(chosen)
+                                                                  if i not in removed]))
+    result, searched_kl, searched_ppl = pruned(stages, "searched")
     setup.seconds["prune_and_evaluate"] = round(time.perf_counter() - t0, 2)
-    return [stage], result, {
+    blocks = {"blocks": {"total": layers, "removed": len(removed), "searched": removed}} if removable else {}
+    return stages, result, {
         "method": method.name,
         "baseline": f"uniform {method.name} {base:.4f}",
         "parameters": {"dense": setup.parameters, "baseline_kept": uniform_kept},
         "uniform_sparsity": base,
         "levels": {"lowest": space.levels[0], "highest": space.levels[-1], "count": len(space.levels),
                    "from": "weights pruned per level" if method.updates_weights else "one score table"},
-        "layer_sparsity": chosen,
+        "layer_sparsity": chosen,  # 1.0: the block removed
+        "step": step,
+        **blocks,
         # "search": the allocation applied from the dense model's scores, as the search saw it; "pruned": the
         # model the engine prunes with it (each layer's statistics on the already-pruned layers before it)
         "fitness": {"baseline_search": state.start_fitness, "searched_search": state.fitness,
@@ -559,9 +577,9 @@ def head_parameters(adapter: ModelAdapter) -> float:
     head)."""
     layer = copy.deepcopy(adapter.layers[0])
     before = sum(p.numel() for p in layer.parameters())
-    keep, keep_kv = head_indices(adapter, adapter.num_heads - _head_unit(adapter))
+    keep, keep_kv = head_indices(adapter, adapter.num_heads - adapter.head_unit)
     surgery.shrink_attention(adapter, layer, keep, keep_kv, adapter.head_dim)
-    return (before - sum(p.numel() for p in layer.parameters())) / _head_unit(adapter)
+    return (before - sum(p.numel() for p in layer.parameters())) / adapter.head_unit
 
 
 def full_widths(adapter: ModelAdapter) -> tuple[int, int]:
@@ -571,15 +589,6 @@ def full_widths(adapter: ModelAdapter) -> tuple[int, int]:
 
 def _share(kept: int, whole: int) -> float:
     return kept / whole if whole else 1.0  # no MLP width (routed experts): whole
-
-
-def _head_unit(adapter: ModelAdapter) -> int:
-    """Query heads go a key/value group's worth at a time (one from each group), or one by one without GQA."""
-    return adapter.num_kv_heads if adapter.num_kv_heads < adapter.num_heads else 1
-
-
-def _heads_part(adapter: ModelAdapter) -> str:
-    return "heads" if adapter.num_kv_heads < adapter.num_heads else "kv-heads"
 
 
 def _grid(total: int, step: float, least: float, size: Callable[[float], int], uniform: int | None) -> set[int]:
@@ -605,7 +614,7 @@ def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, t
                             "(prunekit prune --method reap)")
     if "heads" in parts and adapter.heads_refusal:
         raise PrunekitError(adapter.heads_refusal)
-    unit = _head_unit(adapter) if "heads" in parts else heads
+    unit = adapter.head_unit if "heads" in parts else heads
 
     def head_count(fraction: float) -> int:  # rounded up: never fewer heads than --min-heads asks
         return max(unit, math.ceil(heads * fraction / unit - 1e-9) * unit)
@@ -786,7 +795,7 @@ def _width_stages(config: SearchConfig, adapter: ModelAdapter, channels: int, he
     if channels < full_channels:
         stages.append(StructuredStageConfig(method=config.width_method, part="mlp", size=channels))
     if heads < full_heads:
-        stages.append(StructuredStageConfig(method=config.width_method, part=_heads_part(adapter), size=heads))
+        stages.append(StructuredStageConfig(method=config.width_method, part=adapter.head_part, size=heads))
     return stages
 
 

@@ -32,12 +32,13 @@ def search(
                                         show_default=False)] = ...,
     out: OutDirOption = ...,
     space: Annotated[str | None, typer.Option(help="What the search chooses: sparsity (one sparsity per layer) | "
-                                              "depth (which blocks to remove) | depth,width (which blocks, and "
+                                              "depth,sparsity (the same, or the layer's block removed) | depth "
+                                              "(which blocks to remove) | depth,width (which blocks, and "
                                               "one MLP width for all) | depth,heads (which blocks, and one number "
                                               "of attention heads for all) | depth,heads,width (both).  "
                                               "\\[default: sparsity for params, depth "
                                               "for memory and a speed-up]", show_default=False)] = None,
-    method: Annotated[str, typer.Option(help="Sparsity space: how each layer is pruned: magnitude | wanda | ria "
+    method: Annotated[str, typer.Option(help="Sparsity spaces: how each layer is pruned: magnitude | wanda | ria "
                                         "(one score table ranks the weights at every level) | sparsegpt | alps "
                                         "(the kept weights updated: each layer pruned once per level, one copy of "
                                         "the decoder linears per level).")] = "wanda",
@@ -46,10 +47,11 @@ def search(
                                            "held-out window.")] = 12,
     survivors: Annotated[int, typer.Option(min=1, help="Best children scored on every held-out window against "
                                            "the parent.")] = 2,
-    step: Annotated[float, typer.Option(help="Sparsity space: sparsity one mutation moves from one layer to "
-                                        "another.")] = 0.05,
-    max_sparsity: Annotated[float, typer.Option(help="Sparsity space: no layer is pruned beyond this.")] = 0.9,
-    max_steps: Annotated[int | None, typer.Option(min=1, help="Sparsity space: no layer moves more than this many "
+    step: Annotated[float, typer.Option(help="Sparsity spaces: sparsity one mutation moves from one layer to "
+                                        "another (depth,sparsity: shrunk to the nearest that divides 1 - the "
+                                        "uniform sparsity).")] = 0.05,
+    max_sparsity: Annotated[float, typer.Option(help="Sparsity spaces: no layer is pruned beyond this.")] = 0.9,
+    max_steps: Annotated[int | None, typer.Option(min=1, help="Sparsity spaces: no layer moves more than this many "
                                                   "--step from the uniform sparsity.  \\[default: no limit; 4 "
                                                   "for sparsegpt and alps]", show_default=False)] = None,
     width_step: Annotated[float, typer.Option(help="Width spaces: levels every this fraction of the MLP channels "
@@ -100,9 +102,11 @@ def search(
     forward passes. Space sparsity: one sparsity per decoder layer (a mutation moves --step from one layer to
     another; each layer at each level comes from one calibration pass of the dense model: a table of --method
     scores, or the layer pruned by SparseGPT / ALPS at every level), against the uniform sparsity of the same
-    budget. Space depth: which blocks to remove (a mutation swaps a removed block for a kept one), starting from
-    and compared with ShortGPT's block influence; a speed-up target sets the number of blocks from a latency model
-    measured on this machine, and the result is timed like `prunekit bench` (median of 5). Space depth,width: one
+    budget. Space depth,sparsity: the same, where a mutation may also remove a block (the parameters it frees go
+    to the other layers as lower sparsity, a step at a time) or restore one. Space depth: which blocks to remove
+    (a mutation swaps a removed block for a kept one), starting from and compared with ShortGPT's block influence;
+    a speed-up target sets the number of blocks from a latency model measured on this machine, and the result is
+    timed like `prunekit bench` (median of 5). Space depth,width: one
     MLP width for every block (levels every --width-step down to --min-width, channels ranked by --width-method)
     and which blocks to remove at that width, against uniform depth and uniform width of the same cost. Space
     depth,heads: the same with one number of query heads per attention (levels every --width-step down to
@@ -116,6 +120,8 @@ def search(
       prunekit search smollm2-135m --target params=0.75 --out out/search-75
 
       prunekit search smollm2-135m --target params=0.75 --method sparsegpt --out out/search-75-sparsegpt
+
+      prunekit search smollm2-135m --target params=0.6 --space depth,sparsity --out out/search-60-ds
 
       prunekit search smollm2-135m --target decode=1.3x --out out/search-decode
 
@@ -167,8 +173,9 @@ def search(
     table.add_row("searched", f"{kept['searched_kept']:,}", f"{fitness['searched_search']:.5f}",
                   f"{fitness['searched_pruned']:.5f}", _number(ppls["searched"]))
     stdout.print(table)
-    if result["space"] == "sparsity":
-        stdout.print("layer sparsity: " + " ".join(f"{s:.2f}" for s in result["layer_sparsity"]))
+    if "sparsity" in result["space"]:
+        stdout.print("layer sparsity: " + " ".join("removed" if s == 1 else f"{s:.2f}"
+                                                   for s in result["layer_sparsity"]))
     elif result["space"] == "depth":
         blocks = result["blocks"]
         stdout.print(f"blocks removed: {blocks['searched']} (block influence: {blocks['baseline']})")

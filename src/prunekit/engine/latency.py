@@ -112,10 +112,10 @@ def head_indices(adapter: ModelAdapter, heads: int) -> tuple[torch.Tensor, torch
     """(query heads, key/value heads) a layer keeps with `heads` query heads as the width stage keeps them: the same
     number of query heads in each key/value group (GQA), or whole heads with their keys and values (one query head
     per key/value head). For timing only, the first ones: which heads does not change the time."""
-    total, kv = adapter.num_heads, adapter.num_kv_heads
-    if kv == total:
+    if not adapter.grouped_query:
         return torch.arange(heads), torch.arange(heads)
-    per_group = total // kv
+    kv = adapter.num_kv_heads
+    per_group = adapter.num_heads // kv
     return (torch.arange(kv).unsqueeze(1) * per_group + torch.arange(heads // kv)).flatten(), torch.arange(kv)
 
 

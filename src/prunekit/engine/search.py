@@ -1,5 +1,6 @@
 """The engine of `prunekit search`: the search spaces (one sparsity per decoder layer, applied as masks from one
-table of the dense model's weight scores; or which decoder blocks to remove), the fitness of a candidate against
+table of the dense model's weight scores, a layer possibly removed; which decoder blocks to remove; which blocks at
+which width), the fitness of a candidate against
 the dense model, and the evolutionary loop of methods/evolution.py.
 
 Each layer's variant at each sparsity level comes from one calibration pass of the dense model (EvoPress's per-layer
@@ -26,7 +27,14 @@ from prunekit.engine.structured import running_layers
 from prunekit.engine.walker import LayerStore, capture_on_device, walk_layers
 from prunekit.errors import PrunekitError
 from prunekit.files import temporary_sibling
-from prunekit.methods.evolution import kl_sum, layer_sparsities, level_switch, reference_log_probs
+from prunekit.methods.evolution import (
+    block_switch,
+    kept_level_switch,
+    kl_sum,
+    layer_sparsities,
+    level_switch,
+    reference_log_probs,
+)
 from prunekit.methods.masks import row_mask
 from prunekit.methods.patterns import SparsityPattern
 from prunekit.methods.registry import MethodSpec
@@ -226,6 +234,40 @@ class SparsitySpace:
 
     def fitness(self, genome: Sequence[int], windows: int | None = None) -> float:
         return self.candidates.fitness(self.sparsities(genome), windows)
+
+
+class SparsityDepthSpace(SparsitySpace):
+    """SparsitySpace where a layer may also be removed: the offset `removed` = (1 - base) / step (sparsity 1, an
+    integer by the choice of step) stands for its block removed, which a candidate runs without (what removing it
+    does; sparsity 1 would leave the same function with the block's norms). A mutation is a block switch (one block
+    removed or restored, the budget moved to or from the other layers one step at a time) with probability
+    `block_moves`, or a level switch among the kept layers."""
+
+    def __init__(self, candidates: Candidates, base: float, step: float, low: int, high: int, removed: int,
+                 block_moves: float = 1 / 3) -> None:
+        super().__init__(candidates, base, step, low, high)
+        if removed <= high or abs(base + removed * step - 1.0) > 1e-6:
+            raise ValueError(f"offset {removed} is not sparsity 1 above the kept levels")
+        self.removed_offset, self.block_moves = removed, block_moves
+
+    def removed(self, genome: Sequence[int]) -> list[int]:
+        return [i for i, o in enumerate(genome) if o == self.removed_offset]
+
+    def mutate(self, genome: Sequence[int], rng: random.Random, switches: int) -> list[int]:
+        child = list(genome)
+        for _ in range(switches):
+            if rng.random() < self.block_moves:
+                child = block_switch(child, self.low, self.high, self.removed_offset, rng)
+            else:
+                child = kept_level_switch(child, self.low, self.high, self.removed_offset, rng)
+        return child
+
+    def fitness(self, genome: Sequence[int], windows: int | None = None) -> float:
+        candidates, removed = self.candidates, set(self.removed(genome))
+        candidates.apply([candidates.applied[i] if i in removed else s  # a removed block's weights are not run
+                          for i, s in enumerate(self.sparsities(genome))])
+        flags = [int(i not in removed) for i in range(len(genome))]
+        return _without_blocks(candidates.adapter, list(candidates.adapter.layers), flags, candidates.kl, windows)
 
 
 class DepthSpace:

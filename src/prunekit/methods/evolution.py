@@ -49,6 +49,42 @@ def level_switch(offsets: Sequence[int], low: int, high: int, rng: random.Random
     return child
 
 
+def kept_level_switch(offsets: Sequence[int], low: int, high: int, removed: int, rng: random.Random,
+                      switches: int = 1) -> list[int]:
+    """level_switch among the layers not at `removed` (the offset of a removed block); those stay as they are."""
+    kept = [i for i, o in enumerate(offsets) if o != removed]
+    child = list(offsets)
+    for i, o in zip(kept, level_switch([offsets[i] for i in kept], low, high, rng, switches), strict=True):
+        child[i] = o
+    return child
+
+
+def block_switch(offsets: Sequence[int], low: int, high: int, removed: int, rng: random.Random) -> list[int]:
+    """A child of `offsets` with one block removed or one restored, the sum unchanged. `removed` is the offset of a
+    layer at sparsity 1 (its block removed: (1 - base) / step steps, an integer); kept layers lie in [low, high].
+    Removing a kept layer frees `removed - o` steps, taken one at a time from random other kept layers above `low`;
+    restoring a removed one puts it at a random level in [low, high] and gives the steps that costs, one at a time,
+    to random kept layers below `high`. Unchanged when the other layers have no room (or one layer would be left)."""
+    child = list(offsets)
+    kept = [i for i, o in enumerate(child) if o != removed]
+    gone = [i for i, o in enumerate(child) if o == removed]
+    restore = bool(gone) and (len(kept) < 2 or rng.random() < 0.5)
+    if not restore and len(kept) < 2:
+        return child
+    layer = rng.choice(gone if restore else kept)
+    level = rng.randint(low, high) if restore else removed
+    others = [i for i in kept if i != layer]
+    moves = abs(removed - (level if restore else child[layer]))
+    room = sum(high - child[i] if restore else child[i] - low for i in others)
+    if moves > room:
+        return list(offsets)
+    child[layer] = level
+    for _ in range(moves):
+        open_ = [i for i in others if (child[i] < high if restore else child[i] > low)]
+        child[rng.choice(open_)] += 1 if restore else -1
+    return child
+
+
 def reference_log_probs(logits: torch.Tensor) -> torch.Tensor:
     """The dense model's next-token log-probabilities, kept in bfloat16 (half the memory; the KL is computed in
     float32 from them)."""

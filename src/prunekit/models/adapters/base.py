@@ -131,6 +131,22 @@ class ModelAdapter:
         return int(getattr(self.config, field)) if field else self.num_heads
 
     @property
+    def grouped_query(self) -> bool:
+        """Fewer key/value heads than query heads (GQA): query heads go a key/value group's worth at a time (the
+        width part "heads", keys and values kept); otherwise whole heads with their keys and values ("kv-heads")."""
+        return self.num_kv_heads < self.num_heads
+
+    @property
+    def head_part(self) -> str:
+        """The width stage's part that removes query heads from this attention."""
+        return "heads" if self.grouped_query else "kv-heads"
+
+    @property
+    def head_unit(self) -> int:
+        """Query heads removed at a time: one from each key/value group (GQA), or one."""
+        return self.num_kv_heads if self.grouped_query else 1
+
+    @property
     def head_dim(self) -> int:
         return self.sizes().head_dim
 
