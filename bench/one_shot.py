@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/one_shot.py [--model smollm2-135m] [--methods wanda,ria,...] [--sparsities 0.5,0.6,0.7,2:4]
         [--calib-samples 128] [--calib-seq-len 512] [--ppl-samples 16] [--ppl-seq-len 1024] [--threads 1]
-        [--out bench/measured/one_shot_MODEL.json]
+        [--out bench/measured/one_shot_MODEL.json] [--table]
 
 Method names are the sweep's: a weight method with +dsnot (DSnoT refinement) and/or +permute (channel permutation,
 N:M points only). Every configuration runs in its own child process (a fresh load of the dense model, the same
@@ -124,6 +124,52 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _perplexities(rows: list[dict]) -> dict[tuple[str, str], float]:
+    return {(r["method"], r["target"]): r["perplexity"] for r in rows if "error" not in r and r["method"] != "dense"}
+
+
+def _targets(rows: list[dict]) -> list[str]:
+    found = {r["target"] for r in rows if r["method"] != "dense"}
+    return sorted((t for t in found if ":" not in t), key=float) + sorted(t for t in found if ":" in t)
+
+
+def grid(rows: list[dict]) -> str:
+    """Perplexity by method (rows, in METHODS order) and target (columns); the best of each column in bold."""
+    ppl, targets = _perplexities(rows), _targets(rows)
+    best = {t: min((v for (_, tt), v in ppl.items() if tt == t), default=None) for t in targets}
+    lines = ["| method | " + " | ".join(targets) + " |", "|---|" + "---:|" * len(targets)]
+    for method in [m for m in METHODS if any(k[0] == m for k in ppl)]:
+        cells = [("**{:.2f}**" if ppl[(method, t)] == best[t] else "{:.2f}").format(ppl[(method, t)])
+                 if (method, t) in ppl else "-" for t in targets]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def directions(rows: list[dict]) -> list[str]:
+    """The papers' expected directions, each checked where both sides were measured: RIA <= Wanda, permutation
+    improves RIA at N:M, DSnoT improves its base at 60-70%, ALPS best at 70%."""
+    ppl, out = _perplexities(rows), []
+
+    def check(claim: str, a: tuple[str, str], b: tuple[str, str]) -> None:
+        if a in ppl and b in ppl:
+            verdict = "holds" if ppl[a] <= ppl[b] else "does not hold"
+            out.append(f"{claim}: {ppl[a]:.2f} vs {ppl[b]:.2f}, {verdict}")
+
+    for target in _targets(rows):
+        check(f"RIA <= Wanda at {target}", ("ria", target), ("wanda", target))
+        if ":" in target:
+            check(f"permutation improves RIA at {target}", ("ria+permute", target), ("ria", target))
+        elif float(target) >= 0.6:
+            for base in ("wanda", "sparsegpt"):
+                check(f"DSnoT improves {base} at {target}", (f"{base}+dsnot", target), (base, target))
+    at70 = {m: v for (m, t), v in ppl.items() if t in ("0.7", "0.70")}
+    if "alps" in at70 and len(at70) > 1:
+        winner = min(at70, key=at70.__getitem__)
+        out.append(f"ALPS best at 70%: best is {winner} ({at70[winner]:.2f}), "
+                   + ("holds" if winner == "alps" else "does not hold"))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2-135m")
@@ -135,6 +181,7 @@ def main() -> None:
     parser.add_argument("--ppl-seq-len", type=int, default=1024)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="[default: bench/measured/one_shot_MODEL.json]")
+    parser.add_argument("--table", action="store_true", help="print the tables of what --out holds; run nothing")
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "TARGET"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -153,7 +200,7 @@ def main() -> None:
     methods = [m.strip().lower() for m in args.methods.split(",") if m.strip()]
     targets = [t.strip() for t in args.sparsities.split(",") if t.strip()]
     jobs = [("dense", "-")] + [(m, t) for m in methods for t in targets if ":" in t or not m.endswith("+permute")]
-    for label, target in jobs:
+    for label, target in [] if args.table else jobs:
         if f"{label}@{target}" in done:
             continue
         print(f"{label} @ {target} ...", flush=True)
@@ -168,7 +215,13 @@ def main() -> None:
     print(f"\n{args.model}: calibration {args.calib_samples} x {args.calib_seq_len}, perplexity on "
           f"{args.ppl_samples} x {args.ppl_seq_len} held-out tokens, {args.threads} thread(s)\n")
     print(table(document["rows"]))
-    print(f"\nwrote {out}")
+    print("\nperplexity by method and target (best in bold):\n")
+    print(grid(document["rows"]))
+    print("\nthe papers' expected directions:")
+    for line in directions(document["rows"]):
+        print("  " + line)
+    if not args.table:
+        print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
