@@ -657,7 +657,7 @@ CHOICES: dict[str, list[str]] = {
     "--target": ["params=0.7", "params=0.001", "params=1", "decode=1.3", "prefill=1.2x", "decode=0.5", "params",
                  "bogus=1", "params=x", "memory=1GB"],
     "--space": ["sparsity", "depth", "DEPTH", "width", "depth,width", "width,depth,", "depth,bogus",
-                "heads,depth", "depth,heads,width", "sparsity,depth", "depth,sparsity,width"],
+                "heads,depth", "depth,heads,width", "sparsity,depth", "depth,sparsity,width", "heads,sparsity"],
     "--width-method": ["wanda-sp", "flap", "activation", "taylor", "wanda", "bogus"],
     "--recover": ["lora", "distill", "bogus"],
     "--part": ["mlp", "heads", "kv-heads", "blocks", "bogus"],

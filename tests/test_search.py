@@ -178,9 +178,10 @@ def test_weight_levels_are_the_engine_sparsegpt_on_dense_inputs():
         candidates.apply([0.45, 0.0])
 
 
-def _sensitive_model_dir(tmp_path, tokenizer):
+def _sensitive_model_dir(tmp_path, tokenizer, dead_channels: int = 0):
     """Four layers; the last three write almost nothing into the residual stream, so pruning them costs little and
-    a search should move sparsity from the first layer to them."""
+    a search should move sparsity from the first layer to them. `dead_channels`: the last that many MLP channels of
+    every block write almost nothing either (a narrower MLP is then nearly free)."""
     config = CONFIGS["llama"]()
     config.num_hidden_layers = 4
     config.pad_token_id = 0
@@ -192,7 +193,9 @@ def _sensitive_model_dir(tmp_path, tokenizer):
         for layer in model.model.layers[1:]:
             layer.self_attn.o_proj.weight.mul_(0.02)
             layer.mlp.down_proj.weight.mul_(0.02)
-    path = tmp_path / "sensitive"
+        for layer in model.model.layers if dead_channels else ():
+            layer.mlp.down_proj.weight[:, -dead_channels:].mul_(1e-3)
+    path = tmp_path / (f"dead-{dead_channels}" if dead_channels else "sensitive")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
@@ -305,6 +308,71 @@ def test_depth_sparsity_search_removes_a_block_that_writes_little(searched, tmp_
     assert_recipe_reproduces(out, tmp_path / "again", capsys, monkeypatch)
 
 
+def test_width_sparsity_search_narrows_the_mlp_where_channels_are_dead(searched, tokenizer, tmp_path, capsys,
+                                                                     monkeypatch):
+    """--space sparsity,width on a model whose last 48 of 128 MLP channels write almost nothing: every width level
+    meets the budget with its own uniform sparsity, narrowing beats uniform sparsity at full width, the search starts
+    from the best level and beats it, and the checkpoint is a stock narrower model with the parameters counted and a
+    recipe that reproduces it."""
+    from transformers import AutoModelForCausalLM
+
+    _, text, _ = searched
+    model_dir = _sensitive_model_dir(tmp_path, tokenizer, dead_channels=48)
+    out = tmp_path / "sw"
+    args = _search_args(model_dir, text, out, "--generations", "8", "--space", "width,sparsity", "--step", "0.05")
+    args[args.index("--target") + 1] = "params=0.55"
+    code, stdout, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+    result = json.loads((out / "search.json").read_text())
+    assert result["space"] == "sparsity,width"
+    width, dense = result["width"], result["parameters"]["dense"]
+    levels = width["levels"]
+    assert [lv["channels"] for lv in levels] == [128, 112, 96, 88, 72, 64]  # every 10% in multiples of 8
+    assert all(lv["uniform_sparsity"] > 0 and "skipped" not in lv for lv in levels)
+    assert all(lv["parameters_kept"] / dense == pytest.approx(0.55, abs=0.005) for lv in levels)  # row rounding
+    sparsities = [lv["uniform_sparsity"] for lv in levels]
+    assert sparsities == sorted(sparsities, reverse=True)  # narrower: fewer zeros needed
+    full, best = levels[0], min(levels, key=lambda lv: lv["fitness_pruned"])
+    assert best["channels"] < 128 and best["fitness_pruned"] < full["fitness_pruned"]
+    assert width["searched"] == best["channels"] and result["baseline"] == best["name"]
+    assert [b["kind"] for b in result["baselines"]] == ["sparsity"] + ["width+sparsity"] * 5
+    assert result["uniform_sparsity"] == best["uniform_sparsity"]
+    chosen = result["layer_sparsity"]
+    assert sum(chosen) / len(chosen) == pytest.approx(best["uniform_sparsity"])
+    fitness = result["fitness"]
+    assert fitness["searched_search"] < fitness["baseline_search"]
+    assert fitness["searched_pruned"] < fitness["baseline_pruned"] == best["fitness_pruned"]
+    saved = AutoModelForCausalLM.from_pretrained(out)
+    assert saved.config.intermediate_size == width["searched"]
+    assert sum(int(p.count_nonzero()) for p in saved.parameters()) == result["parameters"]["searched_kept"]
+    assert result["parameters"]["searched_kept"] / dense == pytest.approx(0.55, abs=0.005)
+    assert "MLP channels kept" in stdout and "layer sparsity" in stdout and "uniform MLP width" in stdout
+    assert_recipe_reproduces(out, tmp_path / "again", capsys, monkeypatch)
+
+
+def test_every_part_at_once_is_a_stock_model_the_recipe_reproduces(searched, tmp_path, capsys, monkeypatch):
+    """--space depth,heads,sparsity,width: every (width, heads) level is tried, the blocks the search removes and the
+    heads and channels it keeps are the saved model's, and the budget holds."""
+    from transformers import AutoModelForCausalLM
+
+    result, stdout = _search_with_target(searched, tmp_path / "all", "params=0.45", capsys, monkeypatch, "--space",
+                                         "width,sparsity,heads,depth", "--max-sparsity", "0.7", "--generations", "4",
+                                         "--no-ppl")
+    width, blocks = result["width"], result["blocks"]
+    assert {(lv["channels"], lv["heads"]) for lv in width["levels"]} == {(c, h) for c in (128, 112, 96, 88, 72, 64)
+                                                                          for h in (4, 2)}
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "all")
+    assert saved.config.intermediate_size == width["searched"]
+    assert saved.config.num_attention_heads == width["searched_heads"]
+    assert saved.config.num_hidden_layers == 4 - blocks["removed"]
+    assert [s == 1.0 for s in result["layer_sparsity"]] == [i in blocks["searched"] for i in range(4)]
+    assert sum(int(p.count_nonzero()) for p in saved.parameters()) == result["parameters"]["searched_kept"]
+    assert result["parameters"]["searched_kept"] <= 0.45 * result["parameters"]["dense"] * 1.01
+    assert result["fitness"]["searched_search"] <= result["fitness"]["baseline_search"]
+    assert "heads kept" in stdout
+    assert_recipe_reproduces(tmp_path / "all", tmp_path / "again", capsys, monkeypatch)
+
+
 def test_pareto_front_keeps_the_points_nothing_beats():
     from prunekit.search import front_targets, pareto_front
 
@@ -389,6 +457,8 @@ def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeyp
     (["--target", "params=0.7", "--method", "nosuch"], "unknown method"),
     (["--target", "params=0.7", "--step", "0"], "step"),
     (["--target", "decode=1.3x", "--space", "depth,sparsity"], "needs structure"),
+    (["--target", "decode=1.3x", "--space", "sparsity,width"], "needs structure"),
+    (["--target", "params=0.7", "--space", "width,sparsity", "--min-width", "1"], "min width"),
     (["--target", "memory=1MB", "--space", "sparsity,depth"], "needs structure"),
     (["--target", "params=0.7", "--recover", "bogus"], "unknown recovery method"),
     (["--target", "params=0.7", "--max-sparsity", "1"], "max sparsity"),

@@ -4,6 +4,9 @@ these spaces, with the least KL divergence from the dense model on held-out cali
 - sparsity: one sparsity per decoder layer, for a parameter budget (params=F);
 - depth,sparsity: the same, where a layer may also be removed (its block dropped, the budget it frees spread over
   the other layers as lower sparsity);
+- sparsity,width / heads,sparsity / heads,sparsity,width (each also with depth): one MLP width and / or number of
+  query heads for every block first, then the sparsity per layer on what is left: every width level is pruned
+  uniformly to the budget, and the search refines the best of them;
 - depth: which decoder blocks to remove, for a parameter budget or a speed-up on this machine (decode=X,
   prefill=X), with a latency cost model measured on the model itself (engine/latency.py);
 - depth,width / depth,heads / depth,heads,width: which blocks, with one MLP width and / or one number of query
@@ -11,8 +14,8 @@ these spaces, with the least KL divergence from the dense model on held-out cali
 
 The chosen model is pruned through the engine and saved with a recipe that reproduces it (`prunekit prune --recipe
 OUT/recipe.yaml`), next to the baseline of the same cost it must beat: the uniform sparsity, ShortGPT's block
-influence with as many blocks removed, or the uniform widths. A latency target is then checked with `prunekit
-bench`'s measurement.
+influence with as many blocks removed, or the uniform widths (with the uniform sparsity that meets the budget). A
+latency target is then checked with `prunekit bench`'s measurement.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from prunekit.engine.search import (
     Candidates,
     DepthSpace,
     EvolutionSettings,
+    KLFitness,
     ScoreLevels,
     SearchState,
     SparsityDepthSpace,
@@ -67,6 +71,7 @@ from prunekit.eval.speed import SpeedConfig, benchmark_models
 from prunekit.methods import get_method
 from prunekit.methods.cost import blocks_for_params, blocks_for_speedup, blocks_within, max_speedup
 from prunekit.methods.evolution import layer_sparsities, offset_bounds
+from prunekit.methods.registry import MethodSpec
 from prunekit.models import surgery
 from prunekit.models.adapters import adapter_for
 from prunekit.models.adapters.base import ModelAdapter
@@ -83,7 +88,10 @@ from prunekit.text.tokens import held_out_windows, token_stream
 SEARCH_FILE = "search.json"
 FRONT_FILE = "front.json"  # a search over several budgets: one search output per budget next to it
 MAX_SWITCHES = 64  # more mutations per child than this is a random restart, not a search step
-SPACES = ("sparsity", "depth,sparsity", "depth", "depth,width", "depth,heads", "depth,heads,width")
+# the parts, sorted: sparsity spaces (a parameter budget), each with the blocks and / or widths too; then the structured
+SPACES = ("sparsity", "depth,sparsity", "sparsity,width", "heads,sparsity", "heads,sparsity,width",
+          "depth,sparsity,width", "depth,heads,sparsity", "depth,heads,sparsity,width",
+          "depth", "depth,width", "depth,heads", "depth,heads,width")
 WIDTH_PROBES = (0.75, 0.5)  # MLP widths the latency plane is timed at, with every block
 HEAD_PROBES = (0.75, 0.5)  # fractions of the query heads it is timed at (rounded to what can be kept)
 CHANNEL_MULTIPLE = 8  # width levels keep a multiple of this many MLP channels (when the MLP has 64 or more)
@@ -216,11 +224,12 @@ class _Setup:
     def model(self) -> torch.nn.Module:
         return self.loaded.model
 
-    def perplexity(self, label: str) -> PerplexityResult | None:
+    def perplexity(self, label: str, model: torch.nn.Module | None = None) -> PerplexityResult | None:
+        """Of `model` (default: the model being searched) on the evaluation text; None without one."""
         if self.config.evaluation is None:
             return None
-        return evaluate(self.model, self.loaded.tokenizer, self.config.evaluation, f"{label} perplexity",
-                        windows=self.eval_windows)
+        return evaluate(self.model if model is None else model, self.loaded.tokenizer, self.config.evaluation,
+                        f"{label} perplexity", windows=self.eval_windows)
 
     def search(self, space: SparsitySpace | DepthSpace, key: str, describe: str) -> SearchState:
         """The evolutionary loop with a progress bar, resumed from (and saved to) the cache's state for `key`."""
@@ -266,10 +275,12 @@ def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict
     adapter = adapter_for(model)
     device = resolve_device(config.device)
     parameters = count_parameters(model)
+    parts = set(space.split(","))
     if method is not None:
         check_searchable(method, adapter)
         base = uniform_sparsity(parameters, len(adapter.layers), layer_numel(adapter, 0), target.value,
                                 config.settings.max_sparsity)
+        widths = sparsity_width_levels(config, adapter) if parts & {"width", "heads"} else None
     elif len(adapter.layers) < 2:
         raise PrunekitError(f"the model has {len(adapter.layers)} decoder block: depth search needs at least two")
     elif space == "depth":
@@ -280,8 +291,10 @@ def run_search(config: SearchConfig, out: Path, overwrite: bool = False) -> dict
                    calibration_data(model, tokenizer, config.calibration, config.seed),
                    held_out_data(model, tokenizer, config.calibration, config.fitness_samples, config.seed),
                    evaluation_data(model, tokenizer, config.evaluation) if config.evaluation else None, device)
-    if method is not None:
-        stages, result, search = _search_sparsity(setup, method.name, base, removable=space == "depth,sparsity")
+    if method is not None and widths:
+        stages, result, search = _search_width_sparsity(setup, method.name, widths, removable="depth" in parts)
+    elif method is not None:
+        stages, result, search = _search_sparsity(setup, method.name, base, removable="depth" in parts)
     elif space == "depth":
         stages, result, search = _search_depth(setup, keep, cost)
     else:
@@ -404,17 +417,17 @@ def _recover(config: SearchConfig, chosen: Path, out: Path, overwrite: bool) -> 
             "perplexity": {k: v["perplexity"] for k, v in report["perplexity"].items()}}
 
 
-def _search_sparsity(setup: _Setup, method_name: str, base: float, removable: bool = False
-                     ) -> tuple[list[StageConfig | StructuredStageConfig], Any, dict]:
-    """One sparsity per layer against the uniform `base`; `removable`: a layer may also be removed (depth,sparsity),
-    with the step shrunk to the nearest that puts sparsity 1 on the grid, so a removal moves whole steps."""
-    config, adapter, model = setup.config, setup.adapter, setup.model
-    method = get_method(method_name)
+def _evolve_sparsity(setup: _Setup, adapter: ModelAdapter, method: MethodSpec, base: float, removable: bool,
+                     reference: KLFitness | None = None, *key: object
+                     ) -> tuple[Candidates, SparsitySpace, SearchState, list[int], list[float]]:
+    """The search over one sparsity per layer of `adapter`'s model against the uniform `base`; `removable`: a layer
+    may also be removed, with the step shrunk to the nearest that puts sparsity 1 on the grid, so a removal moves
+    whole steps. `reference`: the dense model's fitness, when `adapter`'s model is a narrowed copy. Returns the
+    candidates (their model left as the search last applied it), the space, the final state, the blocks removed and
+    the sparsity of every layer (1.0: removed)."""
+    config, settings = setup.config, setup.config.settings
     options = PruneStage(method=method.name, sparsity=0.5).options
     layers = len(adapter.layers)
-    model.to(setup.device)
-    dense_ppl = setup.perplexity("dense")
-    settings = config.settings
     max_steps = settings.max_steps
     if method.updates_weights and max_steps is None:
         max_steps = WEIGHT_LEVEL_STEPS
@@ -434,14 +447,48 @@ def _search_sparsity(setup: _Setup, method_name: str, base: float, removable: bo
             task = bar.add_task(f"{method.name} scores of the dense model", total=layers)
             levels = ScoreLevels(dense_scores(adapter, setup.windows, method, options, setup.device, batch,
                                               on_layer))
-    candidates = Candidates(adapter, levels, setup.held, setup.device)
-    setup.seconds["scores"] = round(time.perf_counter() - t0, 2)
+    candidates = Candidates(adapter, levels, setup.held, setup.device, reference)
+    setup.seconds["scores"] = round(setup.seconds.get("scores", 0.0) + time.perf_counter() - t0, 2)
     space = SparsityDepthSpace(candidates, base, step, low, high, round((1.0 - base) / step)) if removable else \
         SparsitySpace(candidates, base, step, low, high)
-    key = setup.key(method.name, options, round(base, 12), max_steps, *(["removable"] if removable else []))
-    state = setup.search(space, key, "uniform")
+    state = setup.search(space, setup.key(method.name, options, round(base, 12), max_steps,
+                                          *(["removable"] if removable else []), *key), "uniform")
     removed = space.removed(state.genome) if isinstance(space, SparsityDepthSpace) else []
     chosen = [1.0 if i in removed else s for i, s in enumerate(space.sparsities(state.genome))]
+    return candidates, space, state, removed, chosen
+
+
+def _sparsity_stages(method: MethodSpec, chosen: list[float], removed: list[int]
+                     ) -> list[StageConfig | StructuredStageConfig]:
+    """The blocks first, so the weight stage prunes the kept layers (re-indexed) on their own inputs."""
+    stages: list[StageConfig | StructuredStageConfig] = [StructuredStageConfig(method="block-list", blocks=removed)
+                                                         ] if removed else []
+    stages.append(StageConfig(method=method.name, layer_sparsity=[s for i, s in enumerate(chosen)
+                                                                  if i not in removed]))
+    return stages
+
+
+def _sparsity_fields(method: MethodSpec, space: SparsitySpace, chosen: list[float], removed: list[int],
+                     removable: bool) -> dict:
+    """What search.json says of a sparsity search's allocation."""
+    blocks = {"blocks": {"total": len(chosen), "removed": len(removed), "searched": removed}} if removable else {}
+    return {
+        "levels": {"lowest": space.levels[0], "highest": space.levels[-1], "count": len(space.levels),
+                   "from": "weights pruned per level" if method.updates_weights else "one score table"},
+        "layer_sparsity": chosen,  # 1.0: the block removed
+        "step": space.step,
+        **blocks,
+    }
+
+
+def _search_sparsity(setup: _Setup, method_name: str, base: float, removable: bool = False
+                     ) -> tuple[list[StageConfig | StructuredStageConfig], Any, dict]:
+    """One sparsity per layer against the uniform `base` (and, `removable`, which layers to remove)."""
+    config, model = setup.config, setup.model
+    method = get_method(method_name)
+    model.to(setup.device)
+    dense_ppl = setup.perplexity("dense")
+    candidates, space, state, removed, chosen = _evolve_sparsity(setup, setup.adapter, method, base, removable)
 
     def pruned(stages: list[StageConfig | StructuredStageConfig], label: str
                ) -> tuple[Any, float, PerplexityResult | None]:
@@ -454,29 +501,117 @@ def _search_sparsity(setup: _Setup, method_name: str, base: float, removable: bo
     t0 = time.perf_counter()
     _, uniform_kl, uniform_ppl = pruned([StageConfig(method=method.name, sparsity=base)], "uniform")
     uniform_kept = setup.parameters - count_zeros(model)
-    # the blocks go first, so the weight stage prunes the kept layers (re-indexed) on their own inputs
-    stages: list[StageConfig | StructuredStageConfig] = [StructuredStageConfig(method="block-list", blocks=removed)
-                                                         ] if removed else []
-    stages.append(StageConfig(method=method.name, layer_sparsity=[s for i, s in enumerate(chosen)
-                                                                  if i not in removed]))
+    stages = _sparsity_stages(method, chosen, removed)
     result, searched_kl, searched_ppl = pruned(stages, "searched")
     setup.seconds["prune_and_evaluate"] = round(time.perf_counter() - t0, 2)
-    blocks = {"blocks": {"total": layers, "removed": len(removed), "searched": removed}} if removable else {}
     return stages, result, {
         "method": method.name,
         "baseline": f"uniform {method.name} {base:.4f}",
         "parameters": {"dense": setup.parameters, "baseline_kept": uniform_kept},
         "uniform_sparsity": base,
-        "levels": {"lowest": space.levels[0], "highest": space.levels[-1], "count": len(space.levels),
-                   "from": "weights pruned per level" if method.updates_weights else "one score table"},
-        "layer_sparsity": chosen,  # 1.0: the block removed
-        "step": step,
-        **blocks,
+        **_sparsity_fields(method, space, chosen, removed, removable),
         # "search": the allocation applied from the dense model's scores, as the search saw it; "pruned": the
         # model the engine prunes with it (each layer's statistics on the already-pruned layers before it)
         "fitness": {"baseline_search": state.start_fitness, "searched_search": state.fitness,
                     "baseline_pruned": uniform_kl, "searched_pruned": searched_kl},
         **_outcome(state, dense_ppl, uniform_ppl, searched_ppl),
+    }
+
+
+def sparsity_width_levels(config: SearchConfig, adapter: ModelAdapter) -> list[tuple[int, int]]:
+    """The widths a sparsity,width / heads,sparsity(,width) search tries, as (MLP channels, query heads), widest
+    first: every --width-step of each part searched down to --min-width / --min-heads, and every combination."""
+    parts = set(config.resolved_space.split(","))
+    channels, heads = full_widths(adapter)
+    _check_narrowing(config, adapter, parts)
+    mlp = _grid(channels, config.width_step, config.min_width, lambda f: _channels(channels, f), None) \
+        if "width" in parts else {channels}
+    head = _grid(heads, config.width_step, config.min_heads, lambda f: _head_count(heads, adapter.head_unit, f),
+                 None) if "heads" in parts else {heads}
+    return sorted(((c, h) for c in mlp for h in head), reverse=True)
+
+
+def _search_width_sparsity(setup: _Setup, method_name: str, levels: list[tuple[int, int]], removable: bool
+                           ) -> tuple[list[StageConfig | StructuredStageConfig], Any, dict]:
+    """One MLP width / number of query heads for every block, then one sparsity per layer (and, `removable`, which
+    layers to remove): each width level is narrowed by the engine, counted, and pruned uniformly to the sparsity
+    that meets the budget (the uniform recipes, the full width among them); the sparsity search then runs on the
+    width of the best of them, against the dense model throughout."""
+    config, adapter, model = setup.config, setup.adapter, setup.model
+    method = get_method(method_name)
+    (channels, heads), layers = full_widths(adapter), len(adapter.layers)
+    model.to(setup.device)
+    dense_ppl = setup.perplexity("dense")
+    reference = KLFitness(model, setup.held, setup.device)
+    goal = config.parsed_target.value * setup.parameters
+    calibrated = {"calibration": setup.windows, "seed": config.seed, "device": config.device,
+                  "batch_size": config.calibration.batch_size, "progress": False}
+    t0 = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    best_model: torch.nn.Module | None = None
+    with progress_bar() as bar:
+        task = bar.add_task(f"{config.width_method} width levels, each with uniform {method.name}", total=len(levels))
+        for c, h in levels:
+            narrowed = copy.deepcopy(model)
+            if width := _width_stages(config, adapter, c, h):
+                prune(narrowed, stages=width, **calibrated)
+            base = (count_parameters(narrowed) - goal) / (layers * layer_numel(adapter_for(narrowed), 0))
+            narrowing = _recipe_name(WidthLevel(c, [], layers, h), layers, channels, heads)
+            row: dict[str, Any] = {"channels": c, "heads": h, "uniform_sparsity": base,
+                                   "name": f"{narrowing}, {method.name} {base:.4f}" if width else
+                                   f"uniform {method.name} {base:.4f}"}
+            if base <= 0 or base > config.settings.max_sparsity:
+                row["skipped"] = ("the width alone meets the budget (--space depth,width searches that)" if base <= 0
+                                  else f"needs sparsity {base:.4f}, above --max-sparsity")
+            else:
+                trial = copy.deepcopy(narrowed)
+                prune(trial, stages=[StageConfig(method=method.name, sparsity=base)], **calibrated)
+                row["fitness_pruned"] = reference.of(trial)()
+                row["parameters_kept"] = count_parameters(trial) - count_zeros(trial)
+                row["_ppl"] = setup.perplexity(row["name"], trial) if not width else None
+                del trial
+                if best is None or row["fitness_pruned"] < best["fitness_pruned"]:
+                    best, best_model = row, narrowed
+            del narrowed
+            rows.append(row)
+            bar.advance(task)
+    setup.seconds["scores"] = round(time.perf_counter() - t0, 2)
+    assert best is not None and best_model is not None  # the full width meets the budget (checked before)
+    candidates, space, state, removed, chosen = _evolve_sparsity(
+        setup, adapter_for(best_model), method, best["uniform_sparsity"], removable, reference,
+        best["channels"], best["heads"], config.width_method)
+    t0 = time.perf_counter()
+    if best["_ppl"] is None and config.evaluation is not None:  # the best uniform recipe narrows: its perplexity
+        candidates.restore()
+        prune(best_model, stages=[StageConfig(method=method.name, sparsity=best["uniform_sparsity"])], **calibrated)
+        best["_ppl"] = setup.perplexity(best["name"], best_model)
+    del candidates, best_model
+    stages: list[StageConfig | StructuredStageConfig] = [*_width_stages(config, adapter, best["channels"],
+                                                                        best["heads"])]
+    stages += _sparsity_stages(method, chosen, removed)
+    result = prune(model, stages=stages, calibration=setup.windows, seed=config.seed, device=config.device,
+                   batch_size=config.calibration.batch_size)
+    model.to(setup.device)
+    searched_kl, searched_ppl = reference(), setup.perplexity("searched")
+    setup.seconds["prune_and_evaluate"] = round(time.perf_counter() - t0, 2)
+    baselines = [{"name": r["name"], "kind": "sparsity" if (r["channels"], r["heads"]) == (channels, heads) else
+                  "width+sparsity", "fitness_search": None, "fitness_pruned": r["fitness_pruned"],
+                  "perplexity": r["_ppl"].perplexity if r.get("_ppl") else None,
+                  "parameters_kept": r["parameters_kept"]} for r in rows if "skipped" not in r]
+    return stages, result, {
+        "method": method.name,
+        "baseline": best["name"],
+        "baselines": baselines,
+        "parameters": {"dense": setup.parameters, "baseline_kept": best["parameters_kept"]},
+        "uniform_sparsity": best["uniform_sparsity"],
+        **_sparsity_fields(method, space, chosen, removed, removable),
+        "width": {"method": config.width_method, "channels": channels, "searched": best["channels"],
+                  "heads": heads, "searched_heads": best["heads"],
+                  "levels": [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]},
+        "fitness": {"baseline_search": state.start_fitness, "searched_search": state.fitness,
+                    "baseline_pruned": best["fitness_pruned"], "searched_pruned": searched_kl},
+        **_outcome(state, dense_ppl, best["_ppl"], searched_ppl),
     }
 
 
@@ -598,6 +733,21 @@ def _grid(total: int, step: float, least: float, size: Callable[[float], int], u
     return grid if uniform is None else {c for c in grid if c > uniform} | {uniform}
 
 
+def _head_count(heads: int, unit: int, fraction: float) -> int:
+    """`fraction` of `heads` in whole units, rounded up: never fewer heads than --min-heads asks."""
+    return max(unit, math.ceil(heads * fraction / unit - 1e-9) * unit)
+
+
+def _check_narrowing(config: SearchConfig, adapter: ModelAdapter, parts: set[str]) -> None:
+    """One-line errors for a width or heads part the model cannot take."""
+    if "width" in parts and not full_widths(adapter)[0]:
+        raise PrunekitError(f"--space {config.resolved_space} narrows dense MLPs; this model's MLPs are routed "
+                            "experts: use --space depth or depth,heads, or prune experts with an expert method "
+                            "(prunekit prune --method reap)")
+    if "heads" in parts and adapter.heads_refusal:
+        raise PrunekitError(adapter.heads_refusal)
+
+
 def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, target: Target,
                  device: torch.device) -> tuple[list[tuple[int, int, int]], dict[str, Any]]:
     """The width levels of a depth,width / depth,heads / depth,heads,width search as (MLP channels, query heads,
@@ -608,16 +758,11 @@ def width_levels(config: SearchConfig, adapter: ModelAdapter, parameters: int, t
     when no level meets the target."""
     parts = set(config.resolved_space.split(",")) - {"depth"}
     total, (channels, heads) = len(adapter.layers), full_widths(adapter)
-    if "width" in parts and not channels:
-        raise PrunekitError(f"--space {config.resolved_space} narrows dense MLPs; this model's MLPs are routed "
-                            "experts: use --space depth or depth,heads, or prune experts with an expert method "
-                            "(prunekit prune --method reap)")
-    if "heads" in parts and adapter.heads_refusal:
-        raise PrunekitError(adapter.heads_refusal)
+    _check_narrowing(config, adapter, parts)
     unit = adapter.head_unit if "heads" in parts else heads
 
-    def head_count(fraction: float) -> int:  # rounded up: never fewer heads than --min-heads asks
-        return max(unit, math.ceil(heads * fraction / unit - 1e-9) * unit)
+    def head_count(fraction: float) -> int:
+        return _head_count(heads, unit, fraction)
 
     cost: dict[str, Any] = {}
     if target.key in ("params", "memory"):

@@ -35,7 +35,10 @@ def search(
                                               "depth,sparsity (the same, or the layer's block removed) | depth "
                                               "(which blocks to remove) | depth,width (which blocks, and "
                                               "one MLP width for all) | depth,heads (which blocks, and one number "
-                                              "of attention heads for all) | depth,heads,width (both).  "
+                                              "of attention heads for all) | depth,heads,width (both) | "
+                                              "sparsity,width, heads,sparsity, heads,sparsity,width (one width "
+                                              "and / or number of heads for all blocks, then one sparsity per "
+                                              "layer), each also with depth (depth,sparsity,width ...).  "
                                               "\\[default: sparsity for params, depth "
                                               "for memory and a speed-up]", show_default=False)] = None,
     method: Annotated[str, typer.Option(help="Sparsity spaces: how each layer is pruned: magnitude | wanda | ria "
@@ -123,6 +126,10 @@ def search(
 
       prunekit search smollm2-135m --target params=0.6 --space depth,sparsity --out out/search-60-ds
 
+    One MLP width for every block, then the sparsity per layer on what is left:
+
+      prunekit search smollm2-135m --target params=0.6 --space sparsity,width --out out/search-60-sw
+
       prunekit search smollm2-135m --target decode=1.3x --out out/search-decode
 
       prunekit search smollm2-135m --target decode=1.3x --space depth,width --out out/search-decode-dw
@@ -168,22 +175,26 @@ def search(
     for baseline in result.get("baselines") or [{
             "name": result["baseline"], "parameters_kept": kept["baseline_kept"], "perplexity": ppls["baseline"],
             "fitness_search": fitness["baseline_search"], "fitness_pruned": fitness["baseline_pruned"]}]:
-        table.add_row(baseline["name"], f"{baseline['parameters_kept']:,}", f"{baseline['fitness_search']:.5f}",
-                      f"{baseline['fitness_pruned']:.5f}", _number(baseline["perplexity"]))
+        searched_as = baseline["fitness_search"]  # None: a uniform recipe the search did not start from
+        table.add_row(baseline["name"], f"{baseline['parameters_kept']:,}",
+                      "-" if searched_as is None else f"{searched_as:.5f}", f"{baseline['fitness_pruned']:.5f}",
+                      _number(baseline["perplexity"]))
     table.add_row("searched", f"{kept['searched_kept']:,}", f"{fitness['searched_search']:.5f}",
                   f"{fitness['searched_pruned']:.5f}", _number(ppls["searched"]))
     stdout.print(table)
-    if "sparsity" in result["space"]:
+    sparsity = "sparsity" in result["space"]
+    if "width" in result:
+        width = result["width"]
+        heads = f"; heads kept: {width['searched_heads']} of {width['heads']}" if "heads" in result["space"] else ""
+        blocks = "" if sparsity else f"; blocks removed: {result['blocks']['searched'] or 'none'}"
+        stdout.print(f"MLP channels kept: {width['searched']} of {width['channels']} ({width['method']}){heads}"
+                     f"{blocks}")
+    if sparsity:
         stdout.print("layer sparsity: " + " ".join("removed" if s == 1 else f"{s:.2f}"
                                                    for s in result["layer_sparsity"]))
     elif result["space"] == "depth":
         blocks = result["blocks"]
         stdout.print(f"blocks removed: {blocks['searched']} (block influence: {blocks['baseline']})")
-    else:
-        width, blocks = result["width"], result["blocks"]
-        heads = f"; heads kept: {width['searched_heads']} of {width['heads']}" if "heads" in result["space"] else ""
-        stdout.print(f"MLP channels kept: {width['searched']} of {width['channels']} ({width['method']}){heads}; "
-                     f"blocks removed: {blocks['searched'] or 'none'}")
     cost = result.get("cost") or {}
     if "measured" in cost:
         kind = result["target"]["key"]

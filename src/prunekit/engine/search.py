@@ -13,6 +13,7 @@ plus one forward pass per fitness window.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import time
@@ -167,6 +168,12 @@ class KLFitness:
     def _logits(self, window: torch.Tensor) -> torch.Tensor:
         return self.model(window.unsqueeze(0).to(self.device), use_cache=False).logits[0]
 
+    def of(self, model: torch.nn.Module) -> KLFitness:
+        """The same dense reference, measured on `model` (a copy pruned another way)."""
+        other = copy.copy(self)
+        other.model = model
+        return other
+
     def __call__(self, windows: int | None = None) -> float:
         """Over the first `windows` windows (all by default)."""
         count = len(self.windows) if windows is None else min(windows, len(self.windows))
@@ -179,13 +186,14 @@ class Candidates:
     fitness (KLFitness)."""
 
     def __init__(self, adapter: ModelAdapter, levels: ScoreLevels | WeightLevels, windows: torch.Tensor,
-                 device: torch.device) -> None:
+                 device: torch.device, reference: KLFitness | None = None) -> None:
         self.adapter, self.levels = adapter, levels
         self.linears = {f"{i}.{n}": lin for i, layer in enumerate(adapter.layers)
                         for n, lin in adapter.linears(layer).items() if f"{i}.{n}" in levels}
         self.dense = {key: weight_matrix(lin).detach().clone() for key, lin in self.linears.items()}
         self.applied = [0.0] * len(adapter.layers)
-        self.kl = KLFitness(adapter.model, windows, device)
+        # `reference`: the dense model's, when this model is already narrowed (the fitness is always to the dense)
+        self.kl = reference.of(adapter.model) if reference else KLFitness(adapter.model, windows, device)
 
     @torch.no_grad()
     def apply(self, sparsities: list[float]) -> None:
