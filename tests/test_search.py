@@ -36,6 +36,7 @@ from prunekit.methods.evolution import (
     kl_sum,
     layer_sparsities,
     level_switch,
+    nm_allocation,
     offset_bounds,
     reference_log_probs,
 )
@@ -128,20 +129,60 @@ def test_layer_sparsity_needs_one_entry_per_layer():
               progress=False)
 
 
-@pytest.mark.parametrize("method", ["magnitude", "wanda"])
-def test_candidates_equal_the_engine_on_dense_inputs(method):
+def test_layer_pattern_gives_each_layer_its_own_nm_pattern():
+    """layer_pattern: layer 0 keeps 1 of every 4 weights, layer 1 stays dense (untouched); the stage's sparsity is
+    their mean."""
+    model = tiny_model("llama")
+    dense = {k: v.clone() for k, v in model.state_dict().items()}
+    prune(model, stages=[{"method": "wanda", "layer_pattern": ["1:4", "dense"]}],
+          calibration=torch.randint(0, model.config.vocab_size, (2, 16)), progress=False)
+    for name, value in model.state_dict().items():
+        if name.startswith("model.layers.1.") or not name.endswith("proj.weight"):
+            assert torch.equal(value, dense[name]), name
+        elif name.startswith("model.layers.0."):
+            groups = (value != 0).reshape(value.shape[0], -1, 4).sum(-1)
+            assert bool((groups == 1).all()), name
+    assert StageConfig(method="wanda", layer_pattern=["1:4", "dense"]).sparsity == pytest.approx(0.375)
+
+
+def test_nm_allocation_is_the_nearest_to_uniform():
+    assert nm_allocation(0.5, 4, 6) == (0.5, [0] * 6)  # 2:4 everywhere
+    low, offsets = nm_allocation(0.4, 4, 5)  # 8 of 20 quarter steps: two layers at 1/4, three at 2/4, spread
+    assert low == 0.25 and offsets == [0, 1, 0, 1, 1]
+    assert sum(layer_sparsities(low, offsets, 0.25)) / 5 == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("stage, fragment", [
+    ({"method": "wanda", "layer_pattern": ["2:4", "unstructured"]}, "not unstructured"),
+    ({"method": "wanda", "layer_pattern": ["2:4", "5:4"]}, "invalid N:M"),
+    ({"method": "wanda", "layer_pattern": ["2:4", "2:4"], "pattern": "2:4"}, "drop one of them"),
+    ({"method": "wanda", "layer_pattern": ["2:4", "dense"], "layer_sparsity": [0.5, 0.0]}, "drop layer_sparsity"),
+    ({"method": "wanda", "layer_pattern": ["2:4", "dense"], "sparsity": 0.5}, "not the mean"),
+    ({"method": "sparsegpt", "layer_pattern": ["2:4", "3:6"], "block_size": 64}, "multiple of M=6"),
+])
+def test_bad_layer_pattern_is_refused(stage, fragment):
+    with pytest.raises(PrunekitError, match=fragment):
+        StageConfig.parse(stage)
+
+
+@pytest.mark.parametrize("method, group", [("magnitude", 0), ("wanda", 0), ("magnitude", 4), ("wanda", 4)])
+def test_candidates_equal_the_engine_on_dense_inputs(method, group):
     """A candidate's masks come from the dense model's scores: for magnitude that is the engine's prune exactly; for
-    Wanda it is exactly the engine's first layer (whose inputs are dense in both)."""
+    Wanda it is exactly the engine's first layer (whose inputs are dense in both). `group` 4: the levels are N:4
+    patterns (layer_pattern in the engine)."""
     torch.manual_seed(1)
     windows = torch.randint(3, 96, (4, 16))
     model = tiny_model("llama")
     adapter = adapter_for(model)
     scores = dense_scores(adapter, windows, get_method(method), {}, torch.device("cpu"))
-    candidates = Candidates(adapter, ScoreLevels(scores), windows[:2], torch.device("cpu"))
-    candidates.apply([0.3, 0.6])
+    candidates = Candidates(adapter, ScoreLevels(scores, group), windows[:2], torch.device("cpu"))
+    levels = [0.25, 0.75] if group else [0.3, 0.6]
+    candidates.apply(levels)
     applied = {k: v.clone() for k, v in model.state_dict().items()}
     candidates.restore()
-    prune(model, stages=[{"method": method, "layer_sparsity": [0.3, 0.6]}], calibration=windows, progress=False)
+    stage = {"method": method, "layer_pattern": ["3:4", "1:4"]} if group else \
+        {"method": method, "layer_sparsity": levels}
+    prune(model, stages=[stage], calibration=windows, progress=False)
     engine = model.state_dict()
     layers = ("layers.0.", "layers.1.") if method == "magnitude" else ("layers.0.",)
     compared = [k for k in engine if any(p in k for p in layers)]
@@ -373,6 +414,33 @@ def test_every_part_at_once_is_a_stock_model_the_recipe_reproduces(searched, tmp
     assert_recipe_reproduces(tmp_path / "all", tmp_path / "again", capsys, monkeypatch)
 
 
+def test_nm_search_gives_each_layer_its_own_pattern(searched, tmp_path, capsys, monkeypatch):
+    """--pattern 2:4: every layer is dense, 3:4, 2:4 or 1:4; the start and baseline is the nearest to uniform
+    (params=0.7 needs 5 of 16 quarter steps: one layer at 2:4, three at 3:4), the mean sparsity stays there, the
+    sensitive first layer keeps the most, the search beats the baseline, and every saved layer holds its pattern
+    exactly (the recipe reproduces it)."""
+    result, stdout = _search_with_target(searched, tmp_path / "nm", "params=0.7", capsys, monkeypatch,
+                                         "--pattern", "2:4", "--generations", "8", "--no-ppl")
+    patterns, chosen = result["layer_pattern"], result["layer_sparsity"]
+    assert result["step"] == 0.25 and set(patterns) <= {"dense", "3:4", "2:4", "1:4"}
+    assert result["baseline"] == "nearest-uniform wanda 3:4 + 2:4"
+    assert result["uniform_sparsity"] == pytest.approx(5 / 16)
+    assert sum(chosen) / 4 == pytest.approx(5 / 16)
+    assert chosen[0] == min(chosen) < max(chosen)
+    assert result["fitness"]["searched_pruned"] < result["fitness"]["baseline_pruned"]
+    saved = load_file(tmp_path / "nm" / "model.safetensors")
+    for name, weight in saved.items():
+        if ".layers." in name and name.endswith("proj.weight"):
+            layer = int(name.split(".layers.")[1].split(".")[0])
+            kept = 4 if patterns[layer] == "dense" else int(patterns[layer][0])
+            assert bool(((weight != 0).reshape(weight.shape[0], -1, 4).sum(-1) == kept).all()), name
+    assert "layer pattern: " + " ".join(patterns) in stdout
+    from prunekit.report import load_run
+
+    assert [(p.pattern, p.sparsity) for p in load_run(tmp_path / "nm").points] == [("N:M per layer", 5 / 16)]
+    assert_recipe_reproduces(tmp_path / "nm", tmp_path / "again", capsys, monkeypatch)
+
+
 def test_pareto_front_keeps_the_points_nothing_beats():
     from prunekit.search import front_targets, pareto_front
 
@@ -458,6 +526,8 @@ def test_search_is_deterministic_and_resumes(searched, tmp_path, capsys, monkeyp
     (["--target", "params=0.7", "--step", "0"], "step"),
     (["--target", "decode=1.3x", "--space", "depth,sparsity"], "needs structure"),
     (["--target", "decode=1.3x", "--space", "sparsity,width"], "needs structure"),
+    (["--target", "params=0.7", "--space", "depth,sparsity", "--pattern", "2:4"], "N:M pattern of its own"),
+    (["--target", "params=0.7", "--pattern", "5:4"], "invalid N:M"),
     (["--target", "params=0.7", "--space", "width,sparsity", "--min-width", "1"], "min width"),
     (["--target", "memory=1MB", "--space", "sparsity,depth"], "needs structure"),
     (["--target", "params=0.7", "--recover", "bogus"], "unknown recovery method"),

@@ -84,6 +84,14 @@ class EvaluationConfig(_Strict):
     text_column: str = "text"
 
 
+def _layer_patterns(entries: list[str]) -> tuple[SparsityPattern | None, ...]:
+    """layer_pattern's entries parsed: an N:M pattern, or None for "dense" (the layer left as it is)."""
+    parsed = tuple(None if e.strip().lower() == "dense" else SparsityPattern.parse(e) for e in entries)
+    if any(p is not None and not p.is_nm for p in parsed):
+        raise PrunekitError("layer_pattern entries are N:M patterns (e.g. 2:4) or dense, not unstructured")
+    return parsed
+
+
 class StageConfig(_Strict):
     method: str
     sparsity: float | None = None  # default: 0.5, or what an N:M pattern implies
@@ -96,6 +104,8 @@ class StageConfig(_Strict):
     owl_lambda: float = Field(0.08, allow_inf_nan=False)  # owl: layer sparsities span sparsity +- owl_lambda
     # one sparsity per decoder layer, in layer order (what `prunekit search` chose); sparsity is then their mean
     layer_sparsity: list[Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)]] | None = Field(None, min_length=1)
+    # one N:M pattern (or "dense") per decoder layer, in layer order (`prunekit search --pattern`); sparsity: their mean
+    layer_pattern: list[str] | None = Field(None, min_length=1)
     gradient_samples: int = Field(32, gt=0)  # gradient/gblm: calibration windows back-propagated
     block_size: int = 128  # SparseGPT: columns per block
     damping: float = Field(0.01, allow_inf_nan=False)  # SparseGPT: dampening, fraction of the mean Hessian diagonal
@@ -133,6 +143,18 @@ class StageConfig(_Strict):
                                     "drop it or use pattern unstructured")
             if self.allocation != "uniform":
                 raise PrunekitError(f"allocation {self.allocation!r} does not apply to N:M patterns: use uniform")
+            if self.layer_pattern is not None:
+                raise PrunekitError(f"layer_pattern gives every layer its own N:M pattern; pattern {pattern} would "
+                                    "set one for all: drop one of them")
+        elif self.layer_pattern is not None:
+            if self.layer_sparsity is not None or self.allocation != "uniform":
+                raise PrunekitError("layer_pattern sets every layer's sparsity: drop layer_sparsity and allocation")
+            implied = [p.sparsity if p else 0.0 for p in _layer_patterns(self.layer_pattern)]
+            mean = sum(implied) / len(implied)
+            if self.sparsity is not None and abs(self.sparsity - mean) > 1e-6:
+                raise PrunekitError(f"sparsity {self.sparsity:g} is not the mean {mean:.6g} that layer_pattern "
+                                    "implies: drop sparsity")
+            self.sparsity = mean
         elif self.layer_sparsity is not None:
             mean = sum(self.layer_sparsity) / len(self.layer_sparsity)
             if self.allocation != "uniform":
@@ -152,9 +174,10 @@ class StageConfig(_Strict):
                                 "drop it")
         if self.damping <= 0:
             raise PrunekitError(f"dampening {self.damping:g} must be > 0 (default 0.01 of the mean Hessian diagonal)")
-        if self.block_size <= 0 or (pattern.is_nm and self.block_size % pattern.m):
+        groups = {p.m for p in _layer_patterns(self.layer_pattern) if p} if self.layer_pattern else {pattern.m}
+        if self.block_size <= 0 or any(m and self.block_size % m for m in groups):
             raise PrunekitError(
-                f"block size {self.block_size} must be a positive multiple of M={pattern.m or 1}, e.g. 128"
+                f"block size {self.block_size} must be a positive multiple of M={max(groups) or 1}, e.g. 128"
             )
         if self.allocation == "owl" and not (0 <= self.owl_lambda <= min(self.sparsity, 1 - self.sparsity)):
             raise PrunekitError(
@@ -190,6 +213,7 @@ class StageConfig(_Strict):
             owl_m=self.owl_m,
             owl_lambda=self.owl_lambda,
             layer_sparsity=tuple(self.layer_sparsity) if self.layer_sparsity is not None else None,
+            layer_pattern=_layer_patterns(self.layer_pattern) if self.layer_pattern is not None else None,
             gradient_samples=self.gradient_samples,
             parameters=dict(self.parameters),
             refine=self.refine,

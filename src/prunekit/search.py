@@ -62,6 +62,7 @@ from prunekit.engine.search import (
     dense_variants,
     evolve,
     layer_numel,
+    level_pattern,
     line_neighbours,
 )
 from prunekit.engine.structured import StructuredStage, choose_blocks, running_layers
@@ -70,7 +71,8 @@ from prunekit.eval.perplexity import PerplexityResult
 from prunekit.eval.speed import SpeedConfig, benchmark_models
 from prunekit.methods import get_method
 from prunekit.methods.cost import blocks_for_params, blocks_for_speedup, blocks_within, max_speedup
-from prunekit.methods.evolution import layer_sparsities, offset_bounds
+from prunekit.methods.evolution import layer_sparsities, nm_allocation, offset_bounds
+from prunekit.methods.patterns import SparsityPattern
 from prunekit.methods.registry import MethodSpec
 from prunekit.models import surgery
 from prunekit.models.adapters import adapter_for
@@ -108,6 +110,7 @@ class SearchConfig:
     target: str | float  # "params=0.75", "decode=1.3x", "prefill=1.3x" (a bare number: params)
     space: str | None = None  # sparsity | depth; default: sparsity for params, depth for a speed-up
     method: str = "wanda"  # sparsity space: how each layer is pruned: magnitude, wanda, ria, sparsegpt or alps
+    pattern: str = "unstructured"  # sparsity space: N:M makes the levels j/M, each layer one (M - j):M pattern
     settings: EvolutionSettings = field(default_factory=EvolutionSettings)
     fitness_samples: int = 4  # held-out calibration windows (of calibration.seq_len tokens) the KL is measured on
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -148,6 +151,9 @@ class SearchConfig:
         if unstructured and target.key == "memory":
             raise PrunekitError("--target memory= needs structure: zeros take as many bytes as other weights in a "
                                 "dense checkpoint; use --space depth")
+        if SparsityPattern.parse(self.pattern).is_nm and self.resolved_space != "sparsity":
+            raise PrunekitError(f"--pattern {self.pattern} gives each layer an N:M pattern of its own in --space "
+                                f"sparsity; with --space {self.resolved_space} use the default unstructured pattern")
         parts = set(self.resolved_space.split(",")) - {"depth", "sparsity"}
         for part, least in (("width", self.min_width), ("heads", self.min_heads)):
             if part not in parts:
@@ -431,8 +437,18 @@ def _evolve_sparsity(setup: _Setup, adapter: ModelAdapter, method: MethodSpec, b
     max_steps = settings.max_steps
     if method.updates_weights and max_steps is None:
         max_steps = WEIGHT_LEVEL_STEPS
-    step = (1.0 - base) / math.ceil((1.0 - base) / settings.step - 1e-9) if removable else settings.step
+    group = SparsityPattern.parse(config.pattern).m  # N:M: the levels are j / M, from the nearest to uniform
+    start = [0] * layers
+    if group:
+        step = 1.0 / group
+        base, start = nm_allocation(base, group, layers)
+        key = (*key, f"nm{group}")
+    else:
+        step = (1.0 - base) / math.ceil((1.0 - base) / settings.step - 1e-9) if removable else settings.step
     low, high = offset_bounds(base, step, settings.max_sparsity, max_steps)
+    if max(start) > high:
+        raise PrunekitError(f"--pattern {config.pattern}: the budget needs layers at sparsity "
+                            f"{base + step:g}, above --max-sparsity {settings.max_sparsity:g}: raise it")
     t0 = time.perf_counter()
     levels: ScoreLevels | WeightLevels
     with progress_bar() as bar:
@@ -442,15 +458,16 @@ def _evolve_sparsity(setup: _Setup, adapter: ModelAdapter, method: MethodSpec, b
             task = bar.add_task(f"{method.name} at {len(sparsities)} levels per layer of the dense model",
                                 total=layers)
             levels = WeightLevels(dense_variants(adapter, setup.windows, method, options, sparsities, setup.device,
-                                                 batch, on_layer))
+                                                 batch, on_layer, group))
         else:
             task = bar.add_task(f"{method.name} scores of the dense model", total=layers)
             levels = ScoreLevels(dense_scores(adapter, setup.windows, method, options, setup.device, batch,
-                                              on_layer))
+                                              on_layer), group)
     candidates = Candidates(adapter, levels, setup.held, setup.device, reference)
     setup.seconds["scores"] = round(setup.seconds.get("scores", 0.0) + time.perf_counter() - t0, 2)
     space = SparsityDepthSpace(candidates, base, step, low, high, round((1.0 - base) / step)) if removable else \
         SparsitySpace(candidates, base, step, low, high)
+    space.start = start
     state = setup.search(space, setup.key(method.name, options, round(base, 12), max_steps,
                                           *(["removable"] if removable else []), *key), "uniform")
     removed = space.removed(state.genome) if isinstance(space, SparsityDepthSpace) else []
@@ -458,25 +475,33 @@ def _evolve_sparsity(setup: _Setup, adapter: ModelAdapter, method: MethodSpec, b
     return candidates, space, state, removed, chosen
 
 
-def _sparsity_stages(method: MethodSpec, chosen: list[float], removed: list[int]
+def _sparsity_stages(method: MethodSpec, chosen: list[float], removed: list[int], group: int = 0
                      ) -> list[StageConfig | StructuredStageConfig]:
-    """The blocks first, so the weight stage prunes the kept layers (re-indexed) on their own inputs."""
+    """The blocks first, so the weight stage prunes the kept layers (re-indexed) on their own inputs; with `group`
+    M, one N:M pattern per layer."""
     stages: list[StageConfig | StructuredStageConfig] = [StructuredStageConfig(method="block-list", blocks=removed)
                                                          ] if removed else []
-    stages.append(StageConfig(method=method.name, layer_sparsity=[s for i, s in enumerate(chosen)
-                                                                  if i not in removed]))
+    kept = [s for i, s in enumerate(chosen) if i not in removed]
+    stages.append(StageConfig(method=method.name, layer_pattern=_layer_pattern(kept, group)) if group else
+                  StageConfig(method=method.name, layer_sparsity=kept))
     return stages
 
 
+def _layer_pattern(sparsities: list[float], group: int) -> list[str]:
+    return ["dense" if s == 0 else str(level_pattern(s, group)) for s in sparsities]
+
+
 def _sparsity_fields(method: MethodSpec, space: SparsitySpace, chosen: list[float], removed: list[int],
-                     removable: bool) -> dict:
+                     removable: bool, group: int = 0) -> dict:
     """What search.json says of a sparsity search's allocation."""
     blocks = {"blocks": {"total": len(chosen), "removed": len(removed), "searched": removed}} if removable else {}
+    patterns = {"layer_pattern": _layer_pattern(chosen, group)} if group else {}
     return {
         "levels": {"lowest": space.levels[0], "highest": space.levels[-1], "count": len(space.levels),
                    "from": "weights pruned per level" if method.updates_weights else "one score table"},
         "layer_sparsity": chosen,  # 1.0: the block removed
         "step": space.step,
+        **patterns,
         **blocks,
     }
 
@@ -498,18 +523,28 @@ def _search_sparsity(setup: _Setup, method_name: str, base: float, removable: bo
         model.to(setup.device)
         return result, candidates.fitness(), setup.perplexity(label)
 
+    group = SparsityPattern.parse(config.pattern).m
     t0 = time.perf_counter()
-    _, uniform_kl, uniform_ppl = pruned([StageConfig(method=method.name, sparsity=base)], "uniform")
+    if group:  # the nearest to uniform the N:M levels come: every layer one pattern, or two neighbouring ones
+        start = space.sparsities(space.start)
+        base = sum(start) / len(start)
+        uniform = _sparsity_stages(method, start, [], group)
+        patterns = sorted(set(_layer_pattern(start, group)), reverse=True)
+        name = f"{'uniform' if len(patterns) == 1 else 'nearest-uniform'} {method.name} {' + '.join(patterns)}"
+    else:
+        uniform, name = [StageConfig(method=method.name, sparsity=base)], f"uniform {method.name} {base:.4f}"
+    _, uniform_kl, uniform_ppl = pruned(uniform, "uniform")
     uniform_kept = setup.parameters - count_zeros(model)
-    stages = _sparsity_stages(method, chosen, removed)
+    stages = _sparsity_stages(method, chosen, removed, group)
     result, searched_kl, searched_ppl = pruned(stages, "searched")
     setup.seconds["prune_and_evaluate"] = round(time.perf_counter() - t0, 2)
     return stages, result, {
         "method": method.name,
-        "baseline": f"uniform {method.name} {base:.4f}",
+        "pattern": config.pattern,
+        "baseline": name,
         "parameters": {"dense": setup.parameters, "baseline_kept": uniform_kept},
         "uniform_sparsity": base,
-        **_sparsity_fields(method, space, chosen, removed, removable),
+        **_sparsity_fields(method, space, chosen, removed, removable, group),
         # "search": the allocation applied from the dense model's scores, as the search saw it; "pruned": the
         # model the engine prunes with it (each layer's statistics on the already-pruned layers before it)
         "fitness": {"baseline_search": state.start_fitness, "searched_search": state.fitness,

@@ -45,6 +45,9 @@ def search(
                                         "(one score table ranks the weights at every level) | sparsegpt | alps "
                                         "(the kept weights updated: each layer pruned once per level, one copy of "
                                         "the decoder linears per level).")] = "wanda",
+    pattern: Annotated[str, typer.Option(help="Space sparsity: unstructured, or N:M to give every layer an N:M "
+                                         "pattern of its own: the levels are j/M (2:4 searches dense, 3:4, 2:4 and "
+                                         "1:4 per layer, starting from the nearest to uniform).")] = "unstructured",
     generations: Annotated[int, typer.Option(min=0, help="Generations of the evolutionary search.")] = 40,
     offspring: Annotated[int, typer.Option(min=1, help="Children per generation, each scored on the first "
                                            "held-out window.")] = 12,
@@ -151,7 +154,7 @@ def search(
                                   seq_len=min(256, calib_seq_len))
 
     config = SearchConfig(
-        model=model, target=target, space=space and space.lower(), method=method.lower(),
+        model=model, target=target, space=space and space.lower(), method=method.lower(), pattern=pattern,
         settings=EvolutionSettings(step=step, max_sparsity=max_sparsity, max_steps=max_steps, generations=generations,
                                    offspring=offspring, survivors=survivors, max_switches=max_switches,
                                    time_limit=time_limit),
@@ -189,7 +192,9 @@ def search(
         blocks = "" if sparsity else f"; blocks removed: {result['blocks']['searched'] or 'none'}"
         stdout.print(f"MLP channels kept: {width['searched']} of {width['channels']} ({width['method']}){heads}"
                      f"{blocks}")
-    if sparsity:
+    if "layer_pattern" in result:
+        stdout.print("layer pattern: " + " ".join(result["layer_pattern"]))
+    elif sparsity:
         stdout.print("layer sparsity: " + " ".join("removed" if s == 1 else f"{s:.2f}"
                                                    for s in result["layer_sparsity"]))
     elif result["space"] == "depth":

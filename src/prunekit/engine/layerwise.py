@@ -61,6 +61,7 @@ class PruneStage:
     owl_m: float = 5.0  # owl: a score is an outlier above owl_m x the layer's mean score
     owl_lambda: float = 0.08  # owl: layer sparsities span target +- owl_lambda
     layer_sparsity: tuple[float, ...] | None = None  # one sparsity per decoder layer (a searched allocation)
+    layer_pattern: tuple[SparsityPattern | None, ...] | None = None  # one N:M per decoder layer (None: left dense)
     gradient_samples: int = 32  # gradient scores: calibration windows back-propagated, one at a time
     block_size: int = 128  # SparseGPT column block
     damping: float = 0.01  # SparseGPT dampening, fraction of the mean Hessian diagonal
@@ -116,9 +117,10 @@ def check_selection(adapter: ModelAdapter, stage: PruneStage) -> None:
     if outside:
         raise PrunekitError(f"{stage.method}: layers {outside} out of range: this model has {count} decoder layers, "
                             f"numbered 0 to {count - 1}")
-    if stage.layer_sparsity is not None and len(stage.layer_sparsity) != count:
-        raise PrunekitError(f"{stage.method}: layer_sparsity has {len(stage.layer_sparsity)} entries, but this model "
-                            f"has {count} decoder layers: give one sparsity per layer")
+    for name, per_layer in (("sparsity", stage.layer_sparsity), ("pattern", stage.layer_pattern)):
+        if per_layer is not None and len(per_layer) != count:
+            raise PrunekitError(f"{stage.method}: layer_{name} has {len(per_layer)} entries, but this model has "
+                                f"{count} decoder layers: give one {name} per layer")
     names = (*adapter.linear_names, *adapter.expert_matrices(adapter.layers[0]))
     if not any(fnmatch.fnmatchcase(n, t) for n in names for t in stage.targets):
         raise PrunekitError(f"{stage.method}: targets {list(stage.targets)} match no linear of a decoder layer; its "
@@ -326,18 +328,22 @@ def _prune_targets(stage: PruneStage, plan: dict[str, float] | None, index: int,
 
     `stats`: per statistic the stage needs, its value per linear (linears fed one input share one tensor)."""
     method, options = stage.impl, stage.options
+    pattern = stage.pattern if stage.layer_pattern is None else stage.layer_pattern[index]
+    if pattern is None:  # a layer the searched N:M allocation leaves dense
+        return
     own = prepared_statistics(method, stats, options)
     for name, linear in targets.items():
         sparsity = (plan[f"{index}.{name}"] if plan is not None else
-                    stage.layer_sparsity[index] if stage.layer_sparsity is not None else stage.sparsity)
+                    stage.layer_sparsity[index] if stage.layer_sparsity is not None else
+                    pattern.sparsity if pattern.is_nm else stage.sparsity)
         per_row = stage.allocation != "global"
         weight = weight_matrix(linear)
         statistics = {need: values[name] for need, values in own.items()}
         if "gradient_norms" in method.needs:
             statistics["gradient_norms"] = gradients[f"{index}.{name}"]
-        pruned = method.prune(weight, statistics, sparsity, stage.pattern, per_row=per_row, **options)
+        pruned = method.prune(weight, statistics, sparsity, pattern, per_row=per_row, **options)
         if stage.refine == "dsnot":
-            pruned = dsnot(weight, pruned, stats["hessian"][name], stage.pattern, stage.refine_steps)
+            pruned = dsnot(weight, pruned, stats["hessian"][name], pattern, stage.refine_steps)
         if pruned.weight is not None:
             weight.copy_(pruned.weight)
         weight.masked_fill_(~pruned.keep.to(weight.device), 0)

@@ -36,7 +36,7 @@ from prunekit.methods.evolution import (
     level_switch,
     reference_log_probs,
 )
-from prunekit.methods.masks import row_mask
+from prunekit.methods.masks import nm_mask, row_mask
 from prunekit.methods.patterns import SparsityPattern
 from prunekit.methods.registry import MethodSpec
 from prunekit.models.adapters.base import ModelAdapter
@@ -103,9 +103,11 @@ def dense_scores(adapter: ModelAdapter, windows: torch.Tensor, method: MethodSpe
 @torch.no_grad()
 def dense_variants(adapter: ModelAdapter, windows: torch.Tensor, method: MethodSpec, options: dict[str, object],
                    sparsities: Sequence[float], device: torch.device, batch_size: int = 8,
-                   on_layer: Callable[[int, int], None] | None = None) -> dict[str, dict[float, torch.Tensor]]:
+                   on_layer: Callable[[int, int], None] | None = None, group: int = 0
+                   ) -> dict[str, dict[float, torch.Tensor]]:
     """Every decoder linear pruned by a weight-updating `method` at each of `sparsities` (0 left out: the dense
-    weight), on the dense model's inputs: {"i.name": {sparsity: weight}}, in the model's dtype on the CPU."""
+    weight), on the dense model's inputs: {"i.name": {sparsity: weight}}, in the model's dtype on the CPU; with
+    `group` M, each level as its N:M pattern (level_pattern)."""
     variants: dict[str, dict[float, torch.Tensor]] = {}
     count = len(adapter.layers)
     levels = [s for s in dict.fromkeys(sparsities) if s > 0]
@@ -116,7 +118,7 @@ def dense_variants(adapter: ModelAdapter, windows: torch.Tensor, method: MethodS
             given = {need: values[name] for need, values in stats.items()}
             pruned = {}
             for sparsity in levels:
-                result = method.prune(weight, given, sparsity, SparsityPattern(), **options)
+                result = method.prune(weight, given, sparsity, level_pattern(sparsity, group), **options)
                 new = (result.weight if result.weight is not None else weight).to(weight.dtype)
                 pruned[sparsity] = new.masked_fill(~result.keep.to(new.device), 0).cpu()
             variants[f"{index}.{name}"] = pruned
@@ -125,17 +127,31 @@ def dense_variants(adapter: ModelAdapter, windows: torch.Tensor, method: MethodS
     return variants
 
 
-class ScoreLevels:
-    """A layer at sparsity s from the dense model's score table: each row keeps its top (1 - s) scores."""
+def level_pattern(sparsity: float, group: int) -> SparsityPattern:
+    """The N:M pattern of an N:M search's level: (1 - sparsity) x `group` of every `group` weights kept; unstructured
+    for `group` 0."""
+    return SparsityPattern(round((1 - sparsity) * group), group) if group else SparsityPattern()
 
-    def __init__(self, scores: dict[str, torch.Tensor]) -> None:
-        self.scores = scores
+
+class ScoreLevels:
+    """A layer at sparsity s from the dense model's score table: each row keeps its top (1 - s) scores, or with
+    `group` M the top (1 - s) M of every M consecutive weights (the levels of an N:M search are j / M)."""
+
+    def __init__(self, scores: dict[str, torch.Tensor], group: int = 0) -> None:
+        self.scores, self.group = scores, group
 
     def __contains__(self, key: str) -> bool:
         return key in self.scores
 
     def weight(self, key: str, sparsity: float, dense: torch.Tensor) -> torch.Tensor:
-        return dense.masked_fill(~row_mask(self.scores[key], sparsity).to(dense.device), 0)
+        if not self.group:
+            keep = row_mask(self.scores[key], sparsity)
+        elif sparsity == 0:
+            return dense
+        else:
+            pattern = level_pattern(sparsity, self.group)
+            keep = nm_mask(self.scores[key], pattern.n, pattern.m)
+        return dense.masked_fill(~keep.to(dense.device), 0)
 
 
 class WeightLevels:

@@ -85,6 +85,15 @@ def block_switch(offsets: Sequence[int], low: int, high: int, removed: int, rng:
     return child
 
 
+def nm_allocation(base: float, m: int, layers: int) -> tuple[float, list[int]]:
+    """The start of an N:M search: layer i keeps level `low + offsets[i]` of the levels j/m (j of every m weights
+    removed), the offsets 0 or 1 with the ones spread evenly, so the mean sparsity is `base` rounded to a multiple of
+    1 / (m x layers), the nearest the levels can come. Returns (low, offsets)."""
+    total = round(base * m * layers)
+    whole, ones = divmod(total, layers)
+    return whole / m, [((i + 1) * ones) // layers - (i * ones) // layers for i in range(layers)]
+
+
 def reference_log_probs(logits: torch.Tensor) -> torch.Tensor:
     """The dense model's next-token log-probabilities, kept in bfloat16 (half the memory; the KL is computed in
     float32 from them)."""

@@ -320,7 +320,8 @@ def _recipe_text(directory: Path, recipe: dict | None, root: Path) -> tuple[str 
 def _method_and_pattern(stages: list[StageRecord]) -> tuple[str, str]:
     methods = [s.method or "?" for s in stages]
     # Structured stages have no `pattern`; the part they remove (blocks, heads, ...) plays its role.
-    patterns = [s.pattern or f"structured {s.part or ''}".strip() for s in stages]
+    patterns = ["N:M per layer" if s.layer_pattern else s.pattern or f"structured {s.part or ''}".strip()
+                for s in stages]
     return "+".join(methods) or "unknown", "+".join(dict.fromkeys(patterns)) or "unknown"
 
 

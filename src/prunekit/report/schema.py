@@ -84,6 +84,7 @@ class StageRecord(Record):
 
     method: Text = None
     pattern: Text = None  # weight stages
+    layer_pattern: Items[Text] | None = None  # weight stages with one N:M pattern per layer (prunekit search)
     part: Text = None  # structured stages: blocks, mlp, heads, kv-heads
     sparsity: Number = None
 
