@@ -103,21 +103,23 @@ def search(
 ) -> None:
     """Find the pruning of MODEL that meets --target with the least damage, and prune MODEL with it.
 
-    EvoPress's evolutionary search (Sieberling et al., ICML 2025): every candidate meets the budget exactly, its
-    fitness is the KL divergence from the dense model on held-out calibration windows, and a candidate costs a few
-    forward passes. Space sparsity: one sparsity per decoder layer (a mutation moves --step from one layer to
-    another; each layer at each level comes from one calibration pass of the dense model: a table of --method
-    scores, or the layer pruned by SparseGPT / ALPS at every level), against the uniform sparsity of the same
-    budget. Space depth,sparsity: the same, where a mutation may also remove a block (the parameters it frees go
-    to the other layers as lower sparsity, a step at a time) or restore one. Space depth: which blocks to remove
-    (a mutation swaps a removed block for a kept one), starting from and compared with ShortGPT's block influence;
-    a speed-up target sets the number of blocks from a latency model measured on this machine, and the result is
-    timed like `prunekit bench` (median of 5). Space depth,width: one
-    MLP width for every block (levels every --width-step down to --min-width, channels ranked by --width-method)
-    and which blocks to remove at that width, against uniform depth and uniform width of the same cost. Space
-    depth,heads: the same with one number of query heads per attention (levels every --width-step down to
-    --min-heads; with GQA a key/value group's worth at a time, the keys and values kept), and depth,heads,width
-    both at once (every combination of the levels), also against uniform heads.
+    EvoPress's evolutionary search (Sieberling et al., ICML 2025): every candidate meets the budget exactly, its fitness
+    is the KL divergence from the dense model on held-out calibration windows, and a candidate costs a few forward
+    passes. Space sparsity: one sparsity per decoder layer (a mutation moves --step from one layer to another; each
+    layer at each level comes from one calibration pass of the dense model: a table of --method scores, or the layer
+    pruned by SparseGPT / ALPS at every level), against the uniform sparsity of the same budget. Space depth,sparsity:
+    the same, where a mutation may also remove a block (the parameters it frees go to the other layers as lower
+    sparsity, a step at a time) or restore one. With --pattern N:M every layer gets an N:M pattern of its own (the
+    levels j/M), against the nearest-uniform N:M allocation. Space sparsity,width (and heads,sparsity,
+    heads,sparsity,width, each also with depth): one MLP width / number of heads for every block, each width level
+    pruned uniformly to the budget, then the sparsity search on the best of them. Space depth: which blocks to remove (a
+    mutation swaps a removed block for a kept one), starting from and compared with ShortGPT's block influence; a
+    speed-up target sets the number of blocks from a latency model measured on this machine, and the result is timed
+    like `prunekit bench` (median of 5). Space depth,width: one MLP width for every block (levels every --width-step
+    down to --min-width, channels ranked by --width-method) and which blocks to remove at that width, against uniform
+    depth and uniform width of the same cost. Space depth,heads: the same with one number of query heads per attention
+    (levels every --width-step down to --min-heads; with GQA a key/value group's worth at a time, the keys and values
+    kept), and depth,heads,width both at once (every combination of the levels), also against uniform heads.
 
     OUT gets the model, prunekit.json, recipe.yaml (`prunekit prune --recipe OUT/recipe.yaml` reproduces it) and
     search.json (the choice, both fitnesses and perplexities, the cost, the history). A rerun with the same settings
@@ -129,9 +131,9 @@ def search(
 
       prunekit search smollm2-135m --target params=0.6 --space depth,sparsity --out out/search-60-ds
 
-    One MLP width for every block, then the sparsity per layer on what is left:
-
       prunekit search smollm2-135m --target params=0.6 --space sparsity,width --out out/search-60-sw
+
+      prunekit search smollm2-135m --target params=0.605 --pattern 2:4 --out out/search-nm
 
       prunekit search smollm2-135m --target decode=1.3x --out out/search-decode
 
