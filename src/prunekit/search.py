@@ -133,6 +133,11 @@ class SearchConfig:
         return parse_target(self.target)
 
     @property
+    def nm_group(self) -> int:
+        """M of an N:M --pattern (the levels are then j / M); 0 for unstructured."""
+        return SparsityPattern.parse(self.pattern).m
+
+    @property
     def resolved_space(self) -> str:
         if self.space is None:
             return "sparsity" if self.parsed_target.key == "params" else "depth"
@@ -151,7 +156,7 @@ class SearchConfig:
         if unstructured and target.key == "memory":
             raise PrunekitError("--target memory= needs structure: zeros take as many bytes as other weights in a "
                                 "dense checkpoint; use --space depth")
-        if SparsityPattern.parse(self.pattern).is_nm and self.resolved_space != "sparsity":
+        if self.nm_group and self.resolved_space != "sparsity":
             raise PrunekitError(f"--pattern {self.pattern} gives each layer an N:M pattern of its own in --space "
                                 f"sparsity; with --space {self.resolved_space} use the default unstructured pattern")
         parts = set(self.resolved_space.split(",")) - {"depth", "sparsity"}
@@ -437,7 +442,7 @@ def _evolve_sparsity(setup: _Setup, adapter: ModelAdapter, method: MethodSpec, b
     max_steps = settings.max_steps
     if method.updates_weights and max_steps is None:
         max_steps = WEIGHT_LEVEL_STEPS
-    group = SparsityPattern.parse(config.pattern).m  # N:M: the levels are j / M, from the nearest to uniform
+    group = config.nm_group  # N:M: the levels are j / M, from the nearest to uniform
     start = [0] * layers
     if group:
         step = 1.0 / group
@@ -451,16 +456,17 @@ def _evolve_sparsity(setup: _Setup, adapter: ModelAdapter, method: MethodSpec, b
                             f"{base + step:g}, above --max-sparsity {settings.max_sparsity:g}: raise it")
     t0 = time.perf_counter()
     levels: ScoreLevels | WeightLevels
+    model = "narrowed" if reference else "dense"  # the copy of the best width level, or the model itself
     with progress_bar() as bar:
         batch, on_layer = config.calibration.batch_size, lambda done, _total: bar.update(task, completed=done)
         if method.updates_weights:
             sparsities = layer_sparsities(base, range(low, high + 1), step)
-            task = bar.add_task(f"{method.name} at {len(sparsities)} levels per layer of the dense model",
+            task = bar.add_task(f"{method.name} at {len(sparsities)} levels per layer of the {model} model",
                                 total=layers)
             levels = WeightLevels(dense_variants(adapter, setup.windows, method, options, sparsities, setup.device,
                                                  batch, on_layer, group))
         else:
-            task = bar.add_task(f"{method.name} scores of the dense model", total=layers)
+            task = bar.add_task(f"{method.name} scores of the {model} model", total=layers)
             levels = ScoreLevels(dense_scores(adapter, setup.windows, method, options, setup.device, batch,
                                               on_layer), group)
     candidates = Candidates(adapter, levels, setup.held, setup.device, reference)
@@ -523,7 +529,7 @@ def _search_sparsity(setup: _Setup, method_name: str, base: float, removable: bo
         model.to(setup.device)
         return result, candidates.fitness(), setup.perplexity(label)
 
-    group = SparsityPattern.parse(config.pattern).m
+    group = config.nm_group
     t0 = time.perf_counter()
     if group:  # the nearest to uniform the N:M levels come: every layer one pattern, or two neighbouring ones
         start = space.sparsities(space.start)
